@@ -1,0 +1,102 @@
+//! The layer seam: a convolution asks a [`KernelSource`] for its effective kernel.
+//!
+//! Standard training uses [`PlainKernel`] (the kernel is itself a trainable tensor). OPT layers
+//! implement the same trait with a fixed `W0` and a learned rotation (`W = orth(P)·W0`), so the
+//! network code never changes with the method. A [`KernelFactory`] decides what each weight layer
+//! of a network becomes.
+
+use crate::{ParamStore, Result, Rng, Role};
+use candle_core::{Tensor, Var};
+
+/// Shape of a convolution kernel in candle's OIHW layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelShape {
+    pub c_out: usize,
+    pub c_in: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+}
+
+impl KernelShape {
+    /// Fan-in `d = k_h·k_w·c_in`: the dimension OPT rotates.
+    pub fn fan_in(&self) -> usize {
+        self.k_h * self.k_w * self.c_in
+    }
+
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.c_out, self.c_in, self.k_h, self.k_w)
+    }
+
+    /// He-normal (fan-in) standard deviation `sqrt(2/d)`, the official init of every kernel.
+    pub fn he_std(&self) -> f64 {
+        (2.0 / self.fan_in() as f64).sqrt()
+    }
+}
+
+/// Anything that yields the effective kernel of a layer.
+pub trait KernelSource: Send + Sync {
+    /// The effective kernel, `[c_out, c_in, k_h, k_w]`, differentiable w.r.t. trainable params.
+    fn kernel(&self) -> Result<Tensor>;
+}
+
+/// Builds the kernel source of one weight layer, registering its tensors in the store.
+pub trait KernelFactory {
+    fn build(
+        &self,
+        store: &mut ParamStore,
+        name: &str,
+        shape: KernelShape,
+        rng: &mut Rng,
+    ) -> Result<Box<dyn KernelSource>>;
+}
+
+/// A standard trainable kernel (He-normal init, L2-decayed).
+pub struct PlainKernel {
+    weight: Var,
+}
+
+impl PlainKernel {
+    pub fn new(store: &mut ParamStore, name: &str, shape: KernelShape, rng: &mut Rng) -> Result<Self> {
+        let (o, i, h, w) = shape.dims();
+        let data = rng.normal_vec(o * i * h * w, shape.he_std());
+        let t = Tensor::from_vec(data, (o, i, h, w), store.device())?;
+        let weight = store.add(&format!("{name}.weight"), t, Role::Trainable { decay: true })?;
+        Ok(Self { weight })
+    }
+}
+
+impl KernelSource for PlainKernel {
+    fn kernel(&self) -> Result<Tensor> {
+        Ok(self.weight.as_tensor().clone())
+    }
+}
+
+/// Factory of [`PlainKernel`]s: the `baseline` method.
+pub struct PlainFactory;
+
+impl KernelFactory for PlainFactory {
+    fn build(
+        &self,
+        store: &mut ParamStore,
+        name: &str,
+        shape: KernelShape,
+        rng: &mut Rng,
+    ) -> Result<Box<dyn KernelSource>> {
+        Ok(Box::new(PlainKernel::new(store, name, shape, rng)?))
+    }
+}
+
+/// A convolution without bias whose kernel comes from a [`KernelSource`].
+pub struct Conv {
+    pub name: String,
+    pub shape: KernelShape,
+    pub padding: usize,
+    pub source: Box<dyn KernelSource>,
+}
+
+impl Conv {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.source.kernel()?;
+        Ok(x.conv2d(&k, self.padding, 1, 1, 1)?)
+    }
+}

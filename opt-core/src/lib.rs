@@ -1,0 +1,32 @@
+//! The OPT method library: the model pieces of Orthogonal Over-Parameterized Training
+//! (Liu et al., CVPR 2021) on top of candle.
+//!
+//! This crate knows nothing of files, recipes or pipelines. It provides
+//! * [`ParamStore`]: every tensor of a model, with the role that decides how it is updated;
+//! * [`layers`]: the weight seam ([`layers::KernelSource`]) through which OPT layers plug into a
+//!   network, and the plain (baseline) kernel;
+//! * [`BatchNorm`]: the official TensorFlow batch normalisation (biased variance, eps 1e-3,
+//!   EMA 0.999 from zero-initialised shadows);
+//! * [`Cnn6`]: the paper's CNN-6, adapting to any input shape;
+//! * [`loss`], [`MomentumSgd`], [`PiecewiseLr`], [`metrics`]: the training protocol of the official
+//!   code (spec §5);
+//! * [`Rng`]: a small seeded generator whose whole state fits in a checkpoint.
+
+pub mod batchnorm;
+pub mod cnn6;
+pub mod error;
+pub mod layers;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod schedule;
+
+pub use batchnorm::BatchNorm;
+pub use cnn6::{Cnn6, Cnn6Config};
+pub use error::{Error, Result};
+pub use optim::MomentumSgd;
+pub use params::{ParamStore, Role};
+pub use rng::Rng;
+pub use schedule::PiecewiseLr;

@@ -1,0 +1,83 @@
+//! The official batching (spec §5): iteration `i` uses batch `t = i mod B` of the current
+//! permutation, with `B = ⌊n / batch⌋`; a fresh permutation is drawn whenever `t = 0`, so the
+//! last `n mod batch` images of each permutation are skipped.
+
+use crate::augment::{augment_into, AugmentConfig};
+use crate::dataset::{Normalizer, Split};
+use crate::{Result, StageError};
+use candle_core::{Device, Tensor};
+use opt_core::Rng;
+
+pub struct Sampler {
+    pub batch: usize,
+    pub permutation: Vec<u32>,
+    /// One stream for shuffles and augmentation; its state goes into checkpoints.
+    pub rng: Rng,
+}
+
+impl Sampler {
+    pub fn new(n: usize, batch: usize, rng: Rng) -> Result<Self> {
+        if batch == 0 || n < batch {
+            return Err(StageError::Config(format!(
+                "batch size {batch} needs at least that many training images (have {n})"
+            )));
+        }
+        Ok(Self { batch, permutation: (0..n as u32).collect(), rng })
+    }
+
+    pub fn batches_per_epoch(&self) -> u64 {
+        (self.permutation.len() / self.batch) as u64
+    }
+
+    /// Indices of the batch of `iteration`, reshuffling at the start of each pass.
+    pub fn indices(&mut self, iteration: u64) -> &[u32] {
+        let t = (iteration % self.batches_per_epoch()) as usize;
+        if t == 0 {
+            let mut p = std::mem::take(&mut self.permutation);
+            self.rng.shuffle(&mut p);
+            self.permutation = p;
+        }
+        &self.permutation[t * self.batch..(t + 1) * self.batch]
+    }
+
+    /// Assembles the augmented, normalised batch of `iteration`: `([batch, c, h, w] f32, [batch] u32)`.
+    pub fn batch(
+        &mut self,
+        iteration: u64,
+        split: &Split,
+        aug: &AugmentConfig,
+        norm: &Normalizer,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let indices = self.indices(iteration).to_vec();
+        let len = split.image_len();
+        let mut x = vec![0f32; indices.len() * len];
+        let mut y = Vec::with_capacity(indices.len());
+        for (k, &i) in indices.iter().enumerate() {
+            augment_into(split.image(i as usize), split.shape, aug, norm, &mut self.rng, &mut x[k * len..(k + 1) * len]);
+            y.push(split.labels[i as usize]);
+        }
+        let (c, h, w) = split.shape;
+        let n = indices.len();
+        Ok((Tensor::from_vec(x, (n, c, h, w), device)?, Tensor::from_vec(y, n, device)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pass_is_a_permutation_and_drops_the_remainder() {
+        let mut s = Sampler::new(10, 3, Rng::seed(1)).unwrap();
+        assert_eq!(s.batches_per_epoch(), 3);
+        let mut seen: Vec<u32> = (0..3).flat_map(|i| s.indices(i).to_vec()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 9);
+        let first = s.permutation.clone();
+        s.indices(3);
+        assert_ne!(first, s.permutation, "a new pass reshuffles");
+        assert!(Sampler::new(2, 3, Rng::seed(1)).is_err());
+    }
+}

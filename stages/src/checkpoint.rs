@@ -1,0 +1,99 @@
+//! Training checkpoints: one safetensors file holding every model tensor (`model.*`: parameters,
+//! fixed tensors, BN statistics), the optimizer state (`momentum.*`), the data stream's RNG
+//! state and current permutation, and the iteration; curves so far ride in the metadata.
+//! Written to a temporary name and renamed, so a kill never leaves a half-written checkpoint.
+
+use crate::batches::Sampler;
+use crate::error::{format_err, IoContext};
+use crate::Result;
+use candle_core::{DType, Device, Tensor};
+use opt_core::{MomentumSgd, ParamStore, Rng};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const META_CURVES: &str = "curves";
+
+pub struct Restored {
+    pub iteration: u64,
+    pub metadata: HashMap<String, String>,
+}
+
+pub fn save(
+    path: &Path,
+    store: &ParamStore,
+    optimizer: &MomentumSgd,
+    sampler: &Sampler,
+    iteration: u64,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let cpu = Device::Cpu;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in store.tensors() {
+        tensors.insert(format!("model.{k}"), v.to_device(&cpu)?);
+    }
+    for (k, v) in optimizer.state() {
+        tensors.insert(format!("momentum.{k}"), v.to_device(&cpu)?);
+    }
+    let rng: Vec<i64> = sampler.rng.state().iter().map(|&w| w as i64).collect();
+    tensors.insert("rng_state".into(), Tensor::from_vec(rng, 4, &cpu)?);
+    tensors.insert(
+        "permutation".into(),
+        Tensor::from_slice(&sampler.permutation, sampler.permutation.len(), &cpu)?,
+    );
+    tensors.insert("iteration".into(), Tensor::from_vec(vec![iteration as i64], 1, &cpu)?);
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(&tensors, Some(metadata), &tmp)
+        .map_err(|e| format_err(&tmp, format!("cannot write checkpoint: {e}")))?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+pub fn load(
+    path: &Path,
+    store: &ParamStore,
+    optimizer: &MomentumSgd,
+    sampler: &mut Sampler,
+) -> Result<Restored> {
+    let bytes = std::fs::read(path).at(path)?;
+    let bad = |m: String| format_err(path, format!("corrupt checkpoint: {m}"));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    store.load(&tensors, "model.").map_err(|e| bad(e.to_string()))?;
+    optimizer.load_state(&tensors, "momentum.").map_err(|e| bad(e.to_string()))?;
+    let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
+    let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;
+    let rng: [u64; 4] = rng
+        .iter()
+        .map(|&w| w as u64)
+        .collect::<Vec<_>>()
+        .try_into()
+        .map_err(|_| bad("rng_state must have 4 words".into()))?;
+    sampler.rng = Rng::from_state(rng);
+    let perm: Vec<u32> = get("permutation")?.to_vec1()?;
+    if perm.len() != sampler.permutation.len() {
+        return Err(bad(format!(
+            "permutation of {} images, dataset has {}",
+            perm.len(),
+            sampler.permutation.len()
+        )));
+    }
+    sampler.permutation = perm;
+    let iteration = get("iteration")?.to_vec1::<i64>()?[0] as u64;
+    Ok(Restored { iteration, metadata })
+}
+
+/// Saves only the model tensors (the train artifact's `model.safetensors`).
+pub fn save_model(path: &Path, store: &ParamStore) -> Result<()> {
+    let cpu = Device::Cpu;
+    let tensors = store
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(&cpu)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    candle_core::safetensors::save(&tensors, path).map_err(|e| format_err(path, e.to_string()))
+}
+
+pub fn load_model(path: &Path, store: &ParamStore) -> Result<()> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format_err(path, e.to_string()))?;
+    store.load(&tensors, "").map_err(|e| format_err(path, e.to_string()))
+}

@@ -1,0 +1,91 @@
+//! Decoded datasets in memory: uint8 images in NCHW order, u32 labels.
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::format_err;
+use crate::Result;
+use std::path::Path;
+
+/// One split of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// `n · c · h · w` bytes, image-major, then channel planes (NCHW).
+    pub images: Vec<u8>,
+    pub labels: Vec<u32>,
+    /// `(channels, height, width)`.
+    pub shape: (usize, usize, usize),
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image_len(&self) -> usize {
+        self.shape.0 * self.shape.1 * self.shape.2
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let l = self.image_len();
+        &self.images[i * l..(i + 1) * l]
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.labels.truncate(n);
+            self.images.truncate(n * self.image_len());
+        }
+    }
+
+    pub fn to_tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let (c, h, w) = self.shape;
+        let images = Tensor::from_slice(&self.images, (self.len(), c, h, w), device)?;
+        let labels = Tensor::from_slice(&self.labels, self.len(), device)?;
+        Ok((images, labels))
+    }
+
+    pub fn from_tensors(images: &Tensor, labels: &Tensor, path: &Path) -> Result<Self> {
+        let (n, c, h, w) = images
+            .dims4()
+            .map_err(|_| format_err(path, "images tensor is not 4-D"))?;
+        if images.dtype() != DType::U8 || labels.dtype() != DType::U32 || labels.dims() != [n] {
+            return Err(format_err(path, "unexpected image/label tensor types or shapes"));
+        }
+        Ok(Self {
+            images: images.flatten_all()?.to_vec1()?,
+            labels: labels.to_vec1()?,
+            shape: (c, h, w),
+        })
+    }
+}
+
+/// Per-channel affine normalisation `x ↦ x·scale[c] + shift[c]` applied to raw pixel values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+impl Normalizer {
+    pub fn apply(&self, channel: usize, pixel: u8) -> f32 {
+        pixel as f32 * self.scale[channel] + self.shift[channel]
+    }
+
+    /// Normalises a whole split into an f32 tensor `[n, c, h, w]`.
+    pub fn tensor(&self, split: &Split, range: std::ops::Range<usize>, device: &Device) -> Result<Tensor> {
+        let (c, h, w) = split.shape;
+        let plane = h * w;
+        let mut out = Vec::with_capacity(range.len() * c * plane);
+        for i in range.clone() {
+            for (ch, pixels) in split.image(i).chunks(plane).enumerate() {
+                out.extend(pixels.iter().map(|&p| self.apply(ch, p)));
+            }
+        }
+        Ok(Tensor::from_vec(out, (range.len(), c, h, w), device)?)
+    }
+}

@@ -1,0 +1,81 @@
+//! Which device a run trains on.
+
+use crate::{Result, StageError};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// `auto` picks CUDA when this build has it and a GPU is present, else the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found {s:?}")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The concrete device kind this choice means on this build and machine (`auto` resolved).
+    pub fn resolve(self) -> DeviceChoice {
+        match self {
+            Self::Auto if candle_core::utils::cuda_is_available() => Self::Cuda(0),
+            Self::Auto => Self::Cpu,
+            other => other,
+        }
+    }
+
+    pub fn open(self) -> Result<Device> {
+        match self.resolve() {
+            Self::Cpu | Self::Auto => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(StageError::Config(format!(
+                        "run.device = \"cuda:{n}\" but this `opt` was built without CUDA support; \
+                         build with `just build-cuda` (cargo feature `cuda`) or set run.device = \"cpu\""
+                    )));
+                }
+                Device::new_cuda(n).map_err(|e| StageError::Config(format!("cannot open CUDA device {n}: {e}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Evaluate: test loss, top-1 and top-5 accuracy of a trained model (BN in inference mode,
+//! no augmentation), and the per-iteration curves of the run.
+
+use crate::dataset::{Normalizer, Split};
+use crate::error::{read_json, write_json};
+use crate::progress::Progress;
+use crate::train::{self, Curves, TrainConfig, TrainSummary};
+use crate::{preprocess, Result};
+use candle_core::Device;
+use opt_core::loss::{loss, LossKind};
+use opt_core::metrics::topk_correct;
+use opt_core::Cnn6;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const METRICS_FILE: &str = "metrics.json";
+pub const CURVES_FILE: &str = "curves.csv";
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub count: usize,
+}
+
+/// Evaluates `model` on `split` in batches of `batch`.
+pub fn evaluate(
+    model: &Cnn6,
+    split: &Split,
+    norm: &Normalizer,
+    kind: LossKind,
+    batch: usize,
+    device: &Device,
+) -> Result<EvalMetrics> {
+    let (mut loss_sum, mut top1, mut top5) = (0.0, 0usize, 0usize);
+    let n = split.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch.max(1)).min(n);
+        let x = norm.tensor(split, start..end, device)?;
+        let y = candle_core::Tensor::from_slice(&split.labels[start..end], end - start, device)?;
+        let logits = model.forward(&x, false)?;
+        loss_sum += loss(kind, &logits, &y)?.to_scalar::<f32>()? as f64 * (end - start) as f64;
+        top1 += topk_correct(&logits, &y, 1)?;
+        top5 += topk_correct(&logits, &y, 5)?;
+        start = end;
+    }
+    Ok(EvalMetrics {
+        loss: loss_sum / n as f64,
+        top1: top1 as f64 / n as f64,
+        top5: top5 as f64 / n as f64,
+        count: n,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateConfig {
+    pub batch_size: usize,
+}
+
+/// The evaluate artifact's `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub final_metrics: EvalMetrics,
+    pub best_top1: f64,
+    pub best_iteration: u64,
+    pub train: TrainSummary,
+}
+
+pub fn run(
+    cfg: &EvaluateConfig,
+    prepared_dir: &Path,
+    train_dir: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<EvalReport> {
+    progress.begin("evaluate", 0);
+    let data = preprocess::load(prepared_dir)?;
+    let tcfg: TrainConfig = read_json(&train_dir.join(train::CONFIG_FILE))?;
+    let summary: TrainSummary = read_json(&train_dir.join(train::SUMMARY_FILE))?;
+    let mut curves: Curves = read_json(&train_dir.join(train::CURVES_FILE))?;
+    let device = tcfg.device.open()?;
+    let (model, store) = train::build_model(&tcfg, &data.stats, &device)?;
+    crate::checkpoint::load_model(&train_dir.join(train::MODEL_FILE), &store)?;
+    let m = evaluate(&model, &data.test, &data.stats.normalizer, tcfg.loss.kind(), cfg.batch_size, &device)?;
+    curves.push_eval(summary.iterations, m);
+    let (best_iteration, best_top1) = curves.best_top1().unwrap_or((summary.iterations, m.top1));
+    curves.write_csv(&out.join(CURVES_FILE))?;
+    let report = EvalReport {
+        final_metrics: m,
+        best_top1,
+        best_iteration,
+        train: summary,
+    };
+    write_json(&out.join(METRICS_FILE), &report)?;
+    progress.note(&format!(
+        "test loss {:.4}, top-1 {:.4}, top-5 {:.4} on {} images",
+        m.loss, m.top1, m.top5, m.count
+    ));
+    progress.end();
+    Ok(report)
+}
+
+pub fn load_report(dir: &Path) -> Result<EvalReport> {
+    read_json(&dir.join(METRICS_FILE))
+}

@@ -1,0 +1,23 @@
+//! The five stages of an opt experiment: fetch → preprocess → train → evaluate → report.
+//!
+//! Each stage is a typed configuration (serialisable: its canonical JSON is what the pipeline
+//! hashes into the stage's cache key) plus a function from input artifact directories to an
+//! output directory. Stages know nothing of recipes, caches or the command line; they write only
+//! into the directory they are given, and report progress through [`progress::Progress`].
+
+pub mod augment;
+pub mod batches;
+pub mod checkpoint;
+pub mod dataset;
+pub mod device;
+pub mod error;
+pub mod evaluate;
+pub mod fetch;
+pub mod idx;
+pub mod model;
+pub mod preprocess;
+pub mod progress;
+pub mod report;
+pub mod train;
+
+pub use error::{Result, StageError};

@@ -1,0 +1,369 @@
+//! Train: the official training protocol (spec §5) on any device candle offers.
+//!
+//! Momentum SGD with L2 decay, piecewise-constant learning rate, the official loss, BN with
+//! batch statistics, per-image augmentation, the official batching; periodic test evaluations;
+//! checkpoints every N iterations into the stage's (resumable) staging directory. A run that
+//! finds a checkpoint there continues from it and ends with exactly the weights an
+//! uninterrupted run would have.
+
+use crate::augment::AugmentConfig;
+use crate::batches::Sampler;
+use crate::checkpoint;
+use crate::device::DeviceChoice;
+use crate::error::{read_json, write_json, IoContext};
+use crate::evaluate::{evaluate, EvalMetrics};
+use crate::model::{build, MethodConfig, ModelConfig};
+use crate::preprocess::{self, DatasetStats};
+use crate::progress::Progress;
+use crate::{Result, StageError};
+use candle_core::Device;
+use opt_core::loss::{loss, LossKind};
+use opt_core::metrics::topk_correct;
+use opt_core::{Cnn6, MomentumSgd, ParamStore, PiecewiseLr, Rng, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const CURVES_FILE: &str = "curves.json";
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+pub const CHECKPOINT_FILE: &str = "last.safetensors";
+
+/// Training length: a number of iterations, or of passes over the training set
+/// (`⌈epochs · ⌊n / batch⌋⌉` iterations).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Length {
+    Iterations(u64),
+    Epochs(f64),
+}
+
+impl Length {
+    pub fn iterations(self, batches_per_epoch: u64) -> u64 {
+        match self {
+            Length::Iterations(n) => n,
+            Length::Epochs(e) => (e * batches_per_epoch as f64).ceil() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Heavy-ball momentum (0.9 in the official code).
+    pub momentum: f64,
+    pub lr: f64,
+    /// Iterations at which the learning rate is multiplied by `lr_factor` (before that step).
+    pub milestones: Vec<u64>,
+    pub lr_factor: f64,
+    pub length: Length,
+    pub batch_size: usize,
+    /// L2 coefficient `wd` of `wd·½‖θ‖²` (5e-4 official).
+    pub weight_decay: f64,
+    /// Evaluate on the test set every this many iterations (0 = only at the end).
+    pub eval_every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossName {
+    /// `−Σ y·log(softmax + floor)` with smoothed labels (the official loss).
+    Official,
+    /// Standard cross-entropy (with optional label smoothing).
+    CrossEntropy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    pub kind: LossName,
+    pub label_smoothing: f64,
+    pub log_floor: f64,
+}
+
+impl LossConfig {
+    pub fn kind(&self) -> LossKind {
+        match self.kind {
+            LossName::Official => LossKind::Official {
+                smoothing: self.label_smoothing,
+                log_floor: self.log_floor,
+            },
+            LossName::CrossEntropy => LossKind::CrossEntropy {
+                smoothing: self.label_smoothing,
+            },
+        }
+    }
+}
+
+/// Everything that determines the trained weights (hashed into the cache key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub method: MethodConfig,
+    pub schedule: ScheduleConfig,
+    pub loss: LossConfig,
+    pub augment: AugmentConfig,
+    pub seed: u64,
+    /// The resolved device (never `auto`): results differ across devices.
+    pub device: DeviceChoice,
+}
+
+/// How to run, without changing what is computed (not part of the cache key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// Write a checkpoint every this many iterations (0 = never).
+    pub checkpoint_every: u64,
+    pub eval_batch: usize,
+    /// Checkpoint and stop after this many iterations (time-limited jobs); resumes next run.
+    pub stop_after: Option<u64>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 500,
+            eval_batch: 500,
+            stop_after: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainPoint {
+    pub iteration: u64,
+    pub lr: f64,
+    pub loss: f64,
+    pub acc: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub iteration: u64,
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Per-iteration training loss/accuracy and the periodic test evaluations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Curves {
+    pub train: Vec<TrainPoint>,
+    pub eval: Vec<EvalPoint>,
+}
+
+impl Curves {
+    pub fn push_eval(&mut self, iteration: u64, m: EvalMetrics) {
+        self.eval.push(EvalPoint {
+            iteration,
+            loss: m.loss,
+            top1: m.top1,
+            top5: m.top5,
+        });
+    }
+
+    /// `(iteration, top-1)` of the best evaluation (the earliest among equals).
+    pub fn best_top1(&self) -> Option<(u64, f64)> {
+        self.eval
+            .iter()
+            .fold(None, |best: Option<&EvalPoint>, p| match best {
+                Some(b) if b.top1 >= p.top1 => Some(b),
+                _ => Some(p),
+            })
+            .map(|p| (p.iteration, p.top1))
+    }
+
+    /// One row per iteration (1-based: the number of completed steps); test columns are
+    /// filled where an evaluation happened after that step.
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let csv_err = |source| StageError::Csv {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
+        w.write_record(["iteration", "lr", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5"])
+            .map_err(csv_err)?;
+        let evals: HashMap<u64, &EvalPoint> = self.eval.iter().map(|e| (e.iteration, e)).collect();
+        let mut iterations: Vec<u64> = self.train.iter().map(|t| t.iteration).collect();
+        iterations.extend(self.eval.iter().map(|e| e.iteration));
+        iterations.sort_unstable();
+        iterations.dedup();
+        let trains: HashMap<u64, &TrainPoint> = self.train.iter().map(|t| (t.iteration, t)).collect();
+        for it in iterations {
+            let mut row = vec![it.to_string()];
+            match trains.get(&it) {
+                Some(t) => row.extend([format!("{}", t.lr), format!("{:.6}", t.loss), format!("{:.6}", t.acc)]),
+                None => row.extend([String::new(), String::new(), String::new()]),
+            }
+            match evals.get(&it) {
+                Some(e) => row.extend([format!("{:.6}", e.loss), format!("{:.6}", e.top1), format!("{:.6}", e.top5)]),
+                None => row.extend([String::new(), String::new(), String::new()]),
+            }
+            w.write_record(&row).map_err(csv_err)?;
+        }
+        w.flush().at(path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub iterations: u64,
+    pub batch_size: usize,
+    pub epochs: f64,
+    /// Seconds spent in training steps (batch assembly, forward, backward, update), all sessions.
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub images_per_sec: f64,
+    pub ms_per_step: f64,
+    pub final_train_loss: f64,
+    pub resumed_from: Option<u64>,
+    pub trainable_params: usize,
+    pub fixed_params: usize,
+    pub device: String,
+}
+
+pub enum TrainOutcome {
+    Finished(TrainSummary),
+    /// Stopped early on request, with a checkpoint at this iteration.
+    Stopped(u64),
+}
+
+pub fn build_model(cfg: &TrainConfig, stats: &DatasetStats, device: &Device) -> Result<(Cnn6, ParamStore)> {
+    build(&cfg.model, &cfg.method, stats.shape, stats.classes, cfg.seed, device)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResumeMeta {
+    curves: Curves,
+    train_seconds: f64,
+    eval_seconds: f64,
+}
+
+fn status(loss: f64, acc: f64, images_per_sec: f64) -> String {
+    format!("loss {loss:.4} acc {acc:.3} {images_per_sec:.0} img/s")
+}
+
+pub fn run(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    prepared_dir: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<TrainOutcome> {
+    let data = preprocess::load(prepared_dir)?;
+    let device = cfg.device.open()?;
+    let (model, store) = build_model(cfg, &data.stats, &device)?;
+    let s = &cfg.schedule;
+    let mut optimizer = MomentumSgd::new(&store, s.momentum, s.weight_decay)?;
+    let mut sampler = Sampler::new(data.train.len(), s.batch_size, Rng::fork(cfg.seed, "data"))?;
+    let iterations = s.length.iterations(sampler.batches_per_epoch());
+    let schedule = PiecewiseLr {
+        base: s.lr,
+        milestones: s.milestones.clone(),
+        factor: s.lr_factor,
+    };
+    let loss_kind = cfg.loss.kind();
+    write_json(&out.join(CONFIG_FILE), cfg)?;
+
+    let ckpt_dir = out.join(CHECKPOINT_DIR);
+    std::fs::create_dir_all(&ckpt_dir).at(&ckpt_dir)?;
+    let ckpt = ckpt_dir.join(CHECKPOINT_FILE);
+    let mut meta = ResumeMeta {
+        curves: Curves::default(),
+        train_seconds: 0.0,
+        eval_seconds: 0.0,
+    };
+    let mut start = 0;
+    let mut resumed_from = None;
+    if ckpt.is_file() {
+        let restored = checkpoint::load(&ckpt, &store, &optimizer, &mut sampler)?;
+        let text = restored
+            .metadata
+            .get(checkpoint::META_CURVES)
+            .ok_or_else(|| crate::error::format_err(&ckpt, "checkpoint has no curves"))?;
+        meta = serde_json::from_str(text).map_err(|source| StageError::Json { path: ckpt.clone(), source })?;
+        start = restored.iteration;
+        resumed_from = Some(start);
+        progress.note(&format!("resuming from checkpoint at iteration {start}/{iterations}"));
+    }
+    let save_checkpoint = |meta: &ResumeMeta, optimizer: &MomentumSgd, sampler: &Sampler, done: u64| -> Result<()> {
+        let text = serde_json::to_string(meta).map_err(|source| StageError::Json { path: ckpt.clone(), source })?;
+        let md = HashMap::from([(checkpoint::META_CURVES.to_string(), text)]);
+        checkpoint::save(&ckpt, &store, optimizer, sampler, done, md)
+    };
+
+    progress.begin("train", iterations);
+    progress.update(start, "");
+    let session_train_start = meta.train_seconds;
+    for i in start..iterations {
+        let t0 = Instant::now();
+        let lr = schedule.at(i);
+        let (x, y) = sampler.batch(i, &data.train, &cfg.augment, &data.stats.normalizer, &device)?;
+        let logits = model.forward(&x, true)?;
+        let l = loss(loss_kind, &logits, &y)?;
+        let grads = l.backward()?;
+        optimizer.step(&grads, lr)?;
+        let loss_v = l.to_scalar::<f32>()? as f64;
+        let acc = topk_correct(&logits, &y, 1)? as f64 / s.batch_size as f64;
+        meta.train_seconds += t0.elapsed().as_secs_f64();
+        if !loss_v.is_finite() {
+            return Err(StageError::Config(format!(
+                "training diverged at iteration {i}: loss is {loss_v} (lower schedule.lr?)"
+            )));
+        }
+        let done = i + 1;
+        meta.curves.train.push(TrainPoint { iteration: done, lr, loss: loss_v, acc });
+        if s.eval_every > 0 && done % s.eval_every == 0 && done < iterations {
+            let t1 = Instant::now();
+            let m = evaluate(&model, &data.test, &data.stats.normalizer, loss_kind, opts.eval_batch, &device)?;
+            meta.eval_seconds += t1.elapsed().as_secs_f64();
+            meta.curves.push_eval(done, m);
+            progress.note(&format!(
+                "iteration {done}: test loss {:.4} top-1 {:.4} top-5 {:.4}",
+                m.loss, m.top1, m.top5
+            ));
+        }
+        let session_steps = (done - start) as f64;
+        let ips = session_steps * s.batch_size as f64 / (meta.train_seconds - session_train_start).max(1e-9);
+        progress.update(done, &status(loss_v, acc, ips));
+        let stop_here = opts.stop_after == Some(done) && done < iterations;
+        if done < iterations && (stop_here || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0)) {
+            save_checkpoint(&meta, &optimizer, &sampler, done)?;
+        }
+        if stop_here {
+            progress.end();
+            progress.note(&format!("stopped after iteration {done}; checkpoint written"));
+            return Ok(TrainOutcome::Stopped(done));
+        }
+    }
+    progress.end();
+
+    checkpoint::save_model(&out.join(MODEL_FILE), &store)?;
+    write_json(&out.join(CURVES_FILE), &meta.curves)?;
+    let steps = iterations.max(1) as f64;
+    let summary = TrainSummary {
+        iterations,
+        batch_size: s.batch_size,
+        epochs: iterations as f64 * s.batch_size as f64 / data.train.len() as f64,
+        train_seconds: meta.train_seconds,
+        eval_seconds: meta.eval_seconds,
+        images_per_sec: steps * s.batch_size as f64 / meta.train_seconds.max(1e-9),
+        ms_per_step: 1e3 * meta.train_seconds / steps,
+        final_train_loss: meta.curves.train.last().map(|t| t.loss).unwrap_or(f64::NAN),
+        resumed_from,
+        trainable_params: store.count(|r| matches!(r, Role::Trainable { .. })),
+        fixed_params: store.count(|r| matches!(r, Role::Fixed { .. })),
+        device: cfg.device.to_string(),
+    };
+    write_json(&out.join(SUMMARY_FILE), &summary)?;
+    std::fs::remove_dir_all(&ckpt_dir).at(&ckpt_dir)?;
+    Ok(TrainOutcome::Finished(summary))
+}
+
+pub fn load_summary(dir: &Path) -> Result<TrainSummary> {
+    read_json(&dir.join(SUMMARY_FILE))
+}
