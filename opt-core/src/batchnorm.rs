@@ -6,8 +6,11 @@
 //! candle-nn's `BatchNorm` follows PyTorch (running variance starts at 1, unbiased running
 //! variance, momentum 0.1), which changes early test curves, hence this type.
 
+use crate::conv::contiguous_f32;
+use crate::par::{for_each_chunk, map_ranges};
 use crate::{ParamStore, Result, Role};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchNormConfig {
@@ -35,7 +38,12 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    pub fn new(store: &mut ParamStore, name: &str, channels: usize, cfg: BatchNormConfig) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        channels: usize,
+        cfg: BatchNormConfig,
+    ) -> Result<Self> {
         let dev = store.device().clone();
         let gamma = store.add(
             &format!("{name}.gamma"),
@@ -76,20 +84,49 @@ impl BatchNorm {
 
     /// Training forward on `[N, C, H, W]`: normalise with batch statistics and update the EMAs.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, mean, var) = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            self.train_fused_cpu(x)?
+        } else {
+            self.train_ops(x)?
+        };
+        let d = self.cfg.decay;
+        let new_mean = ((self.moving_mean.as_tensor() * d)? + (mean * (1.0 - d))?)?;
+        let new_var = ((self.moving_var.as_tensor() * d)? + (var * (1.0 - d))?)?;
+        self.moving_mean.set(&new_mean)?;
+        self.moving_var.set(&new_var)?;
+        Ok(y)
+    }
+
+    /// Composed from candle ops (any device); returns `(y, batch mean, batch variance)`.
+    fn train_ops(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
         let inv_std = (var.clone() + self.cfg.eps)?.sqrt()?.recip()?;
         let y = self.affine(&centered.broadcast_mul(&inv_std)?)?;
+        Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+    }
 
-        let d = self.cfg.decay;
-        let batch_mean = mean.detach().flatten_all()?;
-        let batch_var = var.detach().flatten_all()?;
-        let new_mean = ((self.moving_mean.as_tensor() * d)? + (batch_mean * (1.0 - d))?)?;
-        let new_var = ((self.moving_var.as_tensor() * d)? + (batch_var * (1.0 - d))?)?;
-        self.moving_mean.set(&new_mean)?;
-        self.moving_var.set(&new_var)?;
-        Ok(y)
+    /// One fused pass forward and one backward on the CPU: the composed version spends most of
+    /// its time in strided reductions over (N, H, W) and broadcast gradients.
+    fn train_fused_cpu(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let stats = Arc::new(Mutex::new(None));
+        let op = FusedBnTrain {
+            eps: self.cfg.eps,
+            stats: stats.clone(),
+        };
+        let y = x
+            .contiguous()?
+            .apply_op3(self.gamma.as_tensor(), self.beta.as_tensor(), op)?;
+        let (mean, var) = stats
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .ok_or_else(|| candle_core::Error::Msg("batchnorm statistics missing".into()))?;
+        let c = self.channels;
+        let mean = Tensor::from_vec(mean, c, x.device())?;
+        let var = Tensor::from_vec(var, c, x.device())?;
+        Ok((y, mean, var))
     }
 
     /// Inference forward with the moving statistics.
@@ -109,6 +146,200 @@ impl BatchNorm {
         } else {
             self.forward_eval(x)
         }
+    }
+}
+
+type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// Training-mode BN `(x, γ, β) ↦ y` with exact backward; leaves the batch mean and biased
+/// variance in `stats` for the moving averages.
+struct FusedBnTrain {
+    eps: f64,
+    stats: Stats,
+}
+
+fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (n, c, h, w) = layout.shape().dims4()?;
+    Ok((n, c, h * w))
+}
+
+/// Per-channel `(Σ f(a), Σ g(a, b))` over images, accumulated in f64.
+fn channel_sums(
+    n: usize,
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let partial = map_ranges(n, |images| {
+        let mut s = (vec![0f64; c], vec![0f64; c]);
+        for i in images {
+            for ch in 0..c {
+                let (a, b) = f((i * c + ch) * hw, ch);
+                s.0[ch] += a;
+                s.1[ch] += b;
+            }
+        }
+        s
+    });
+    partial
+        .into_iter()
+        .fold((vec![0f64; c], vec![0f64; c]), |mut acc, p| {
+            for ch in 0..c {
+                acc.0[ch] += p.0[ch];
+                acc.1[ch] += p.1[ch];
+            }
+            acc
+        })
+}
+
+impl CustomOp3 for FusedBnTrain {
+    fn name(&self) -> &'static str {
+        "batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let x = contiguous_f32(xs, xl, "batchnorm")?;
+        let gamma = contiguous_f32(gs, gl, "batchnorm")?;
+        let beta = contiguous_f32(bs, bl, "batchnorm")?;
+        let m = (n * hw) as f64;
+        let (sum, _) = channel_sums(n, c, hw, |o, _| {
+            (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
+        });
+        let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+        // Two passes (mean, then centred squares) for an accurate biased variance.
+        let (sq, _) = channel_sums(n, c, hw, |o, ch| {
+            (
+                x[o..o + hw]
+                    .iter()
+                    .map(|&v| (v as f64 - mean[ch]).powi(2))
+                    .sum(),
+                0.0,
+            )
+        });
+        let var: Vec<f64> = sq.iter().map(|s| s / m).collect();
+        let scale: Vec<f32> = (0..c)
+            .map(|ch| (gamma[ch] as f64 / (var[ch] + self.eps).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| beta[ch] - (mean[ch] as f32) * scale[ch])
+            .collect();
+        let mut out = vec![0f32; n * c * hw];
+        for_each_chunk(&mut out, c * hw, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(hw).enumerate() {
+                let ch = k % c;
+                let src = &x[first * c * hw + k * hw..][..hw];
+                for (y, &v) in o.iter_mut().zip(src) {
+                    *y = v * scale[ch] + shift[ch];
+                }
+            }
+        });
+        if let Ok(mut s) = self.stats.lock() {
+            *s = Some((
+                mean.iter().map(|&v| v as f32).collect(),
+                var.iter().map(|&v| v as f32).collect(),
+            ));
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Statistics are recomputed from x: the forward's copy was handed to the EMA update.
+        let op = FusedBnBackward {
+            eps: self.eps,
+            gamma: gamma.to_vec1()?,
+        };
+        let packed = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
+        let (n, c, h, w) = x.dims4()?;
+        let len = n * c * h * w;
+        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
+        let dgamma = packed.narrow(0, len, c)?;
+        let dbeta = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// `(x, dy) ↦ [dx, dγ, dβ]` packed in one vector:
+/// `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/σ · (dy − dβ/M − x̂·dγ/M)`, sums over (N, H, W).
+struct FusedBnBackward {
+    eps: f64,
+    gamma: Vec<f32>,
+}
+
+impl CustomOp2 for FusedBnBackward {
+    fn name(&self) -> &'static str {
+        "batchnorm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let x = contiguous_f32(xs, xl, "batchnorm backward")?;
+        let dy = contiguous_f32(gs, gl, "batchnorm backward")?;
+        let m = (n * hw) as f64;
+        let (sum, _) = channel_sums(n, c, hw, |o, _| {
+            (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
+        });
+        let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+        let (sq, _) = channel_sums(n, c, hw, |o, ch| {
+            (
+                x[o..o + hw]
+                    .iter()
+                    .map(|&v| (v as f64 - mean[ch]).powi(2))
+                    .sum(),
+                0.0,
+            )
+        });
+        let inv_std: Vec<f64> = sq.iter().map(|s| 1.0 / (s / m + self.eps).sqrt()).collect();
+        let (dbeta, dgamma) = channel_sums(n, c, hw, |o, ch| {
+            let mut a = 0f64;
+            let mut b = 0f64;
+            for (&v, &g) in x[o..o + hw].iter().zip(&dy[o..o + hw]) {
+                a += g as f64;
+                b += g as f64 * (v as f64 - mean[ch]) * inv_std[ch];
+            }
+            (a, b)
+        });
+        let len = n * c * hw;
+        let mut out = vec![0f32; len + 2 * c];
+        let (dx, tail) = out.split_at_mut(len);
+        for_each_chunk(dx, c * hw, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(hw).enumerate() {
+                let ch = k % c;
+                let off = first * c * hw + k * hw;
+                let k1 = self.gamma[ch] as f64 * inv_std[ch];
+                let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
+                for ((d, &v), &g) in o.iter_mut().zip(&x[off..off + hw]).zip(&dy[off..off + hw]) {
+                    let xhat = (v as f64 - mean[ch]) * inv_std[ch];
+                    *d = (k1 * (g as f64 - mb - xhat * mg)) as f32;
+                }
+            }
+        });
+        for ch in 0..c {
+            tail[ch] = dgamma[ch] as f32;
+            tail[c + ch] = dbeta[ch] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
     }
 }
 
@@ -135,6 +366,42 @@ mod tests {
         // Inference with the (tiny) EMA statistics: (x - 0.003)/sqrt(0.0035 + 1e-3).
         let e: Vec<f32> = bn.forward_eval(&x)?.flatten_all()?.to_vec1()?;
         assert!((e[0] as f64 - (1.0 - 0.003) / (0.0045f64).sqrt()).abs() < 1e-4);
+        Ok(())
+    }
+
+    /// The fused CPU path against the composed candle-ops path: outputs, statistics and all
+    /// three gradients.
+    #[test]
+    fn fused_cpu_path_matches_composed_ops() -> Result<()> {
+        let mut store = ParamStore::new(Device::Cpu);
+        let bn = BatchNorm::new(&mut store, "bn", 3, BatchNormConfig::default())?;
+        bn.gamma
+            .set(&Tensor::new(&[1.5f32, -0.5, 2.0], &Device::Cpu)?)?;
+        bn.beta
+            .set(&Tensor::new(&[0.1f32, 0.2, -0.3], &Device::Cpu)?)?;
+        let mut rng = crate::Rng::seed(5);
+        let x = Var::from_tensor(&Tensor::from_vec(
+            rng.normal_vec(4 * 3 * 5 * 2, 2.0),
+            (4, 3, 5, 2),
+            &Device::Cpu,
+        )?)?;
+        let w = Tensor::from_vec(
+            rng.normal_vec(4 * 3 * 5 * 2, 1.0),
+            (4, 3, 5, 2),
+            &Device::Cpu,
+        )?;
+        let (yf, mf, vf) = bn.train_fused_cpu(&x)?;
+        let (yo, mo, vo) = bn.train_ops(&x)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+        };
+        assert!(diff(&yf, &yo)? < 1e-5);
+        assert!(diff(&mf, &mo)? < 1e-5 && diff(&vf, &vo)? < 1e-5);
+        let gf = (yf * &w)?.sum_all()?.backward()?;
+        let go = (yo * &w)?.sum_all()?.backward()?;
+        for t in [x.as_tensor(), bn.gamma.as_tensor(), bn.beta.as_tensor()] {
+            assert!(diff(gf.get(t).unwrap(), go.get(t).unwrap())? < 1e-4);
+        }
         Ok(())
     }
 }

@@ -50,8 +50,9 @@ pub struct Cnn6 {
 
 impl Cnn6 {
     /// Names of the layers that come from the factory, in forward order.
-    pub const OPT_LAYERS: [&'static str; 7] =
-        ["conv1_0", "conv1_1", "conv2_0", "conv2_1", "conv3_0", "conv3_1", "fc6"];
+    pub const OPT_LAYERS: [&'static str; 7] = [
+        "conv1_0", "conv1_1", "conv2_0", "conv2_1", "conv3_0", "conv3_1", "fc6",
+    ];
 
     pub fn new(
         config: Cnn6Config,
@@ -67,36 +68,63 @@ impl Cnn6 {
             )));
         }
         if config.classes < 2 || config.widths.contains(&0) || config.fc6_width == 0 {
-            return Err(Error::Config(format!("invalid CNN-6 widths/classes: {config:?}")));
+            return Err(Error::Config(format!(
+                "invalid CNN-6 widths/classes: {config:?}"
+            )));
         }
         let mut convs = Vec::new();
         let mut prev = c_in;
         for (i, name) in Self::OPT_LAYERS[..6].iter().enumerate() {
             let width = config.widths[i / 2];
-            let shape = KernelShape { c_out: width, c_in: prev, k_h: 3, k_w: 3 };
+            let shape = KernelShape {
+                c_out: width,
+                c_in: prev,
+                k_h: 3,
+                k_w: 3,
+            };
             let source = factory.build(store, name, shape, rng)?;
             let bn = BatchNorm::new(store, &format!("{name}.bn"), width, config.batchnorm)?;
             convs.push((
-                Conv { name: name.to_string(), shape, padding: 1, source },
+                Conv {
+                    name: name.to_string(),
+                    shape,
+                    padding: 1,
+                    source,
+                },
                 bn,
             ));
             prev = width;
         }
-        let shape = KernelShape { c_out: config.fc6_width, c_in: prev, k_h: fh, k_w: fw };
+        let shape = KernelShape {
+            c_out: config.fc6_width,
+            c_in: prev,
+            k_h: fh,
+            k_w: fw,
+        };
         let fc6 = Conv {
             name: "fc6".into(),
             shape,
             padding: 0,
             source: factory.build(store, "fc6", shape, rng)?,
         };
-        let shape = KernelShape { c_out: config.classes, c_in: config.fc6_width, k_h: 1, k_w: 1 };
+        let shape = KernelShape {
+            c_out: config.classes,
+            c_in: config.fc6_width,
+            k_h: 1,
+            k_w: 1,
+        };
         let score = Conv {
             name: "score".into(),
             shape,
             padding: 0,
             source: Box::new(PlainKernel::new(store, "score", shape, rng)?),
         };
-        Ok(Self { config, convs, fc6, score })
+        Ok(Self {
+            config,
+            convs,
+            fc6,
+            score,
+        })
     }
 
     /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
@@ -142,10 +170,17 @@ mod tests {
         }
         // 7 weight layers + score; 6 BN layers × 4 tensors.
         let mut store = ParamStore::new(Device::Cpu);
-        Cnn6::new(Cnn6Config::new((3, 32, 32), 100, 64), &PlainFactory, &mut store, &mut Rng::seed(0))?;
+        Cnn6::new(
+            Cnn6Config::new((3, 32, 32), 100, 64),
+            &PlainFactory,
+            &mut store,
+            &mut Rng::seed(0),
+        )?;
         assert_eq!(store.entries().len(), 8 + 24);
-        assert_eq!(store.count(|r| r == crate::Role::Trainable { decay: true }) - 2 * 6 * 64,
-            27 * 64 + 5 * 576 * 64 + 1024 * 64 + 6400);
+        assert_eq!(
+            store.count(|r| r == crate::Role::Trainable { decay: true }) - 2 * 6 * 64,
+            27 * 64 + 5 * 576 * 64 + 1024 * 64 + 6400
+        );
         Ok(())
     }
 

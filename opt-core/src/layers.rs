@@ -56,11 +56,20 @@ pub struct PlainKernel {
 }
 
 impl PlainKernel {
-    pub fn new(store: &mut ParamStore, name: &str, shape: KernelShape, rng: &mut Rng) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        shape: KernelShape,
+        rng: &mut Rng,
+    ) -> Result<Self> {
         let (o, i, h, w) = shape.dims();
         let data = rng.normal_vec(o * i * h * w, shape.he_std());
         let t = Tensor::from_vec(data, (o, i, h, w), store.device())?;
-        let weight = store.add(&format!("{name}.weight"), t, Role::Trainable { decay: true })?;
+        let weight = store.add(
+            &format!("{name}.weight"),
+            t,
+            Role::Trainable { decay: true },
+        )?;
         Ok(Self { weight })
     }
 }
@@ -97,6 +106,10 @@ pub struct Conv {
 impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.source.kernel()?;
-        Ok(x.conv2d(&k, self.padding, 1, 1, 1)?)
+        if x.device().is_cpu() {
+            Ok(crate::conv::conv2d_im2col(x, &k, self.padding)?)
+        } else {
+            Ok(x.conv2d(&k, self.padding, 1, 1, 1)?)
+        }
     }
 }

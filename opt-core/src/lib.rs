@@ -14,11 +14,13 @@
 
 pub mod batchnorm;
 pub mod cnn6;
+pub mod conv;
 pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub(crate) mod par;
 pub mod params;
 pub mod rng;
 pub mod schedule;

@@ -41,7 +41,9 @@ pub fn loss(kind: LossKind, logits: &Tensor, labels: &Tensor) -> Result<Tensor> 
             log_floor,
         } => {
             if log_floor < 0.0 {
-                return Err(Error::Config(format!("log floor must be ≥ 0, got {log_floor}")));
+                return Err(Error::Config(format!(
+                    "log floor must be ≥ 0, got {log_floor}"
+                )));
             }
             let p = candle_nn::ops::softmax(logits, D::Minus1)?;
             (smoothing, (p + log_floor)?.log()?)
@@ -84,13 +86,17 @@ mod tests {
         let logits = Tensor::new(&[[100f32, 0.]], &dev)?;
         let labels = Tensor::new(&[1u32], &dev)?;
         let official = loss(
-            LossKind::Official { smoothing: 0.0, log_floor: 1e-4 },
+            LossKind::Official {
+                smoothing: 0.0,
+                log_floor: 1e-4,
+            },
             &logits,
             &labels,
         )?
         .to_scalar::<f32>()?;
         assert!((official as f64 - (1e-4f64).ln().abs()).abs() < 1e-3);
-        let ce = loss(LossKind::CrossEntropy { smoothing: 0.0 }, &logits, &labels)?.to_scalar::<f32>()?;
+        let ce = loss(LossKind::CrossEntropy { smoothing: 0.0 }, &logits, &labels)?
+            .to_scalar::<f32>()?;
         assert!((ce - 100.0).abs() < 1e-3);
         Ok(())
     }

@@ -29,7 +29,10 @@ mod tests {
     #[test]
     fn counts_top1_and_top2() -> Result<()> {
         let dev = Device::Cpu;
-        let logits = Tensor::new(&[[0.1f32, 0.7, 0.2], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7]], &dev)?;
+        let logits = Tensor::new(
+            &[[0.1f32, 0.7, 0.2], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7]],
+            &dev,
+        )?;
         let labels = Tensor::new(&[1u32, 1, 0], &dev)?;
         assert_eq!(topk_correct(&logits, &labels, 1)?, 1);
         assert_eq!(topk_correct(&logits, &labels, 2)?, 2);

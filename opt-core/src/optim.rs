@@ -37,7 +37,9 @@ impl MomentumSgd {
         select: impl Fn(&str) -> bool,
     ) -> Result<Self> {
         if !(0.0..1.0).contains(&momentum) {
-            return Err(Error::Config(format!("momentum must be in [0, 1), got {momentum}")));
+            return Err(Error::Config(format!(
+                "momentum must be in [0, 1), got {momentum}"
+            )));
         }
         let mut slots = Vec::new();
         for e in store.trainable().filter(|e| select(&e.name)) {
@@ -84,7 +86,9 @@ impl MomentumSgd {
     pub fn load_state(&self, state: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for s in &self.slots {
             let key = format!("{prefix}{}", s.name);
-            let t = state.get(&key).ok_or_else(|| Error::MissingTensor(key.clone()))?;
+            let t = state
+                .get(&key)
+                .ok_or_else(|| Error::MissingTensor(key.clone()))?;
             if t.dims() != s.accum.dims() {
                 return Err(Error::ShapeMismatch {
                     name: key,
@@ -109,7 +113,11 @@ mod tests {
     #[test]
     fn matches_hand_computed_steps() -> Result<()> {
         let mut store = ParamStore::new(Device::Cpu);
-        let theta = store.add("w", Tensor::ones(1, DType::F32, &Device::Cpu)?, Role::Trainable { decay: true })?;
+        let theta = store.add(
+            "w",
+            Tensor::ones(1, DType::F32, &Device::Cpu)?,
+            Role::Trainable { decay: true },
+        )?;
         let mut opt = MomentumSgd::new(&store, 0.9, 0.1)?;
         for _ in 0..2 {
             let loss = (theta.as_tensor() * 3.0)?.sum_all()?;

@@ -93,7 +93,12 @@ impl ParamStore {
                 Role::Trainable { decay: true } | Role::Fixed { decay: true }
             );
             if decayed {
-                let s = e.var.as_tensor().sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                let s = e
+                    .var
+                    .as_tensor()
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?;
                 total += s.to_scalar::<f64>()?;
             }
         }
@@ -113,7 +118,9 @@ impl ParamStore {
     pub fn load(&self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for e in &self.entries {
             let key = format!("{prefix}{}", e.name);
-            let t = tensors.get(&key).ok_or_else(|| Error::MissingTensor(key.clone()))?;
+            let t = tensors
+                .get(&key)
+                .ok_or_else(|| Error::MissingTensor(key.clone()))?;
             if t.dims() != e.var.dims() {
                 return Err(Error::ShapeMismatch {
                     name: key,

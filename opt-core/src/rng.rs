@@ -112,7 +112,10 @@ mod tests {
         }
         let mut c = Rng::from_state(a.state());
         assert_eq!(a.next_u64(), c.next_u64());
-        assert_ne!(Rng::fork(7, "data").next_u64(), Rng::fork(7, "init").next_u64());
+        assert_ne!(
+            Rng::fork(7, "data").next_u64(),
+            Rng::fork(7, "init").next_u64()
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ mod tests {
 
     #[test]
     fn decays_at_milestones() {
-        let s = PiecewiseLr { base: 0.1, milestones: vec![30_000, 50_000, 65_000], factor: 0.1 };
+        let s = PiecewiseLr {
+            base: 0.1,
+            milestones: vec![30_000, 50_000, 65_000],
+            factor: 0.1,
+        };
         assert_eq!(s.at(0), 0.1);
         assert_eq!(s.at(29_999), 0.1);
         assert!((s.at(30_000) - 0.01).abs() < 1e-15);

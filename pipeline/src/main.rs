@@ -1,1 +1,265 @@
-fn main(){}
+//! `opt`: run OPT experiments from recipes.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use opt_pipeline::bench::{self, BenchConfig};
+use opt_pipeline::plan::{self, Plan};
+use opt_pipeline::progress::{init_logging, Bars, Terminal};
+use opt_pipeline::recipe;
+use opt_pipeline::runner::{self, RunContext, RunResult};
+use opt_pipeline::store::ArtifactStore;
+use opt_stages::device::DeviceChoice;
+use opt_stages::model::MethodConfig;
+use opt_stages::report;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+// Training allocates and frees tensors of tens of MB every step; glibc returns them to the OS
+// and takes page faults to get them back (a third of CPU time in profiles). mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` (index 15 in mimalloc v2 and v3's `mi_option_e`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory mapped: by default mimalloc purges it after 10 ms, and a training step
+/// (seconds) then pays to fault every page back in.
+fn keep_freed_memory() {
+    // SAFETY: sets a process-wide allocator option; valid at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+#[derive(Parser)]
+#[command(
+    name = "opt",
+    version,
+    about = "Orthogonal Over-Parameterized Training experiments from recipes"
+)]
+struct Cli {
+    /// Only warnings and errors on stderr; no progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct RecipeArgs {
+    /// Recipe file (.toml, .yaml or .yml).
+    recipe: PathBuf,
+    /// Override a recipe value, e.g. `--set schedule.lr=0.05` (repeatable; wins over the file
+    /// and over OPT_* environment variables such as OPT_SCHEDULE__LR=0.05).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Artifact cache directory.
+    #[arg(long, default_value = "outputs/cache")]
+    cache: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recipe: fetch → preprocess → train → evaluate → report, re-using cached stages.
+    Run {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Run directory for results and logs (default: report.out_dir or outputs/runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Checkpoint and stop training after this many iterations; the next run resumes.
+        #[arg(long, value_name = "N")]
+        stop_after: Option<u64>,
+    },
+    /// Print the fully resolved recipe and each stage's cache key and status.
+    Show {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data.
+    Bench {
+        /// Method to measure.
+        #[arg(long, default_value = "baseline")]
+        method: String,
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Input shape CxHxW.
+        #[arg(long, default_value = "3x32x32")]
+        input: String,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// CPU threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+fn set_threads(n: usize) {
+    if n > 0 {
+        // Read by rayon and candle's gemm when their pools start; nothing has started yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+fn load_plan(args: &RecipeArgs) -> Result<Plan> {
+    let loaded = recipe::load(&args.recipe, &args.set)?;
+    Ok(plan::resolve(&loaded)?)
+}
+
+fn run(args: RecipeArgs, out: Option<PathBuf>, stop_after: Option<u64>, quiet: bool) -> Result<()> {
+    let plan = load_plan(&args)?;
+    set_threads(plan.threads);
+    let run_dir = out
+        .or_else(|| plan.out_dir.clone())
+        .unwrap_or_else(|| runner::default_run_dir(&plan.name));
+    let term = Terminal::new(quiet);
+    init_logging(&term, Some(&run_dir.join("opt.log")))?;
+    tracing::info!(
+        "recipe {} ({}): {} on {}, {} iterations' worth of schedule, device {}",
+        plan.name,
+        plan.recipe_file.display(),
+        plan.train.method.name(),
+        plan.fetch.dataset.as_str(),
+        match plan.train.schedule.length {
+            opt_stages::train::Length::Iterations(n) => n.to_string(),
+            opt_stages::train::Length::Epochs(e) => format!("{e} epochs"),
+        },
+        plan.train.device
+    );
+    let store = ArtifactStore::new(&args.cache);
+    let bars = Bars::new(&term);
+    let ctx = RunContext {
+        store: &store,
+        run_dir: run_dir.clone(),
+        progress: &bars,
+        stop_after,
+    };
+    match runner::run(&plan, &ctx)? {
+        RunResult::Stopped { iteration } => {
+            eprintln!("stopped after iteration {iteration}; run the same command again to resume");
+        }
+        RunResult::Finished { rows, trained } => {
+            if !trained {
+                eprintln!(
+                    "nothing to train: every stage was cached (results from {})",
+                    store.root().display()
+                );
+            }
+            if plan.print_table {
+                println!("{}", report::markdown(&rows));
+            }
+            eprintln!("results: {}", run_dir.join(report::RESULTS_MD).display());
+        }
+    }
+    Ok(())
+}
+
+fn show(args: RecipeArgs) -> Result<()> {
+    let plan = load_plan(&args)?;
+    let keys = plan.keys()?;
+    let mut recipe = plan.recipe.clone();
+    recipe.name = Some(plan.name.clone());
+    println!("# resolved recipe: {}", plan.recipe_file.display());
+    println!(
+        "{}",
+        toml::to_string(&recipe).context("rendering the recipe as TOML")?
+    );
+    println!("# resolved stage configurations");
+    let resolved = serde_json::json!({
+        "fetch": plan.fetch,
+        "preprocess": plan.preprocess,
+        "train": plan.train,
+        "evaluate": plan.evaluate,
+    });
+    println!("{}", serde_json::to_string_pretty(&resolved)?);
+    println!("\n# stage cache keys ({})", args.cache.display());
+    let store = ArtifactStore::new(&args.cache);
+    for (stage, key) in [
+        ("fetch", &keys.fetch),
+        ("preprocess", &keys.preprocess),
+        ("train", &keys.train),
+        ("evaluate", &keys.evaluate),
+    ] {
+        let status = if store.lookup(stage, key).is_some() {
+            "cached"
+        } else if store.staging_dir(stage, key).exists() {
+            "partial (will resume)"
+        } else {
+            "to compute"
+        };
+        println!("{stage:<11} {key}  {status}");
+    }
+    Ok(())
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let parts: Vec<usize> = s
+        .split('x')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("--input {s:?}: expected CxHxW, e.g. 3x32x32"))?;
+    match parts[..] {
+        [c, h, w] => Ok((c, h, w)),
+        _ => anyhow::bail!("--input {s:?}: expected CxHxW, e.g. 3x32x32"),
+    }
+}
+
+fn main() -> ExitCode {
+    keep_freed_memory();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            recipe,
+            out,
+            stop_after,
+        } => run(recipe, out, stop_after, cli.quiet),
+        Command::Show { recipe } => show(recipe),
+        Command::Bench {
+            method,
+            width,
+            input,
+            classes,
+            batch,
+            warmup,
+            steps,
+            device,
+            threads,
+        } => (|| -> Result<()> {
+            set_threads(threads);
+            let method: MethodConfig =
+                serde_json::from_value(serde_json::json!({ "name": method }))
+                    .with_context(|| format!("--method {method:?}: unknown method"))?;
+            let cfg = BenchConfig {
+                method,
+                width,
+                input: parse_shape(&input)?,
+                classes,
+                batch,
+                warmup,
+                steps,
+                device,
+            };
+            let r = bench::run(&cfg)?;
+            println!("| method | device | batch | input | images/s | ms/step |");
+            println!("|---|---|---:|---|---:|---:|");
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.2} |",
+                r.method, r.device, cfg.batch, input, r.images_per_sec, r.ms_per_step
+            );
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -16,7 +16,10 @@ pub struct AugmentConfig {
 }
 
 impl AugmentConfig {
-    pub const NONE: AugmentConfig = AugmentConfig { pad: 0, flip: false };
+    pub const NONE: AugmentConfig = AugmentConfig {
+        pad: 0,
+        flip: false,
+    };
 }
 
 /// Index into `0..n` of padded coordinate `p ∈ [−pad, n + pad)` under symmetric padding.
@@ -84,7 +87,10 @@ mod tests {
 
     #[test]
     fn crop_offsets_and_flip_follow_the_seed() {
-        let norm = Normalizer { scale: vec![1.0], shift: vec![0.0] };
+        let norm = Normalizer {
+            scale: vec![1.0],
+            shift: vec![0.0],
+        };
         let src: Vec<u8> = (0..16).collect(); // 4×4, value = 4·row + col
         let cfg = AugmentConfig { pad: 1, flip: true };
         let mut r1 = Rng::seed(3);
@@ -95,7 +101,15 @@ mod tests {
         let oy = r2.below(3) as isize - 1;
         let ox = r2.below(3) as isize - 1;
         let flip = r2.bernoulli(0.5);
-        let refl = |p: isize| -> usize { if p < 0 { (-p - 1) as usize } else if p > 3 { (7 - p) as usize } else { p as usize } };
+        let refl = |p: isize| -> usize {
+            if p < 0 {
+                (-p - 1) as usize
+            } else if p > 3 {
+                (7 - p) as usize
+            } else {
+                p as usize
+            }
+        };
         for i in 0..4 {
             for j in 0..4 {
                 let jj = if flip { 3 - j } else { j };

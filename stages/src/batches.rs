@@ -22,7 +22,11 @@ impl Sampler {
                 "batch size {batch} needs at least that many training images (have {n})"
             )));
         }
-        Ok(Self { batch, permutation: (0..n as u32).collect(), rng })
+        Ok(Self {
+            batch,
+            permutation: (0..n as u32).collect(),
+            rng,
+        })
     }
 
     pub fn batches_per_epoch(&self) -> u64 {
@@ -54,12 +58,22 @@ impl Sampler {
         let mut x = vec![0f32; indices.len() * len];
         let mut y = Vec::with_capacity(indices.len());
         for (k, &i) in indices.iter().enumerate() {
-            augment_into(split.image(i as usize), split.shape, aug, norm, &mut self.rng, &mut x[k * len..(k + 1) * len]);
+            augment_into(
+                split.image(i as usize),
+                split.shape,
+                aug,
+                norm,
+                &mut self.rng,
+                &mut x[k * len..(k + 1) * len],
+            );
             y.push(split.labels[i as usize]);
         }
         let (c, h, w) = split.shape;
         let n = indices.len();
-        Ok((Tensor::from_vec(x, (n, c, h, w), device)?, Tensor::from_vec(y, n, device)?))
+        Ok((
+            Tensor::from_vec(x, (n, c, h, w), device)?,
+            Tensor::from_vec(y, n, device)?,
+        ))
     }
 }
 

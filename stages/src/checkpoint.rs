@@ -40,7 +40,10 @@ pub fn save(
         "permutation".into(),
         Tensor::from_slice(&sampler.permutation, sampler.permutation.len(), &cpu)?,
     );
-    tensors.insert("iteration".into(), Tensor::from_vec(vec![iteration as i64], 1, &cpu)?);
+    tensors.insert(
+        "iteration".into(),
+        Tensor::from_vec(vec![iteration as i64], 1, &cpu)?,
+    );
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(&tensors, Some(metadata), &tmp)
         .map_err(|e| format_err(&tmp, format!("cannot write checkpoint: {e}")))?;
@@ -55,11 +58,17 @@ pub fn load(
 ) -> Result<Restored> {
     let bytes = std::fs::read(path).at(path)?;
     let bad = |m: String| format_err(path, format!("corrupt checkpoint: {m}"));
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
-    store.load(&tensors, "model.").map_err(|e| bad(e.to_string()))?;
-    optimizer.load_state(&tensors, "momentum.").map_err(|e| bad(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    store
+        .load(&tensors, "model.")
+        .map_err(|e| bad(e.to_string()))?;
+    optimizer
+        .load_state(&tensors, "momentum.")
+        .map_err(|e| bad(e.to_string()))?;
     let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
     let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;
     let rng: [u64; 4] = rng
@@ -79,7 +88,10 @@ pub fn load(
     }
     sampler.permutation = perm;
     let iteration = get("iteration")?.to_vec1::<i64>()?[0] as u64;
-    Ok(Restored { iteration, metadata })
+    Ok(Restored {
+        iteration,
+        metadata,
+    })
 }
 
 /// Saves only the model tensors (the train artifact's `model.safetensors`).
@@ -94,6 +106,9 @@ pub fn save_model(path: &Path, store: &ParamStore) -> Result<()> {
 }
 
 pub fn load_model(path: &Path, store: &ParamStore) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format_err(path, e.to_string()))?;
-    store.load(&tensors, "").map_err(|e| format_err(path, e.to_string()))
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| format_err(path, e.to_string()))?;
+    store
+        .load(&tensors, "")
+        .map_err(|e| format_err(path, e.to_string()))
 }

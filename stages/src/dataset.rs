@@ -54,7 +54,10 @@ impl Split {
             .dims4()
             .map_err(|_| format_err(path, "images tensor is not 4-D"))?;
         if images.dtype() != DType::U8 || labels.dtype() != DType::U32 || labels.dims() != [n] {
-            return Err(format_err(path, "unexpected image/label tensor types or shapes"));
+            return Err(format_err(
+                path,
+                "unexpected image/label tensor types or shapes",
+            ));
         }
         Ok(Self {
             images: images.flatten_all()?.to_vec1()?,
@@ -77,7 +80,12 @@ impl Normalizer {
     }
 
     /// Normalises a whole split into an f32 tensor `[n, c, h, w]`.
-    pub fn tensor(&self, split: &Split, range: std::ops::Range<usize>, device: &Device) -> Result<Tensor> {
+    pub fn tensor(
+        &self,
+        split: &Split,
+        range: std::ops::Range<usize>,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (c, h, w) = split.shape;
         let plane = h * w;
         let mut out = Vec::with_capacity(range.len() * c * plane);

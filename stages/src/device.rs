@@ -26,7 +26,9 @@ impl FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found {s:?}")),
+                .ok_or_else(|| {
+                    format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found {s:?}")
+                }),
         }
     }
 }
@@ -74,7 +76,8 @@ impl DeviceChoice {
                          build with `just build-cuda` (cargo feature `cuda`) or set run.device = \"cpu\""
                     )));
                 }
-                Device::new_cuda(n).map_err(|e| StageError::Config(format!("cannot open CUDA device {n}: {e}")))
+                Device::new_cuda(n)
+                    .map_err(|e| StageError::Config(format!("cannot open CUDA device {n}: {e}")))
             }
         }
     }

@@ -84,7 +84,14 @@ pub fn run(
     let device = tcfg.device.open()?;
     let (model, store) = train::build_model(&tcfg, &data.stats, &device)?;
     crate::checkpoint::load_model(&train_dir.join(train::MODEL_FILE), &store)?;
-    let m = evaluate(&model, &data.test, &data.stats.normalizer, tcfg.loss.kind(), cfg.batch_size, &device)?;
+    let m = evaluate(
+        &model,
+        &data.test,
+        &data.stats.normalizer,
+        tcfg.loss.kind(),
+        cfg.batch_size,
+        &device,
+    )?;
     curves.push_eval(summary.iterations, m);
     let (best_iteration, best_top1) = curves.best_top1().unwrap_or((summary.iterations, m.top1));
     curves.write_csv(&out.join(CURVES_FILE))?;

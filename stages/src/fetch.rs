@@ -81,15 +81,19 @@ const EMBEDDED: [(&str, &[u8]); 4] = [
 /// Locates the file for `stem` in `dir` (raw or `.gz`).
 fn locate(dir: &Path, stem: &str) -> Result<PathBuf> {
     let candidates = [dir.join(stem), dir.join(format!("{stem}.gz"))];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        StageError::Config(format!(
-            "dataset file not found: looked for {} and {}; put the IDX files (raw or gzip) \
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            StageError::Config(format!(
+                "dataset file not found: looked for {} and {}; put the IDX files (raw or gzip) \
              there, or on Debian `apt-get install dataset-fashion-mnist` and use \
              path = \"/usr/share/datasets/fashion-mnist\"",
-            candidates[0].display(),
-            candidates[1].display()
-        ))
-    })
+                candidates[0].display(),
+                candidates[1].display()
+            ))
+        })
 }
 
 impl FetchConfig {

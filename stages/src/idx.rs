@@ -37,7 +37,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes[2] != 0x08 {
         return Err(format_err(
             path,
-            format!("IDX element type 0x{:02x} is not supported (expected 0x08, unsigned byte)", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x} is not supported (expected 0x08, unsigned byte)",
+                bytes[2]
+            ),
         ));
     }
     let ndim = bytes[3] as usize;
@@ -100,7 +103,10 @@ mod tests {
         assert_eq!(a.dims, vec![2, 2, 3]);
         assert_eq!(a.data[11], 12);
         let err = parse(&bytes[..bytes.len() - 1], p).unwrap_err().to_string();
-        assert!(err.starts_with("x.idx:") && err.contains("truncated"), "{err}");
+        assert!(
+            err.starts_with("x.idx:") && err.contains("truncated"),
+            "{err}"
+        );
         let err = parse(&[1, 2, 3, 4], p).unwrap_err().to_string();
         assert!(err.contains("bad magic"), "{err}");
     }

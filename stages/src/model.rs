@@ -43,10 +43,11 @@ impl ModelConfig {
 }
 
 /// The training method: what the seven weight layers of the network are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MethodConfig {
     /// Standard training: every kernel is an ordinary trainable tensor.
+    #[default]
     Baseline,
 }
 

@@ -64,16 +64,33 @@ fn read_split(dir: &Path, images_stem: &str, labels_stem: &str, classes: usize) 
     let labels = idx::read(&lpath)?;
     let (n, h, w) = match images.dims[..] {
         [n, h, w] => (n, h, w),
-        _ => return Err(format_err(&ipath, format!("expected 3 dimensions (n, h, w), found {:?}", images.dims))),
+        _ => {
+            return Err(format_err(
+                &ipath,
+                format!("expected 3 dimensions (n, h, w), found {:?}", images.dims),
+            ))
+        }
     };
     if labels.dims != [n] {
         return Err(format_err(
             &lpath,
-            format!("{} labels for {n} images in {}", labels.dims.iter().product::<usize>(), ipath.display()),
+            format!(
+                "{} labels for {n} images in {}",
+                labels.dims.iter().product::<usize>(),
+                ipath.display()
+            ),
         ));
     }
-    if let Some((i, &l)) = labels.data.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
-        return Err(format_err(&lpath, format!("label {l} of record {i} is out of range 0..{classes}")));
+    if let Some((i, &l)) = labels
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
+        return Err(format_err(
+            &lpath,
+            format!("label {l} of record {i} is out of range 0..{classes}"),
+        ));
     }
     Ok(Split {
         images: images.data,
@@ -139,7 +156,12 @@ pub fn normalizer(kind: Normalization, mean: &[f64], std: &[f64]) -> Result<Norm
     })
 }
 
-pub fn run(cfg: &PreprocessConfig, fetched: &Path, out: &Path, progress: &dyn Progress) -> Result<DatasetStats> {
+pub fn run(
+    cfg: &PreprocessConfig,
+    fetched: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<DatasetStats> {
     progress.begin("preprocess", 3);
     let classes = cfg.dataset.classes();
     let mut train = read_split(fetched, IDX_FILES[0], IDX_FILES[1], classes)?;
@@ -159,7 +181,9 @@ pub fn run(cfg: &PreprocessConfig, fetched: &Path, out: &Path, progress: &dyn Pr
         test.truncate(n);
     }
     if train.is_empty() || test.is_empty() {
-        return Err(StageError::Config("a dataset split is empty after limits".into()));
+        return Err(StageError::Config(
+            "a dataset split is empty after limits".into(),
+        ));
     }
     let (mean, std) = channel_stats(&train);
     let stats = DatasetStats {
@@ -206,12 +230,18 @@ pub fn load(dir: &Path) -> Result<Prepared> {
     if !path.is_file() {
         return Err(StageError::Io {
             path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing preprocess artifact file"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing preprocess artifact file",
+            ),
         });
     }
     let t = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| format_err(&path, e.to_string()))?;
-    let get = |k: &str| t.get(k).ok_or_else(|| format_err(&path, format!("no tensor `{k}`")));
+    let get = |k: &str| {
+        t.get(k)
+            .ok_or_else(|| format_err(&path, format!("no tensor `{k}`")))
+    };
     let train = Split::from_tensors(get("train_images")?, get("train_labels")?, &path)?;
     let test = Split::from_tensors(get("test_images")?, get("test_labels")?, &path)?;
     Ok(Prepared { train, test, stats })

@@ -53,7 +53,9 @@ pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<()> {
 
 pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>> {
     let mut r = csv::Reader::from_path(path).map_err(csv_err(path))?;
-    r.deserialize().map(|row| row.map_err(csv_err(path))).collect()
+    r.deserialize()
+        .map(|row| row.map_err(csv_err(path)))
+        .collect()
 }
 
 /// The markdown table (also what `opt run` prints).
@@ -135,7 +137,9 @@ mod tests {
         write_csv(&p, &[row()]).unwrap();
         assert_eq!(read_csv(&p).unwrap(), vec![row()]);
         let header = std::fs::read_to_string(&p).unwrap();
-        assert!(header.starts_with("recipe,dataset,model,method,seed,iterations,test_acc,test_err,best_test_acc"));
+        assert!(header.starts_with(
+            "recipe,dataset,model,method,seed,iterations,test_acc,test_err,best_test_acc"
+        ));
         let md = markdown(&[row()]);
         assert!(md.contains("| quickstart | fashion-mnist | cnn6-w32 | baseline | 1 | 300 | 0.8512 | 14.88 | 0.8600 (250) |"), "{md}");
     }

@@ -16,7 +16,7 @@ use crate::model::{build, MethodConfig, ModelConfig};
 use crate::preprocess::{self, DatasetStats};
 use crate::progress::Progress;
 use crate::{Result, StageError};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
 use opt_core::{Cnn6, MomentumSgd, ParamStore, PiecewiseLr, Rng, Role};
@@ -185,22 +185,39 @@ impl Curves {
             source,
         };
         let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
-        w.write_record(["iteration", "lr", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5"])
-            .map_err(csv_err)?;
+        w.write_record([
+            "iteration",
+            "lr",
+            "train_loss",
+            "train_acc",
+            "test_loss",
+            "test_top1",
+            "test_top5",
+        ])
+        .map_err(csv_err)?;
         let evals: HashMap<u64, &EvalPoint> = self.eval.iter().map(|e| (e.iteration, e)).collect();
         let mut iterations: Vec<u64> = self.train.iter().map(|t| t.iteration).collect();
         iterations.extend(self.eval.iter().map(|e| e.iteration));
         iterations.sort_unstable();
         iterations.dedup();
-        let trains: HashMap<u64, &TrainPoint> = self.train.iter().map(|t| (t.iteration, t)).collect();
+        let trains: HashMap<u64, &TrainPoint> =
+            self.train.iter().map(|t| (t.iteration, t)).collect();
         for it in iterations {
             let mut row = vec![it.to_string()];
             match trains.get(&it) {
-                Some(t) => row.extend([format!("{}", t.lr), format!("{:.6}", t.loss), format!("{:.6}", t.acc)]),
+                Some(t) => row.extend([
+                    format!("{}", t.lr),
+                    format!("{:.6}", t.loss),
+                    format!("{:.6}", t.acc),
+                ]),
                 None => row.extend([String::new(), String::new(), String::new()]),
             }
             match evals.get(&it) {
-                Some(e) => row.extend([format!("{:.6}", e.loss), format!("{:.6}", e.top1), format!("{:.6}", e.top5)]),
+                Some(e) => row.extend([
+                    format!("{:.6}", e.loss),
+                    format!("{:.6}", e.top1),
+                    format!("{:.6}", e.top5),
+                ]),
                 None => row.extend([String::new(), String::new(), String::new()]),
             }
             w.write_record(&row).map_err(csv_err)?;
@@ -232,8 +249,36 @@ pub enum TrainOutcome {
     Stopped(u64),
 }
 
-pub fn build_model(cfg: &TrainConfig, stats: &DatasetStats, device: &Device) -> Result<(Cnn6, ParamStore)> {
-    build(&cfg.model, &cfg.method, stats.shape, stats.classes, cfg.seed, device)
+/// One training step: forward in training mode, backward, optimizer update.
+/// Returns the batch loss and the number of correct top-1 predictions (before the update).
+pub fn step(
+    model: &Cnn6,
+    optimizer: &mut MomentumSgd,
+    loss_kind: LossKind,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<(f64, usize)> {
+    let logits = model.forward(x, true)?;
+    let l = loss(loss_kind, &logits, y)?;
+    let grads = l.backward()?;
+    optimizer.step(&grads, lr)?;
+    Ok((l.to_scalar::<f32>()? as f64, topk_correct(&logits, y, 1)?))
+}
+
+pub fn build_model(
+    cfg: &TrainConfig,
+    stats: &DatasetStats,
+    device: &Device,
+) -> Result<(Cnn6, ParamStore)> {
+    build(
+        &cfg.model,
+        &cfg.method,
+        stats.shape,
+        stats.classes,
+        cfg.seed,
+        device,
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,16 +330,25 @@ pub fn run(
             .metadata
             .get(checkpoint::META_CURVES)
             .ok_or_else(|| crate::error::format_err(&ckpt, "checkpoint has no curves"))?;
-        meta = serde_json::from_str(text).map_err(|source| StageError::Json { path: ckpt.clone(), source })?;
+        meta = serde_json::from_str(text).map_err(|source| StageError::Json {
+            path: ckpt.clone(),
+            source,
+        })?;
         start = restored.iteration;
         resumed_from = Some(start);
-        progress.note(&format!("resuming from checkpoint at iteration {start}/{iterations}"));
+        progress.note(&format!(
+            "resuming from checkpoint at iteration {start}/{iterations}"
+        ));
     }
-    let save_checkpoint = |meta: &ResumeMeta, optimizer: &MomentumSgd, sampler: &Sampler, done: u64| -> Result<()> {
-        let text = serde_json::to_string(meta).map_err(|source| StageError::Json { path: ckpt.clone(), source })?;
-        let md = HashMap::from([(checkpoint::META_CURVES.to_string(), text)]);
-        checkpoint::save(&ckpt, &store, optimizer, sampler, done, md)
-    };
+    let save_checkpoint =
+        |meta: &ResumeMeta, optimizer: &MomentumSgd, sampler: &Sampler, done: u64| -> Result<()> {
+            let text = serde_json::to_string(meta).map_err(|source| StageError::Json {
+                path: ckpt.clone(),
+                source,
+            })?;
+            let md = HashMap::from([(checkpoint::META_CURVES.to_string(), text)]);
+            checkpoint::save(&ckpt, &store, optimizer, sampler, done, md)
+        };
 
     progress.begin("train", iterations);
     progress.update(start, "");
@@ -302,13 +356,15 @@ pub fn run(
     for i in start..iterations {
         let t0 = Instant::now();
         let lr = schedule.at(i);
-        let (x, y) = sampler.batch(i, &data.train, &cfg.augment, &data.stats.normalizer, &device)?;
-        let logits = model.forward(&x, true)?;
-        let l = loss(loss_kind, &logits, &y)?;
-        let grads = l.backward()?;
-        optimizer.step(&grads, lr)?;
-        let loss_v = l.to_scalar::<f32>()? as f64;
-        let acc = topk_correct(&logits, &y, 1)? as f64 / s.batch_size as f64;
+        let (x, y) = sampler.batch(
+            i,
+            &data.train,
+            &cfg.augment,
+            &data.stats.normalizer,
+            &device,
+        )?;
+        let (loss_v, correct) = step(&model, &mut optimizer, loss_kind, &x, &y, lr)?;
+        let acc = correct as f64 / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
         if !loss_v.is_finite() {
             return Err(StageError::Config(format!(
@@ -316,10 +372,22 @@ pub fn run(
             )));
         }
         let done = i + 1;
-        meta.curves.train.push(TrainPoint { iteration: done, lr, loss: loss_v, acc });
+        meta.curves.train.push(TrainPoint {
+            iteration: done,
+            lr,
+            loss: loss_v,
+            acc,
+        });
         if s.eval_every > 0 && done % s.eval_every == 0 && done < iterations {
             let t1 = Instant::now();
-            let m = evaluate(&model, &data.test, &data.stats.normalizer, loss_kind, opts.eval_batch, &device)?;
+            let m = evaluate(
+                &model,
+                &data.test,
+                &data.stats.normalizer,
+                loss_kind,
+                opts.eval_batch,
+                &device,
+            )?;
             meta.eval_seconds += t1.elapsed().as_secs_f64();
             meta.curves.push_eval(done, m);
             progress.note(&format!(
@@ -328,15 +396,20 @@ pub fn run(
             ));
         }
         let session_steps = (done - start) as f64;
-        let ips = session_steps * s.batch_size as f64 / (meta.train_seconds - session_train_start).max(1e-9);
+        let ips = session_steps * s.batch_size as f64
+            / (meta.train_seconds - session_train_start).max(1e-9);
         progress.update(done, &status(loss_v, acc, ips));
         let stop_here = opts.stop_after == Some(done) && done < iterations;
-        if done < iterations && (stop_here || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0)) {
+        if done < iterations
+            && (stop_here || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0))
+        {
             save_checkpoint(&meta, &optimizer, &sampler, done)?;
         }
         if stop_here {
             progress.end();
-            progress.note(&format!("stopped after iteration {done}; checkpoint written"));
+            progress.note(&format!(
+                "stopped after iteration {done}; checkpoint written"
+            ));
             return Ok(TrainOutcome::Stopped(done));
         }
     }

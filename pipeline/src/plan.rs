@@ -1,0 +1,355 @@
+//! Resolution of a raw recipe into typed, validated stage configurations, and their cache keys.
+//!
+//! A stage's key hashes its stage name, its format version, the canonical JSON of its own
+//! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
+//! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
+
+use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection, SourceKind};
+use opt_stages::augment::AugmentConfig;
+use opt_stages::evaluate::{self, EvaluateConfig};
+use opt_stages::fetch::{self, FetchConfig, Source};
+use opt_stages::model::ModelConfig;
+use opt_stages::preprocess::{self, PreprocessConfig};
+use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub recipe: Recipe,
+    pub recipe_file: PathBuf,
+    pub fetch: FetchConfig,
+    pub preprocess: PreprocessConfig,
+    pub train: TrainConfig,
+    pub evaluate: EvaluateConfig,
+    pub train_options: TrainOptions,
+    pub threads: usize,
+    pub out_dir: Option<PathBuf>,
+    pub print_table: bool,
+}
+
+/// Stage keys (64 hex digits, blake3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Keys {
+    pub fetch: String,
+    pub preprocess: String,
+    pub train: String,
+    pub evaluate: String,
+}
+
+fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
+    let meta = loaded.figment.find_metadata(key);
+    let origin = if meta.is_some() {
+        origin(meta)
+    } else {
+        format!("{} (default)", loaded.file.display())
+    };
+    RecipeError::Value {
+        origin,
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn positive(loaded: &Loaded, key: &str, v: f64) -> Result<(), RecipeError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(
+            loaded,
+            key,
+            format!("expected a positive number, found {v}"),
+        ))
+    }
+}
+
+fn fraction(loaded: &Loaded, key: &str, v: f64) -> Result<(), RecipeError> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(
+            loaded,
+            key,
+            format!("expected a number in [0, 1), found {v}"),
+        ))
+    }
+}
+
+pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
+    let r = &loaded.recipe;
+    let name = match &r.name {
+        Some(n) if !n.is_empty() && !n.contains(['/', '\\']) && n != "." && n != ".." => n.clone(),
+        Some(n) => {
+            return Err(invalid(
+                loaded,
+                "name",
+                format!("expected a plain name usable as a directory, found {n:?}"),
+            ))
+        }
+        None => loaded
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("recipe")
+            .to_string(),
+    };
+
+    let d = &r.dataset;
+    let source = match d.source {
+        SourceKind::Embedded => {
+            if d.path.is_some() {
+                return Err(invalid(
+                    loaded,
+                    "dataset.path",
+                    "only used with dataset.source = \"local\"",
+                ));
+            }
+            Source::Embedded
+        }
+        SourceKind::Local => {
+            let path = d.path.clone().ok_or_else(|| {
+                invalid(
+                    loaded,
+                    "dataset.path",
+                    "dataset.source = \"local\" needs a directory path",
+                )
+            })?;
+            let path = path.canonicalize().map_err(|e| {
+                invalid(
+                    loaded,
+                    "dataset.path",
+                    format!("cannot open {}: {e}", path.display()),
+                )
+            })?;
+            Source::Local { path }
+        }
+    };
+    for (key, v) in [
+        ("dataset.train_limit", d.train_limit),
+        ("dataset.test_limit", d.test_limit),
+    ] {
+        if v == Some(0) {
+            return Err(invalid(
+                loaded,
+                key,
+                "expected a positive number of images, found 0",
+            ));
+        }
+    }
+
+    let m = &r.model;
+    if m.width == 0 {
+        return Err(invalid(
+            loaded,
+            "model.width",
+            "expected a positive channel width, found 0",
+        ));
+    }
+    if m.widths.is_some_and(|w| w.contains(&0)) {
+        return Err(invalid(
+            loaded,
+            "model.widths",
+            "expected three positive widths",
+        ));
+    }
+    if m.fc6_width == Some(0) {
+        return Err(invalid(
+            loaded,
+            "model.fc6_width",
+            "expected a positive width, found 0",
+        ));
+    }
+
+    let s = &r.schedule;
+    positive(loaded, "schedule.lr", s.lr)?;
+    positive(loaded, "schedule.lr_factor", s.lr_factor)?;
+    fraction(loaded, "schedule.momentum", s.momentum)?;
+    if !(s.weight_decay.is_finite() && s.weight_decay >= 0.0) {
+        return Err(invalid(
+            loaded,
+            "schedule.weight_decay",
+            format!("expected a number ≥ 0, found {}", s.weight_decay),
+        ));
+    }
+    if s.batch_size == 0 {
+        return Err(invalid(
+            loaded,
+            "schedule.batch_size",
+            "expected a positive batch size, found 0",
+        ));
+    }
+    if s.milestones.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(invalid(
+            loaded,
+            "schedule.milestones",
+            format!(
+                "expected strictly increasing iterations, found {:?}",
+                s.milestones
+            ),
+        ));
+    }
+    let length = match (s.iterations, s.epochs) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                loaded,
+                "schedule.epochs",
+                "set either schedule.iterations or schedule.epochs, not both",
+            ))
+        }
+        (Some(0), None) => {
+            return Err(invalid(
+                loaded,
+                "schedule.iterations",
+                "expected a positive number, found 0",
+            ))
+        }
+        (Some(n), None) => Length::Iterations(n),
+        (None, Some(e)) => {
+            positive(loaded, "schedule.epochs", e)?;
+            Length::Epochs(e)
+        }
+        (None, None) => Length::Iterations(ScheduleSection::DEFAULT_ITERATIONS),
+    };
+
+    let l = &r.loss;
+    fraction(loaded, "loss.label_smoothing", l.label_smoothing)?;
+    if !(l.log_floor.is_finite() && l.log_floor >= 0.0) {
+        return Err(invalid(
+            loaded,
+            "loss.log_floor",
+            format!("expected a number ≥ 0, found {}", l.log_floor),
+        ));
+    }
+    if r.run.eval_batch == 0 {
+        return Err(invalid(
+            loaded,
+            "run.eval_batch",
+            "expected a positive batch size, found 0",
+        ));
+    }
+
+    let train = TrainConfig {
+        model: ModelConfig {
+            arch: m.arch,
+            width: m.width,
+            widths: m.widths,
+            fc6_width: m.fc6_width,
+        },
+        method: r.method.clone(),
+        schedule: ScheduleConfig {
+            momentum: s.momentum,
+            lr: s.lr,
+            milestones: s.milestones.clone(),
+            lr_factor: s.lr_factor,
+            length,
+            batch_size: s.batch_size,
+            weight_decay: s.weight_decay,
+            eval_every: s.eval_every,
+        },
+        loss: LossConfig {
+            kind: l.kind,
+            label_smoothing: l.label_smoothing,
+            log_floor: l.log_floor,
+        },
+        augment: AugmentConfig {
+            pad: r.augment.pad,
+            flip: r.augment.flip,
+        },
+        seed: r.run.seed,
+        device: r.run.device.resolve(),
+    };
+
+    Ok(Plan {
+        name,
+        recipe: r.clone(),
+        recipe_file: loaded.file.clone(),
+        fetch: FetchConfig {
+            dataset: d.name,
+            source,
+        },
+        preprocess: PreprocessConfig {
+            dataset: d.name,
+            normalization: d.normalization,
+            train_limit: d.train_limit,
+            test_limit: d.test_limit,
+        },
+        train,
+        evaluate: EvaluateConfig {
+            batch_size: r.run.eval_batch,
+        },
+        train_options: TrainOptions {
+            checkpoint_every: r.run.checkpoint_every,
+            eval_batch: r.run.eval_batch,
+            stop_after: None,
+        },
+        threads: r.run.threads,
+        out_dir: r.report.out_dir.clone(),
+        print_table: r.report.print_table,
+    })
+}
+
+/// `blake3(stage, version, canonical config JSON, input keys, extra)`.
+pub fn stage_key<C: Serialize>(
+    stage: &str,
+    version: u32,
+    config: &C,
+    inputs: &[&str],
+    extra: &[String],
+) -> String {
+    let mut h = blake3::Hasher::new();
+    let json = serde_json::to_string(config).expect("stage configs serialise");
+    for part in [stage, &version.to_string(), &json] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    for part in inputs
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+impl Plan {
+    pub fn keys(&self) -> anyhow::Result<Keys> {
+        let fetch = stage_key(
+            "fetch",
+            fetch::FORMAT_VERSION,
+            &self.fetch,
+            &[],
+            &self.fetch.fingerprint()?,
+        );
+        let preprocess = stage_key(
+            "preprocess",
+            preprocess::FORMAT_VERSION,
+            &self.preprocess,
+            &[&fetch],
+            &[],
+        );
+        let train = stage_key(
+            "train",
+            train::FORMAT_VERSION,
+            &self.train,
+            &[&preprocess],
+            &[],
+        );
+        let evaluate = stage_key(
+            "evaluate",
+            evaluate::FORMAT_VERSION,
+            &self.evaluate,
+            &[&preprocess, &train],
+            &[],
+        );
+        Ok(Keys {
+            fetch,
+            preprocess,
+            train,
+            evaluate,
+        })
+    }
+}

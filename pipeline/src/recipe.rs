@@ -1,0 +1,434 @@
+//! Recipes: TOML or YAML files describing one experiment.
+//!
+//! Loading happens in two steps, as ripgrep does with its arguments: the files (with their
+//! `extends` chain), `OPT_*` environment variables and `--set key=value` overrides are merged
+//! by figment into a raw [`Recipe`] (serde, unknown keys rejected), which is then resolved into
+//! typed, validated stage configurations ([`crate::plan::Plan`]). Every error names the file (or
+//! variable / override) a value came from, the key path, and what was expected.
+
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::value::Value;
+use figment::{Figment, Metadata, Provider, Source};
+use opt_stages::device::DeviceChoice;
+use opt_stages::fetch::DatasetName;
+use opt_stages::model::{Arch, MethodConfig};
+use opt_stages::preprocess::Normalization;
+use opt_stages::train::LossName;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Top-level sections; environment variables outside them are ignored.
+pub const SECTIONS: [&str; 9] = [
+    "dataset", "model", "method", "schedule", "loss", "augment", "run", "report", "name",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Run name (default: the recipe file's stem); names the output directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Parent recipe, relative to this file; consumed while loading.
+    #[serde(default, skip_serializing)]
+    pub extends: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub dataset: DatasetSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub method: MethodConfig,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    #[serde(default)]
+    pub loss: LossSection,
+    #[serde(default)]
+    pub augment: AugmentSection,
+    #[serde(default)]
+    pub run: RunSection,
+    #[serde(default)]
+    pub report: ReportSection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Embedded,
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSection {
+    pub name: DatasetName,
+    pub source: SourceKind,
+    /// Directory of the IDX files for `source = "local"`, relative to the recipe declaring it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    pub normalization: Normalization,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
+}
+
+impl Default for DatasetSection {
+    fn default() -> Self {
+        Self {
+            name: DatasetName::FashionMnist,
+            source: SourceKind::Embedded,
+            path: None,
+            normalization: Normalization::Official,
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub arch: Arch,
+    pub width: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub widths: Option<[usize; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fc6_width: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Cnn6,
+            width: 64,
+            widths: None,
+            fc6_width: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerName {
+    /// Heavy-ball momentum SGD (TF `MomentumOptimizer`).
+    Momentum,
+}
+
+/// Defaults are the official OPT schedule (spec §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    pub optimizer: OptimizerName,
+    pub momentum: f64,
+    pub lr: f64,
+    pub milestones: Vec<u64>,
+    pub lr_factor: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    pub eval_every: u64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerName::Momentum,
+            momentum: 0.9,
+            lr: 0.1,
+            milestones: vec![30_000, 50_000, 65_000],
+            lr_factor: 0.1,
+            iterations: None,
+            epochs: None,
+            batch_size: 128,
+            weight_decay: 5e-4,
+            eval_every: 500,
+        }
+    }
+}
+
+impl ScheduleSection {
+    pub const DEFAULT_ITERATIONS: u64 = 75_000;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossSection {
+    pub kind: LossName,
+    pub label_smoothing: f64,
+    pub log_floor: f64,
+}
+
+impl Default for LossSection {
+    fn default() -> Self {
+        Self {
+            kind: LossName::Official,
+            label_smoothing: 0.01,
+            log_floor: 1e-4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSection {
+    pub pad: usize,
+    pub flip: bool,
+}
+
+impl Default for AugmentSection {
+    fn default() -> Self {
+        Self { pad: 4, flip: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    pub seed: u64,
+    pub device: DeviceChoice,
+    /// CPU threads (0 = all cores).
+    pub threads: usize,
+    pub checkpoint_every: u64,
+    pub eval_batch: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            device: DeviceChoice::Auto,
+            threads: 0,
+            checkpoint_every: 500,
+            eval_batch: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// Output directory of the run (default `outputs/runs/<name>`), relative to the working
+    /// directory; `--out` overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_dir: Option<PathBuf>,
+    /// Print the result table at the end of `opt run`.
+    pub print_table: bool,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            out_dir: None,
+            print_table: true,
+        }
+    }
+}
+
+/// A recipe problem, located.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{origin}: key `{key}`: {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("recipe `extends` chain has a cycle: {0}")]
+    Cycle(String),
+}
+
+/// The merged recipe plus where each value came from.
+pub struct Loaded {
+    pub recipe: Recipe,
+    pub figment: Figment,
+    /// The file given on the command line.
+    pub file: PathBuf,
+    /// Files of the `extends` chain, root first, the given file last.
+    pub chain: Vec<PathBuf>,
+}
+
+/// A `--set key=value` override; the value is parsed like TOML/env values (numbers, booleans,
+/// arrays `[1, 2]`), falling back to a string.
+struct CliOverride {
+    key: String,
+    value: Value,
+    text: String,
+}
+
+impl Provider for CliOverride {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("command line `--set {}`", self.text))
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::default(&self.key, &self.value).data()
+    }
+}
+
+pub fn parse_override(text: &str) -> Result<(String, Value), RecipeError> {
+    let (key, value) = text.split_once('=').ok_or_else(|| RecipeError::File {
+        file: "command line".into(),
+        message: format!("`--set {text}`: expected KEY=VALUE, e.g. --set schedule.lr=0.05"),
+    })?;
+    let key = key.trim();
+    if key.is_empty() || !SECTIONS.contains(&key.split('.').next().unwrap_or_default()) {
+        return Err(RecipeError::File {
+            file: "command line".into(),
+            message: format!(
+                "`--set {text}`: unknown key `{key}`; sections are {}",
+                SECTIONS.join(", ")
+            ),
+        });
+    }
+    let value: Value = value
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| Value::from(value.trim().to_string()));
+    Ok((key.to_string(), value))
+}
+
+fn provider_for(path: &Path) -> Result<Box<dyn Provider>, RecipeError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => Ok(Box::new(Toml::file_exact(path))),
+        Some("yaml") | Some("yml") => Ok(Box::new(Yaml::file_exact(path))),
+        _ => Err(RecipeError::File {
+            file: path.display().to_string(),
+            message: "a recipe must be a .toml, .yaml or .yml file".into(),
+        }),
+    }
+}
+
+/// Describes where a value came from, for messages.
+pub fn origin(meta: Option<&Metadata>) -> String {
+    match meta {
+        Some(m) => match &m.source {
+            Some(Source::File(p)) => p.display().to_string(),
+            Some(Source::Code(_)) | Some(Source::Custom(_)) | None => m.name.to_string(),
+            Some(other) => other.to_string(),
+        },
+        None => "recipe".into(),
+    }
+}
+
+fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
+    let messages: Vec<(String, String, String)> = err
+        .into_iter()
+        .map(|e| {
+            let origin = match &e.metadata {
+                Some(m) => origin(Some(m)),
+                None => fallback.display().to_string(),
+            };
+            (origin, e.path.join("."), e.kind.to_string())
+        })
+        .collect();
+    let (origin, key, message) = messages.first().cloned().unwrap_or_default();
+    let mut message = message;
+    for (o, k, m) in messages.iter().skip(1) {
+        message.push_str(&format!("; also {o}: key `{k}`: {m}"));
+    }
+    if key.is_empty() {
+        RecipeError::File {
+            file: origin,
+            message,
+        }
+    } else {
+        RecipeError::Value {
+            origin,
+            key,
+            message,
+        }
+    }
+}
+
+/// The `extends` chain of `file`, root first.
+fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut current = Some(file.to_path_buf());
+    while let Some(path) = current.take() {
+        let canonical = path.canonicalize().map_err(|e| RecipeError::File {
+            file: path.display().to_string(),
+            message: format!("cannot read recipe: {e}"),
+        })?;
+        if out.contains(&canonical) {
+            let mut names: Vec<String> =
+                out.iter().rev().map(|p| p.display().to_string()).collect();
+            names.push(canonical.display().to_string());
+            return Err(RecipeError::Cycle(names.join(" → ")));
+        }
+        let fig = Figment::from(provider_for_boxed(&canonical)?);
+        let parent: Option<String> = fig
+            .extract_inner::<Option<String>>("extends")
+            .or_else(|e| if e.missing() { Ok(None) } else { Err(e) })
+            .map_err(|e| figment_errors(e, &canonical))?;
+        out.push(canonical.clone());
+        current = parent.map(|p| canonical.parent().unwrap_or(Path::new(".")).join(p));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn provider_for_boxed(path: &Path) -> Result<ProviderBox, RecipeError> {
+    provider_for(path).map(ProviderBox)
+}
+
+/// Lets a boxed provider be merged into a figment.
+struct ProviderBox(Box<dyn Provider>);
+
+impl Provider for ProviderBox {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
+/// Loads `file` with its `extends` chain, `OPT_*` environment variables (`__` separates key
+/// levels: `OPT_SCHEDULE__LR=0.05`) and `--set` overrides, in increasing precedence.
+pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
+    let chain = chain(file)?;
+    let mut fig = Figment::new();
+    for f in &chain {
+        fig = fig.merge(provider_for_boxed(f)?);
+    }
+    let env = Env::prefixed("OPT_")
+        .split("__")
+        .filter(|k| SECTIONS.contains(&k.as_str().split('.').next().unwrap_or_default()));
+    fig = fig.merge(env);
+    for text in overrides {
+        let (key, value) = parse_override(text)?;
+        fig = fig.merge(CliOverride {
+            key,
+            value,
+            text: text.clone(),
+        });
+    }
+    let fallback = chain.last().cloned().unwrap_or_else(|| file.to_path_buf());
+    let mut recipe: Recipe = fig.extract().map_err(|e| figment_errors(e, &fallback))?;
+    // Relative dataset paths are relative to the file that declared them.
+    if let Some(p) = recipe.dataset.path.clone() {
+        if p.is_relative() {
+            if let Some(Source::File(declaring)) = fig
+                .find_metadata("dataset.path")
+                .and_then(|m| m.source.clone())
+            {
+                recipe.dataset.path = Some(declaring.parent().unwrap_or(Path::new(".")).join(p));
+            }
+        }
+    }
+    Ok(Loaded {
+        recipe,
+        figment: fig,
+        file: file.to_path_buf(),
+        chain,
+    })
+}

@@ -1,0 +1,248 @@
+//! The content-addressed artifact store.
+//!
+//! Layout: `<root>/<stage>/<key>/` holds a finished artifact — the stage's files plus
+//! `manifest.json`. A stage runs in `<root>/<stage>/<key>.staging/` and the directory is renamed
+//! into place only after the stage succeeded and its manifest is written, so a killed or failed
+//! stage never leaves anything that looks like a result. Resumable stages (train) keep their
+//! staging directory across runs: the checkpoints in it let the next run continue.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub key: String,
+    pub format_version: u32,
+    /// The stage's resolved configuration (what the key hashes).
+    pub config: serde_json::Value,
+    /// Keys of the input artifacts.
+    pub inputs: Vec<String>,
+    pub files: Vec<FileEntry>,
+    pub created_unix: u64,
+    pub seconds: f64,
+    pub crate_version: String,
+    pub git_commit: Option<String>,
+}
+
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+/// What a stage invocation needs to be stored.
+pub struct StageSpec<'a, C: Serialize> {
+    pub stage: &'a str,
+    pub key: &'a str,
+    pub format_version: u32,
+    pub config: &'a C,
+    pub inputs: Vec<String>,
+    /// Keep the staging directory of an interrupted run (train checkpoints).
+    pub resumable: bool,
+}
+
+pub enum Outcome<T> {
+    /// Found in the cache.
+    Cached(PathBuf),
+    /// Computed now; `T` is what the stage returned.
+    Built(PathBuf, T),
+}
+
+impl<T> Outcome<T> {
+    pub fn dir(&self) -> &Path {
+        match self {
+            Outcome::Cached(d) | Outcome::Built(d, _) => d,
+        }
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut h = blake3::Hasher::new();
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let bytes = std::io::copy(&mut f, &mut h)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok((bytes, h.finalize().to_hex().to_string()))
+}
+
+fn list_files(dir: &Path, base: &Path, out: &mut Vec<FileEntry>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        if p.is_dir() {
+            list_files(&p, base, out)?;
+        } else {
+            let (bytes, blake3) = hash_file(&p)?;
+            let rel = p
+                .strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push(FileEntry {
+                path: rel,
+                bytes,
+                blake3,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The current git commit, when run inside a work tree.
+pub fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl ArtifactStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(stage).join(key)
+    }
+
+    pub fn staging_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(stage).join(format!("{key}.staging"))
+    }
+
+    /// The manifest of a finished artifact, if there is one.
+    pub fn lookup(&self, stage: &str, key: &str) -> Option<Manifest> {
+        let path = self.dir(stage, key).join(MANIFEST);
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<Manifest>(&text)
+            .ok()
+            .filter(|m| m.key == key && m.stage == stage)
+    }
+
+    /// Returns the cached artifact, or runs `build` in a staging directory and commits it.
+    pub fn get_or_build<C: Serialize, T>(
+        &self,
+        spec: StageSpec<'_, C>,
+        build: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<Outcome<T>> {
+        let final_dir = self.dir(spec.stage, spec.key);
+        if self.lookup(spec.stage, spec.key).is_some() {
+            return Ok(Outcome::Cached(final_dir));
+        }
+        if final_dir.exists() {
+            // A directory without a valid manifest is not a result (e.g. written by hand).
+            std::fs::remove_dir_all(&final_dir).with_context(|| {
+                format!("{}: cannot remove incomplete artifact", final_dir.display())
+            })?;
+        }
+        let staging = self.staging_dir(spec.stage, spec.key);
+        if staging.exists() && !spec.resumable {
+            std::fs::remove_dir_all(&staging).with_context(|| {
+                format!(
+                    "{}: cannot clear stale staging directory",
+                    staging.display()
+                )
+            })?;
+        }
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("{}: cannot create", staging.display()))?;
+        let started = Instant::now();
+        let value = build(&staging)?;
+        let mut files = Vec::new();
+        list_files(&staging, &staging, &mut files)?;
+        let manifest = Manifest {
+            stage: spec.stage.into(),
+            key: spec.key.into(),
+            format_version: spec.format_version,
+            config: serde_json::to_value(spec.config)?,
+            inputs: spec.inputs,
+            files,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            seconds: started.elapsed().as_secs_f64(),
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: git_commit(),
+        };
+        let mpath = staging.join(MANIFEST);
+        std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
+            .with_context(|| format!("{}: cannot write", mpath.display()))?;
+        std::fs::rename(&staging, &final_dir)
+            .with_context(|| format!("cannot move {} into place", staging.display()))?;
+        Ok(Outcome::Built(final_dir, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(key: &'a str, cfg: &'a serde_json::Value) -> StageSpec<'a, serde_json::Value> {
+        StageSpec {
+            stage: "s",
+            key,
+            format_version: 1,
+            config: cfg,
+            inputs: vec![],
+            resumable: false,
+        }
+    }
+
+    #[test]
+    fn builds_once_then_hits_and_failed_builds_leave_no_artifact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(tmp.path());
+        let cfg = serde_json::json!({"a": 1});
+        let failed = store.get_or_build(spec("k1", &cfg), |dir| -> Result<()> {
+            std::fs::write(dir.join("half.bin"), b"partial")?;
+            anyhow::bail!("killed midway")
+        });
+        assert!(failed.is_err());
+        assert!(store.lookup("s", "k1").is_none());
+        assert!(!store.dir("s", "k1").exists());
+
+        let mut runs = 0;
+        for _ in 0..2 {
+            let out = store
+                .get_or_build(spec("k1", &cfg), |dir| {
+                    runs += 1;
+                    std::fs::write(dir.join("x.txt"), b"hello")?;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(std::fs::read(out.dir().join("x.txt")).unwrap(), b"hello");
+        }
+        assert_eq!(runs, 1, "second call must be a cache hit");
+        let m = store.lookup("s", "k1").unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(
+            m.files[0].blake3,
+            blake3::hash(b"hello").to_hex().to_string()
+        );
+        assert!(
+            !store.dir("s", "k1").join("half.bin").exists(),
+            "stale staging content was cleared"
+        );
+    }
+}
