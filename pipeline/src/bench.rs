@@ -37,6 +37,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         width: cfg.width,
         widths: None,
         fc6_width: None,
+        bn_decay: 0.999,
+        bn_eps: 1e-3,
     };
     let (model, store) = build(&model_cfg, &cfg.method, cfg.input, cfg.classes, 0, &device)?;
     let mut opt = MomentumSgd::new(&store, 0.9, 5e-4)?;

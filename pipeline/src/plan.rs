@@ -154,6 +154,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             "expected three positive widths",
         ));
     }
+    fraction(loaded, "model.bn_decay", m.bn_decay)?;
+    positive(loaded, "model.bn_eps", m.bn_eps)?;
     if m.fc6_width == Some(0) {
         return Err(invalid(
             loaded,
@@ -236,6 +238,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             width: m.width,
             widths: m.widths,
             fc6_width: m.fc6_width,
+            bn_decay: m.bn_decay,
+            bn_eps: m.bn_eps,
         },
         method: r.method.clone(),
         schedule: ScheduleConfig {

@@ -95,6 +95,10 @@ pub struct ModelSection {
     pub widths: Option<[usize; 3]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fc6_width: Option<usize>,
+    /// EMA decay of BN moving statistics (official 0.999).
+    pub bn_decay: f64,
+    /// BN epsilon (official 1e-3).
+    pub bn_eps: f64,
 }
 
 impl Default for ModelSection {
@@ -104,6 +108,8 @@ impl Default for ModelSection {
             width: 64,
             widths: None,
             fc6_width: None,
+            bn_decay: 0.999,
+            bn_eps: 1e-3,
         }
     }
 }
@@ -402,7 +408,10 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
     }
     let env = Env::prefixed("OPT_")
         .split("__")
-        .filter(|k| SECTIONS.contains(&k.as_str().split('.').next().unwrap_or_default()));
+        .filter(|k| {
+            let section = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
+            SECTIONS.contains(&section.as_str())
+        });
     fig = fig.merge(env);
     for text in overrides {
         let (key, value) = parse_override(text)?;

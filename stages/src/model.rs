@@ -2,6 +2,7 @@
 
 use crate::{Result, StageError};
 use candle_core::Device;
+use opt_core::batchnorm::BatchNormConfig;
 use opt_core::layers::{KernelFactory, PlainFactory};
 use opt_core::{Cnn6, Cnn6Config, ParamStore, Rng};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ pub enum Arch {
     Cnn6,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -23,6 +24,11 @@ pub struct ModelConfig {
     pub widths: Option<[usize; 3]>,
     /// Output width of `fc6`; defaults to the last stage's width, as in the official code.
     pub fc6_width: Option<usize>,
+    /// EMA decay of the BN moving statistics (0.999 official; short runs want less, since the
+    /// zero-initialised shadows need ~3/(1−decay) steps before test-mode BN is meaningful).
+    pub bn_decay: f64,
+    /// BN epsilon (1e-3 official).
+    pub bn_eps: f64,
 }
 
 impl ModelConfig {
@@ -31,6 +37,10 @@ impl ModelConfig {
         let mut cfg = Cnn6Config::new(input, classes, self.width);
         cfg.widths = widths;
         cfg.fc6_width = self.fc6_width.unwrap_or(widths[2]);
+        cfg.batchnorm = BatchNormConfig {
+            eps: self.bn_eps,
+            decay: self.bn_decay,
+        };
         cfg
     }
 

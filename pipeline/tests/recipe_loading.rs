@@ -1,0 +1,186 @@
+//! Recipe loading: formats, extends, overrides, and the error messages users see.
+
+mod common;
+
+use common::{write, TINY};
+use opt_pipeline::plan::resolve;
+use opt_pipeline::recipe::load;
+
+fn err(dir: &std::path::Path, text: &str, overrides: &[&str]) -> String {
+    let p = write(dir, "bad.toml", text);
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    match load(&p, &overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|l| resolve(&l).map_err(|e| e.to_string()))
+    {
+        Ok(_) => panic!("recipe should have been rejected:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn toml_and_yaml_resolve_to_the_same_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = write(dir.path(), "r.toml", TINY);
+    let yaml = write(
+        dir.path(),
+        "r.yaml",
+        "name: tiny\ndataset:\n  source: embedded\n  train_limit: 256\n  test_limit: 128\nmodel:\n  width: 4\n\
+         schedule:\n  lr: 0.05\n  milestones: [4]\n  iterations: 6\n  batch_size: 32\n  eval_every: 3\n\
+         run:\n  seed: 7\n  device: cpu\n  checkpoint_every: 2\n  eval_batch: 64\n",
+    );
+    let a = resolve(&load(&toml, &[]).unwrap()).unwrap();
+    let b = resolve(&load(&yaml, &[]).unwrap()).unwrap();
+    assert_eq!(a.recipe, b.recipe);
+    assert_eq!(a.train, b.train);
+    assert_eq!(a.keys().unwrap(), b.keys().unwrap());
+    // Spot-check that values arrived (not just equal defaults).
+    assert_eq!(a.train.schedule.lr, 0.05);
+    assert_eq!(a.train.model.width, 4);
+    assert_eq!(a.preprocess.train_limit, Some(256));
+}
+
+#[test]
+fn extends_chains_override_parents_and_resolve_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("base")).unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    write(
+        &dir.path().join("base"),
+        "root.toml",
+        "[dataset]\nsource = \"local\"\npath = \"../data\"\n[schedule]\nlr = 0.3\nbatch_size = 16\n",
+    );
+    write(
+        &dir.path().join("base"),
+        "mid.yaml",
+        "extends: root.toml\nschedule:\n  lr: 0.2\n  momentum: 0.5\n",
+    );
+    let leaf = write(
+        dir.path(),
+        "leaf.toml",
+        "extends = \"base/mid.yaml\"\n[schedule]\nlr = 0.1\n",
+    );
+    let loaded = load(&leaf, &[]).unwrap();
+    assert_eq!(loaded.chain.len(), 3);
+    let s = &loaded.recipe.schedule;
+    assert_eq!((s.lr, s.momentum, s.batch_size), (0.1, 0.5, 16));
+    let plan = resolve(&loaded).unwrap();
+    match &plan.fetch.source {
+        opt_stages::fetch::Source::Local { path } => {
+            assert_eq!(path, &dir.path().join("data").canonicalize().unwrap())
+        }
+        other => panic!("expected a local source, got {other:?}"),
+    }
+    assert_eq!(
+        plan.name, "leaf",
+        "the name defaults to the file given, not a parent"
+    );
+}
+
+#[test]
+fn extends_cycles_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
+    let b = write(dir.path(), "b.toml", "extends = \"a.toml\"\n");
+    let e = load(&b, &[])
+        .err()
+        .expect("cycle must be rejected")
+        .to_string();
+    assert!(
+        e.contains("cycle") && e.contains("a.toml") && e.contains("b.toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn command_line_overrides_win_over_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "r.toml", TINY);
+    let sets = vec![
+        "schedule.lr=0.01".to_string(),
+        "schedule.milestones=[2, 5]".to_string(),
+        "run.device=cpu".into(),
+    ];
+    let plan = resolve(&load(&p, &sets).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule.lr, 0.01);
+    assert_eq!(plan.train.schedule.milestones, vec![2, 5]);
+}
+
+#[test]
+fn unknown_keys_name_the_file_the_key_and_the_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(dir.path(), "[schedule]\nlrr = 0.1\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("lrr") && e.contains("expected one of"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[scedule]\nlr = 0.1\n", &[]);
+    assert!(e.contains("bad.toml") && e.contains("scedule"), "{e}");
+}
+
+#[test]
+fn invalid_values_name_the_file_the_key_and_the_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(dir.path(), "[schedule]\nlr = \"fast\"\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("schedule.lr") && e.contains("f64"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[schedule]\nlr = -1.0\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("schedule.lr") && e.contains("positive"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[run]\ndevice = \"tpu\"\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("run.device") && e.contains("cuda:N"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[schedule]\nmilestones = [5, 3]\n", &[]);
+    assert!(
+        e.contains("schedule.milestones") && e.contains("increasing"),
+        "{e}"
+    );
+    let e = err(
+        dir.path(),
+        "[schedule]\niterations = 10\nepochs = 2.0\n",
+        &[],
+    );
+    assert!(
+        e.contains("schedule.epochs") && e.contains("not both"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[dataset]\nsource = \"local\"\n", &[]);
+    assert!(
+        e.contains("dataset.path") && e.contains("needs a directory"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[method]\nname = \"magic\"\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("method") && e.contains("baseline"),
+        "{e}"
+    );
+    let e = err(dir.path(), "", &["schedule.lr=-3"]);
+    assert!(
+        e.contains("--set schedule.lr=-3") && e.contains("schedule.lr"),
+        "{e}"
+    );
+    let e = err(dir.path(), "", &["nonsense"]);
+    assert!(e.contains("KEY=VALUE"), "{e}");
+}
+
+#[test]
+fn missing_and_unsupported_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(&dir.path().join("nope.toml"), &[])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("nope.toml") && e.contains("cannot read"), "{e}");
+    let p = write(dir.path(), "r.json", "{}");
+    let e = load(&p, &[]).err().unwrap().to_string();
+    assert!(e.contains("r.json") && e.contains(".toml"), "{e}");
+    let p = write(dir.path(), "broken.toml", "[schedule\nlr = 1");
+    let e = load(&p, &[]).err().unwrap().to_string();
+    assert!(e.contains("broken.toml"), "{e}");
+}
