@@ -8,11 +8,7 @@ pub(crate) fn for_each_chunk<T: Send>(
     item_len: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    let items = if item_len == 0 {
-        0
-    } else {
-        out.len() / item_len
-    };
+    let items = out.len().checked_div(item_len).unwrap_or(0);
     let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
     let per = items.div_ceil(threads).max(1);
     std::thread::scope(|s| {

@@ -331,7 +331,13 @@ fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
                 Some(m) => origin(Some(m)),
                 None => fallback.display().to_string(),
             };
-            (origin, e.path.join("."), e.kind.to_string())
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(found, expected) => {
+                    format!("unknown key `{found}`; expected one of: {}", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            (origin, e.path.join("."), message)
         })
         .collect();
     let (origin, key, message) = messages.first().cloned().unwrap_or_default();
@@ -369,10 +375,16 @@ fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
             return Err(RecipeError::Cycle(names.join(" → ")));
         }
         let fig = Figment::from(provider_for_boxed(&canonical)?);
-        let parent: Option<String> = fig
-            .extract_inner::<Option<String>>("extends")
-            .or_else(|e| if e.missing() { Ok(None) } else { Err(e) })
-            .map_err(|e| figment_errors(e, &canonical))?;
+        // A file that does not parse has no readable `extends`; the full extraction below
+        // reports its syntax error with the file name.
+        let parent = match fig.find_value("extends") {
+            Ok(v) => Some(v.into_string().ok_or_else(|| RecipeError::Value {
+                origin: canonical.display().to_string(),
+                key: "extends".into(),
+                message: "expected the path of a parent recipe, relative to this file".into(),
+            })?),
+            Err(_) => None,
+        };
         out.push(canonical.clone());
         current = parent.map(|p| canonical.parent().unwrap_or(Path::new(".")).join(p));
     }
