@@ -333,7 +333,10 @@ fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
             };
             let message = match &e.kind {
                 figment::error::Kind::UnknownField(found, expected) => {
-                    format!("unknown key `{found}`; expected one of: {}", expected.join(", "))
+                    format!(
+                        "unknown key `{found}`; expected one of: {}",
+                        expected.join(", ")
+                    )
                 }
                 kind => kind.to_string(),
             };
@@ -418,12 +421,15 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
     for f in &chain {
         fig = fig.merge(provider_for_boxed(f)?);
     }
-    let env = Env::prefixed("OPT_")
-        .split("__")
-        .filter(|k| {
-            let section = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
-            SECTIONS.contains(&section.as_str())
-        });
+    let env = Env::prefixed("OPT_").split("__").filter(|k| {
+        let section = k
+            .as_str()
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        SECTIONS.contains(&section.as_str())
+    });
     fig = fig.merge(env);
     for text in overrides {
         let (key, value) = parse_override(text)?;
