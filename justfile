@@ -23,9 +23,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Training throughput of CNN-6 (width 64, 3x32x32, batch 128) on this machine.
+# Training throughput of CNN-6 (width 64, 3x32x32, batch 128) per method, and each orthogonal
+# map's time at d = 576 and 1024, on this machine.
 bench *args:
-    cargo run --release --quiet --bin opt -- bench --width 64 --input 3x32x32 --batch 128 {{args}}
+    cargo run --release --quiet --bin opt -- bench --methods all --maps 576,1024 --width 64 --input 3x32x32 --batch 128 {{args}}
 
 # The same network in PyTorch eager (needs `pip install torch`), for comparison.
 bench-torch *args:

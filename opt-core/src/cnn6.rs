@@ -142,6 +142,20 @@ impl Cnn6 {
         Ok(logits.reshape((n, self.config.classes))?)
     }
 
+    /// The sum of the layers' extra loss terms (OR penalty), if any.
+    pub fn penalty(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for conv in self.weight_layers() {
+            if let Some(p) = conv.source.penalty()? {
+                total = Some(match total {
+                    Some(t) => (t + p)?,
+                    None => p,
+                });
+            }
+        }
+        Ok(total)
+    }
+
     /// Every weight layer (the seven OPT-able ones, then `score`).
     pub fn weight_layers(&self) -> impl Iterator<Item = &Conv> {
         self.convs

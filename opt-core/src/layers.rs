@@ -37,6 +37,16 @@ impl KernelShape {
 pub trait KernelSource: Send + Sync {
     /// The effective kernel, `[c_out, c_in, k_h, k_w]`, differentiable w.r.t. trainable params.
     fn kernel(&self) -> Result<Tensor>;
+
+    /// An extra loss term this layer adds (OR's orthogonality penalty).
+    fn penalty(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The rotation this layer applies to its fixed neurons, for OPT layers (metrics).
+    fn rotation_matrix(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Builds the kernel source of one weight layer, registering its tensors in the store.

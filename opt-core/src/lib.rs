@@ -13,13 +13,17 @@
 //! * [`Rng`]: a small seeded generator whose whole state fits in a checkpoint.
 
 pub mod batchnorm;
+pub mod cayley_sgd;
 pub mod cnn6;
 pub mod conv;
+pub mod energy;
 pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod metrics;
+pub mod opt_layer;
 pub mod optim;
+pub mod orth;
 pub(crate) mod par;
 pub mod params;
 pub mod rng;

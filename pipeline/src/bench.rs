@@ -3,11 +3,12 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use opt_core::loss::LossKind;
-use opt_core::MomentumSgd;
+use opt_core::orth::{orthogonality_error, orthogonalize, OrthMap};
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::train::step;
+use opt_stages::train::{
+    step, Length, LossConfig, LossName, Optimizers, ScheduleConfig, TrainConfig,
+};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -32,29 +33,58 @@ pub struct BenchResult {
 
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     let device = cfg.device.open()?;
-    let model_cfg = ModelConfig {
-        arch: opt_stages::model::Arch::Cnn6,
-        width: cfg.width,
-        widths: None,
-        fc6_width: None,
-        bn_decay: 0.999,
-        bn_eps: 1e-3,
+    let train = TrainConfig {
+        model: ModelConfig {
+            arch: opt_stages::model::Arch::Cnn6,
+            width: cfg.width,
+            widths: None,
+            fc6_width: None,
+            bn_decay: 0.999,
+            bn_eps: 1e-3,
+        },
+        method: cfg.method.clone(),
+        schedule: ScheduleConfig {
+            momentum: 0.9,
+            lr: 0.01,
+            milestones: vec![],
+            lr_factor: 0.1,
+            length: Length::Iterations(1),
+            batch_size: cfg.batch,
+            weight_decay: 5e-4,
+            eval_every: 0,
+        },
+        loss: LossConfig {
+            kind: LossName::Official,
+            label_smoothing: 0.01,
+            log_floor: 1e-4,
+        },
+        augment: opt_stages::augment::AugmentConfig::NONE,
+        seed: 0,
+        device: cfg.device.resolve(),
     };
-    let (model, store) = build(&model_cfg, &cfg.method, cfg.input, cfg.classes, 0, &device)?;
-    let mut opt = MomentumSgd::new(&store, 0.9, 5e-4)?;
+    let (model, store) = build(
+        &train.model,
+        &train.method,
+        cfg.input,
+        cfg.classes,
+        0,
+        &device,
+    )?;
+    let mut opt = Optimizers::new(&train, &store)?;
     let (c, h, w) = cfg.input;
     let x = Tensor::randn(0f32, 1f32, (cfg.batch, c, h, w), &device)?;
     let labels: Vec<u32> = (0..cfg.batch as u32)
         .map(|i| i % cfg.classes as u32)
         .collect();
     let y = Tensor::from_vec(labels, cfg.batch, &device)?;
-    for _ in 0..cfg.warmup {
-        step(&model, &mut opt, LossKind::OFFICIAL, &x, &y, 0.01)?;
+    let kind = train.loss.kind();
+    for i in 0..cfg.warmup {
+        step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
     let t = Instant::now();
-    for _ in 0..cfg.steps {
-        step(&model, &mut opt, LossKind::OFFICIAL, &x, &y, 0.01)?;
+    for i in 0..cfg.steps {
+        step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
     let secs = t.elapsed().as_secs_f64();
@@ -63,5 +93,52 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         images_per_sec: (cfg.steps * cfg.batch) as f64 / secs,
         ms_per_step: 1e3 * secs / cfg.steps as f64,
         device: cfg.device.resolve().to_string(),
+    })
+}
+
+/// Time of one orthogonal map at size `d`: forward, and forward + backward, in ms (median of
+/// `reps`), and the orthogonality error `‖QQᵀ − I‖_F` reached in f32.
+pub struct MapTiming {
+    pub map: &'static str,
+    pub d: usize,
+    pub forward_ms: f64,
+    pub forward_backward_ms: f64,
+    pub orth_error: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+pub fn time_map(map: OrthMap, d: usize, reps: usize, device: DeviceChoice) -> Result<MapTiming> {
+    let device = device.open()?;
+    let mut rng = opt_core::Rng::seed(d as u64);
+    let p = candle_core::Var::from_tensor(&Tensor::from_vec(
+        rng.normal_vec(d * d, 1.0),
+        (d, d),
+        &device,
+    )?)?;
+    let weights = Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &device)?;
+    let (mut fwd, mut both) = (Vec::new(), Vec::new());
+    let mut q = orthogonalize(p.as_tensor(), map)?;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        q = orthogonalize(p.as_tensor(), map)?;
+        device.synchronize()?;
+        fwd.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let loss = (orthogonalize(p.as_tensor(), map)? * &weights)?.sum_all()?;
+        let grads = loss.backward()?;
+        let _ = grads.get(p.as_tensor());
+        device.synchronize()?;
+        both.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(MapTiming {
+        map: map.name(),
+        d,
+        forward_ms: median(fwd),
+        forward_backward_ms: median(both),
+        orth_error: orthogonality_error(&q)?,
     })
 }

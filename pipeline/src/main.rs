@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use opt_core::orth::OrthMap;
 use opt_pipeline::bench::{self, BenchConfig};
 use opt_pipeline::plan::{self, Plan};
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
@@ -74,11 +75,12 @@ enum Command {
         #[command(flatten)]
         recipe: RecipeArgs,
     },
-    /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data.
+    /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data, per method,
+    /// and the time of each orthogonal map.
     Bench {
-        /// Method to measure.
+        /// Methods to measure, comma-separated, or `all`.
         #[arg(long, default_value = "baseline")]
-        method: String,
+        methods: String,
         #[arg(long, default_value_t = 64)]
         width: usize,
         /// Input shape CxHxW.
@@ -92,6 +94,9 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Also time each orthogonal map at these sizes (comma-separated, e.g. 576,1024).
+        #[arg(long, value_name = "D,...")]
+        maps: Option<String>,
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
         /// CPU threads (0 = all cores).
@@ -221,37 +226,78 @@ fn main() -> ExitCode {
         } => run(recipe, out, stop_after, cli.quiet),
         Command::Show { recipe } => show(recipe),
         Command::Bench {
-            method,
+            methods,
             width,
             input,
             classes,
             batch,
             warmup,
             steps,
+            maps,
             device,
             threads,
         } => (|| -> Result<()> {
             set_threads(threads);
-            let method: MethodConfig =
-                serde_json::from_value(serde_json::json!({ "name": method }))
-                    .with_context(|| format!("--method {method:?}: unknown method"))?;
-            let cfg = BenchConfig {
-                method,
-                width,
-                input: parse_shape(&input)?,
-                classes,
-                batch,
-                warmup,
-                steps,
-                device,
+            let names: Vec<&str> = if methods == "all" {
+                MethodConfig::NAMES.to_vec()
+            } else {
+                methods.split(',').map(str::trim).collect()
             };
-            let r = bench::run(&cfg)?;
-            println!("| method | device | batch | input | images/s | ms/step |");
-            println!("|---|---|---:|---|---:|---:|");
-            println!(
-                "| {} | {} | {} | {} | {:.1} | {:.2} |",
-                r.method, r.device, cfg.batch, input, r.images_per_sec, r.ms_per_step
-            );
+            let shape = parse_shape(&input)?;
+            println!("| method | device | batch | input | images/s | ms/step | vs baseline |");
+            println!("|---|---|---:|---|---:|---:|---:|");
+            let mut baseline: Option<f64> = None;
+            for name in names {
+                let method = MethodConfig::from_name(name).with_context(|| {
+                    format!(
+                        "--methods: unknown method {name:?}; known: {}",
+                        MethodConfig::NAMES.join(", ")
+                    )
+                })?;
+                let cfg = BenchConfig {
+                    method,
+                    width,
+                    input: shape,
+                    classes,
+                    batch,
+                    warmup,
+                    steps,
+                    device,
+                };
+                let r = bench::run(&cfg)?;
+                if name == "baseline" {
+                    baseline = Some(r.images_per_sec);
+                }
+                let ratio = baseline
+                    .map(|b| format!("{:.2}×", r.images_per_sec / b))
+                    .unwrap_or_else(|| "–".into());
+                println!(
+                    "| {} | {} | {} | {} | {:.1} | {:.2} | {} |",
+                    r.method, r.device, batch, input, r.images_per_sec, r.ms_per_step, ratio
+                );
+            }
+            if let Some(sizes) = maps {
+                println!("\n| map | d | forward ms | forward+backward ms | ‖QQᵀ − I‖_F (f32) |");
+                println!("|---|---:|---:|---:|---:|");
+                for d in sizes.split(',') {
+                    let d: usize = d
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("--maps: {d:?} is not a size"))?;
+                    for map in [
+                        OrthMap::Cayley,
+                        OrthMap::GramSchmidt,
+                        OrthMap::Householder,
+                        OrthMap::Lowdin,
+                    ] {
+                        let t = bench::time_map(map, d, 3, device)?;
+                        println!(
+                            "| {} | {} | {:.1} | {:.1} | {:.1e} |",
+                            t.map, t.d, t.forward_ms, t.forward_backward_ms, t.orth_error
+                        );
+                    }
+                }
+            }
             Ok(())
         })(),
     };

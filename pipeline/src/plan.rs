@@ -116,13 +116,18 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
                     "dataset.source = \"local\" needs a directory path",
                 )
             })?;
-            let path = path.canonicalize().map_err(|e| {
-                invalid(
-                    loaded,
-                    "dataset.path",
-                    format!("cannot open {}: {e}", path.display()),
-                )
-            })?;
+            // Datasets this version cannot read stop at fetch, with the explanation there.
+            let path = if d.name.is_idx() {
+                path.canonicalize().map_err(|e| {
+                    invalid(
+                        loaded,
+                        "dataset.path",
+                        format!("cannot open {}: {e}", path.display()),
+                    )
+                })?
+            } else {
+                path
+            };
             Source::Local { path }
         }
     };

@@ -145,6 +145,10 @@ pub fn run(plan: &Plan, ctx: &RunContext<'_>) -> Result<RunResult> {
         best_iteration: rep.best_iteration,
         test_top5: m.top5,
         test_loss: m.loss,
+        energy_s1: opt_stages::metrics::summarize(&rep.layers)
+            .0
+            .unwrap_or(f64::NAN),
+        orth_error: opt_stages::metrics::summarize(&rep.layers).1,
         train_seconds: rep.train.train_seconds,
         images_per_sec: rep.train.images_per_sec,
         ms_per_step: rep.train.ms_per_step,

@@ -1,13 +1,14 @@
 //! Training checkpoints: one safetensors file holding every model tensor (`model.*`: parameters,
-//! fixed tensors, BN statistics), the optimizer state (`momentum.*`), the data stream's RNG
+//! fixed tensors, BN statistics), the optimizer state (`momentum.*`, `cayley.*`), the data stream's RNG
 //! state and current permutation, and the iteration; curves so far ride in the metadata.
 //! Written to a temporary name and renamed, so a kill never leaves a half-written checkpoint.
 
 use crate::batches::Sampler;
 use crate::error::{format_err, IoContext};
+use crate::train::Optimizers;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
-use opt_core::{MomentumSgd, ParamStore, Rng};
+use opt_core::{ParamStore, Rng};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -21,7 +22,7 @@ pub struct Restored {
 pub fn save(
     path: &Path,
     store: &ParamStore,
-    optimizer: &MomentumSgd,
+    optimizers: &Optimizers,
     sampler: &Sampler,
     iteration: u64,
     metadata: HashMap<String, String>,
@@ -31,8 +32,8 @@ pub fn save(
     for (k, v) in store.tensors() {
         tensors.insert(format!("model.{k}"), v.to_device(&cpu)?);
     }
-    for (k, v) in optimizer.state() {
-        tensors.insert(format!("momentum.{k}"), v.to_device(&cpu)?);
+    for (k, v) in optimizers.state() {
+        tensors.insert(k, v.to_device(&cpu)?);
     }
     let rng: Vec<i64> = sampler.rng.state().iter().map(|&w| w as i64).collect();
     tensors.insert("rng_state".into(), Tensor::from_vec(rng, 4, &cpu)?);
@@ -53,7 +54,7 @@ pub fn save(
 pub fn load(
     path: &Path,
     store: &ParamStore,
-    optimizer: &MomentumSgd,
+    optimizers: &Optimizers,
     sampler: &mut Sampler,
 ) -> Result<Restored> {
     let bytes = std::fs::read(path).at(path)?;
@@ -66,8 +67,8 @@ pub fn load(
     store
         .load(&tensors, "model.")
         .map_err(|e| bad(e.to_string()))?;
-    optimizer
-        .load_state(&tensors, "momentum.")
+    optimizers
+        .load_state(&tensors)
         .map_err(|e| bad(e.to_string()))?;
     let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
     let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;

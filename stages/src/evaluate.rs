@@ -64,6 +64,8 @@ pub struct EvaluateConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub final_metrics: EvalMetrics,
+    /// Final per-layer hyperspherical energy and orthogonality error.
+    pub layers: Vec<crate::metrics::LayerMetrics>,
     pub best_top1: f64,
     pub best_iteration: u64,
     pub train: TrainSummary,
@@ -92,11 +94,13 @@ pub fn run(
         cfg.batch_size,
         &device,
     )?;
-    curves.push_eval(summary.iterations, m);
+    let layers = crate::metrics::layer_metrics(&model)?;
+    curves.push_eval(summary.iterations, m, layers.clone());
     let (best_iteration, best_top1) = curves.best_top1().unwrap_or((summary.iterations, m.top1));
     curves.write_csv(&out.join(CURVES_FILE))?;
     let report = EvalReport {
         final_metrics: m,
+        layers,
         best_top1,
         best_iteration,
         train: summary,

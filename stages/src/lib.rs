@@ -14,6 +14,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fetch;
 pub mod idx;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod progress;

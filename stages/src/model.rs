@@ -4,6 +4,8 @@ use crate::{Result, StageError};
 use candle_core::Device;
 use opt_core::batchnorm::BatchNormConfig;
 use opt_core::layers::{KernelFactory, PlainFactory};
+use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
+use opt_core::orth::OrthMap;
 use opt_core::{Cnn6, Cnn6Config, ParamStore, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -52,25 +54,136 @@ impl ModelConfig {
     }
 }
 
-/// The training method: what the seven weight layers of the network are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+fn ogd_rotation_lr() -> f64 {
+    0.02
+}
+fn ogd_rotation_lr_factor() -> f64 {
+    0.2
+}
+fn ogd_decay_scale() -> f64 {
+    0.1
+}
+fn or_weight() -> f64 {
+    0.1
+}
+
+/// The training method: what the seven weight layers of the network are (spec §2). Defaults
+/// are the official code's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MethodConfig {
     /// Standard training: every kernel is an ordinary trainable tensor.
     #[default]
     Baseline,
+    /// Cayley parameterization `R = (I+S)(I−S)⁻¹`, `S` from `triu(P)` (no ½).
+    Cp,
+    /// Gram–Schmidt on the rows of `P`.
+    Gs,
+    /// Householder reflections (QR of `P`, d−1 reflections).
+    Hr,
+    /// Löwdin symmetric orthogonalization (polar factor of `P`).
+    Ls,
+    /// Orthogonality-preserving gradient descent: `R` from the identity, updated by Cayley SGD.
+    Ogd {
+        /// Learning rate of the rotations (0.02).
+        #[serde(default = "ogd_rotation_lr")]
+        rotation_lr: f64,
+        /// Factor applied to `rotation_lr` at each schedule milestone (0.2).
+        #[serde(default = "ogd_rotation_lr_factor")]
+        rotation_lr_factor: f64,
+        /// The official OGD loss is `L_fit + 0.1·L2`: weight decay of the other tensors × 0.1.
+        #[serde(default = "ogd_decay_scale")]
+        weight_decay_scale: f64,
+    },
+    /// Orthogonality regularization: raw `R ~ N(0,1)` plus `weight·Σ‖RRᵀ − I‖_F` (not squared).
+    Or {
+        #[serde(default = "or_weight")]
+        weight: f64,
+    },
+    /// Unconstrained over-parameterized training (the paper's control): `W = R·W0` with `R`
+    /// learned freely from the identity; `W0` fixed unless `learn_w0`.
+    Upt {
+        #[serde(default)]
+        learn_w0: bool,
+    },
 }
 
 impl MethodConfig {
     pub fn name(&self) -> &'static str {
         match self {
             MethodConfig::Baseline => "baseline",
+            MethodConfig::Cp => "cp",
+            MethodConfig::Gs => "gs",
+            MethodConfig::Hr => "hr",
+            MethodConfig::Ls => "ls",
+            MethodConfig::Ogd { .. } => "ogd",
+            MethodConfig::Or { .. } => "or",
+            MethodConfig::Upt { .. } => "upt",
         }
     }
 
+    /// All method names, for messages and benchmarks.
+    pub const NAMES: [&'static str; 8] = ["baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt"];
+
+    /// The method with its default options, by name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::json!({ "name": name })).ok()
+    }
+
     fn factory(&self) -> Box<dyn KernelFactory> {
+        let exact = |map| OptLayerConfig {
+            rotation: Rotation::Exact(map),
+            init: RotationInit::Gaussian,
+            decay_rotation: true,
+            decay_fixed: true,
+            learn_w0: false,
+            penalty: 0.0,
+        };
         match self {
             MethodConfig::Baseline => Box::new(PlainFactory),
+            MethodConfig::Cp => Box::new(OptFactory(exact(OrthMap::Cayley))),
+            MethodConfig::Gs => Box::new(OptFactory(exact(OrthMap::GramSchmidt))),
+            MethodConfig::Hr => Box::new(OptFactory(exact(OrthMap::Householder))),
+            MethodConfig::Ls => Box::new(OptFactory(exact(OrthMap::Lowdin))),
+            MethodConfig::Ogd { .. } => Box::new(OptFactory(OptLayerConfig {
+                rotation: Rotation::Raw,
+                init: RotationInit::Identity,
+                decay_rotation: false,
+                decay_fixed: false,
+                learn_w0: false,
+                penalty: 0.0,
+            })),
+            MethodConfig::Or { weight } => Box::new(OptFactory(OptLayerConfig {
+                rotation: Rotation::Raw,
+                init: RotationInit::Gaussian,
+                decay_rotation: true,
+                decay_fixed: true,
+                learn_w0: false,
+                penalty: *weight,
+            })),
+            MethodConfig::Upt { learn_w0 } => Box::new(OptFactory(OptLayerConfig {
+                rotation: Rotation::Raw,
+                init: RotationInit::Identity,
+                decay_rotation: true,
+                decay_fixed: true,
+                learn_w0: *learn_w0,
+                penalty: 0.0,
+            })),
+        }
+    }
+
+    /// Whether the rotations are updated by Cayley SGD instead of momentum SGD.
+    pub fn is_ogd(&self) -> bool {
+        matches!(self, MethodConfig::Ogd { .. })
+    }
+
+    /// Multiplier of the weight decay of the momentum-SGD tensors.
+    pub fn weight_decay_scale(&self) -> f64 {
+        match self {
+            MethodConfig::Ogd {
+                weight_decay_scale, ..
+            } => *weight_decay_scale,
+            _ => 1.0,
         }
     }
 }

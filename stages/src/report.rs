@@ -28,6 +28,10 @@ pub struct ResultRow {
     pub best_iteration: u64,
     pub test_top5: f64,
     pub test_loss: f64,
+    /// Mean over the seven OPT-able layers of the s = 1 hyperspherical energy (final weights).
+    pub energy_s1: f64,
+    /// Largest `‖RRᵀ − I‖_F` over the OPT layers' rotations; empty for plain training.
+    pub orth_error: Option<f64>,
     pub train_seconds: f64,
     pub images_per_sec: f64,
     pub ms_per_step: f64,
@@ -61,12 +65,12 @@ pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>> {
 /// The markdown table (also what `opt run` prints).
 pub fn markdown(rows: &[ResultRow]) -> String {
     let mut s = String::new();
-    s.push_str("| recipe | dataset | model | method | seed | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | train s | images/s | device |\n");
-    s.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| recipe | dataset | model | method | seed | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | energy s=1 | orth err | train s | images/s | device |\n");
+    s.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {:.1} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {:.4} | {} | {:.1} | {:.0} | {} |",
             r.recipe,
             r.dataset,
             r.model,
@@ -79,6 +83,8 @@ pub fn markdown(rows: &[ResultRow]) -> String {
             r.best_iteration,
             r.test_top5,
             r.test_loss,
+            r.energy_s1,
+            r.orth_error.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into()),
             r.train_seconds,
             r.images_per_sec,
             r.device
@@ -122,6 +128,8 @@ mod tests {
             best_iteration: 250,
             test_top5: 0.99,
             test_loss: 0.41,
+            energy_s1: 0.7123,
+            orth_error: Some(2.5e-6),
             train_seconds: 61.5,
             images_per_sec: 624.0,
             ms_per_step: 102.5,
@@ -141,6 +149,6 @@ mod tests {
             "recipe,dataset,model,method,seed,iterations,test_acc,test_err,best_test_acc"
         ));
         let md = markdown(&[row()]);
-        assert!(md.contains("| quickstart | fashion-mnist | cnn6-w32 | baseline | 1 | 300 | 0.8512 | 14.88 | 0.8600 (250) |"), "{md}");
+        assert!(md.contains("| quickstart | fashion-mnist | cnn6-w32 | baseline | 1 | 300 | 0.8512 | 14.88 | 0.8600 (250) | 0.9900 | 0.4100 | 0.7123 | 2.5e-6 |"), "{md}");
     }
 }

@@ -12,11 +12,13 @@ use crate::checkpoint;
 use crate::device::DeviceChoice;
 use crate::error::{read_json, write_json, IoContext};
 use crate::evaluate::{evaluate, EvalMetrics};
+use crate::metrics::{layer_metrics, summarize, LayerMetrics};
 use crate::model::{build, MethodConfig, ModelConfig};
 use crate::preprocess::{self, DatasetStats};
 use crate::progress::Progress;
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
+use opt_core::cayley_sgd::CayleySgd;
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
 use opt_core::{Cnn6, MomentumSgd, ParamStore, PiecewiseLr, Rng, Role};
@@ -141,12 +143,15 @@ pub struct TrainPoint {
     pub acc: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub iteration: u64,
     pub loss: f64,
     pub top1: f64,
     pub top5: f64,
+    /// Hyperspherical energy and orthogonality error per weight layer.
+    #[serde(default)]
+    pub layers: Vec<LayerMetrics>,
 }
 
 /// Per-iteration training loss/accuracy and the periodic test evaluations.
@@ -157,12 +162,13 @@ pub struct Curves {
 }
 
 impl Curves {
-    pub fn push_eval(&mut self, iteration: u64, m: EvalMetrics) {
+    pub fn push_eval(&mut self, iteration: u64, m: EvalMetrics, layers: Vec<LayerMetrics>) {
         self.eval.push(EvalPoint {
             iteration,
             loss: m.loss,
             top1: m.top1,
             top5: m.top5,
+            layers,
         });
     }
 
@@ -193,6 +199,8 @@ impl Curves {
             "test_loss",
             "test_top1",
             "test_top5",
+            "energy_s1",
+            "orth_error",
         ])
         .map_err(csv_err)?;
         let evals: HashMap<u64, &EvalPoint> = self.eval.iter().map(|e| (e.iteration, e)).collect();
@@ -213,12 +221,17 @@ impl Curves {
                 None => row.extend([String::new(), String::new(), String::new()]),
             }
             match evals.get(&it) {
-                Some(e) => row.extend([
-                    format!("{:.6}", e.loss),
-                    format!("{:.6}", e.top1),
-                    format!("{:.6}", e.top5),
-                ]),
-                None => row.extend([String::new(), String::new(), String::new()]),
+                Some(e) => {
+                    let (energy, orth) = summarize(&e.layers);
+                    row.extend([
+                        format!("{:.6}", e.loss),
+                        format!("{:.6}", e.top1),
+                        format!("{:.6}", e.top5),
+                        energy.map(|v| format!("{v:.6}")).unwrap_or_default(),
+                        orth.map(|v| format!("{v:.3e}")).unwrap_or_default(),
+                    ]);
+                }
+                None => row.extend(std::iter::repeat_n(String::new(), 5)),
             }
             w.write_record(&row).map_err(csv_err)?;
         }
@@ -249,20 +262,101 @@ pub enum TrainOutcome {
     Stopped(u64),
 }
 
+/// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,
+/// which Cayley SGD updates with their own learning-rate schedule.
+pub struct Optimizers {
+    pub sgd: MomentumSgd,
+    pub cayley: Option<(CayleySgd, PiecewiseLr)>,
+}
+
+impl Optimizers {
+    pub fn new(cfg: &TrainConfig, store: &ParamStore) -> Result<Self> {
+        let s = &cfg.schedule;
+        let is_rotation = |n: &str| n.ends_with(opt_core::opt_layer::ROTATION);
+        let ogd = cfg.method.is_ogd();
+        let sgd = MomentumSgd::for_params(
+            store,
+            s.momentum,
+            s.weight_decay * cfg.method.weight_decay_scale(),
+            |n| !(ogd && is_rotation(n)),
+        )?;
+        let cayley = match &cfg.method {
+            MethodConfig::Ogd {
+                rotation_lr,
+                rotation_lr_factor,
+                ..
+            } => Some((
+                CayleySgd::new(store, s.momentum, is_rotation)?,
+                PiecewiseLr {
+                    base: *rotation_lr,
+                    milestones: s.milestones.clone(),
+                    factor: *rotation_lr_factor,
+                },
+            )),
+            _ => None,
+        };
+        Ok(Self { sgd, cayley })
+    }
+
+    pub fn step(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        iteration: u64,
+    ) -> Result<()> {
+        self.sgd.step(grads, lr)?;
+        if let Some((c, schedule)) = &mut self.cayley {
+            c.step(grads, schedule.at(iteration))?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer state by prefixed name (`momentum.*`, `cayley.*`), for checkpoints.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut out: HashMap<String, Tensor> = self
+            .sgd
+            .state()
+            .into_iter()
+            .map(|(k, v)| (format!("momentum.{k}"), v))
+            .collect();
+        if let Some((c, _)) = &self.cayley {
+            out.extend(
+                c.state()
+                    .into_iter()
+                    .map(|(k, v)| (format!("cayley.{k}"), v)),
+            );
+        }
+        out
+    }
+
+    pub fn load_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.sgd.load_state(state, "momentum.")?;
+        if let Some((c, _)) = &self.cayley {
+            c.load_state(state, "cayley.")?;
+        }
+        Ok(())
+    }
+}
+
 /// One training step: forward in training mode, backward, optimizer update.
-/// Returns the batch loss and the number of correct top-1 predictions (before the update).
+/// Returns the batch loss (data loss plus any method penalty) and the number of correct
+/// top-1 predictions (before the update).
 pub fn step(
     model: &Cnn6,
-    optimizer: &mut MomentumSgd,
+    optimizers: &mut Optimizers,
     loss_kind: LossKind,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
+    iteration: u64,
 ) -> Result<(f64, usize)> {
     let logits = model.forward(x, true)?;
-    let l = loss(loss_kind, &logits, y)?;
+    let mut l = loss(loss_kind, &logits, y)?;
+    if let Some(p) = model.penalty()? {
+        l = (l + p)?;
+    }
     let grads = l.backward()?;
-    optimizer.step(&grads, lr)?;
+    optimizers.step(&grads, lr, iteration)?;
     Ok((l.to_scalar::<f32>()? as f64, topk_correct(&logits, y, 1)?))
 }
 
@@ -303,7 +397,7 @@ pub fn run(
     let device = cfg.device.open()?;
     let (model, store) = build_model(cfg, &data.stats, &device)?;
     let s = &cfg.schedule;
-    let mut optimizer = MomentumSgd::new(&store, s.momentum, s.weight_decay)?;
+    let mut optimizers = Optimizers::new(cfg, &store)?;
     let mut sampler = Sampler::new(data.train.len(), s.batch_size, Rng::fork(cfg.seed, "data"))?;
     let iterations = s.length.iterations(sampler.batches_per_epoch());
     let schedule = PiecewiseLr {
@@ -325,7 +419,7 @@ pub fn run(
     let mut start = 0;
     let mut resumed_from = None;
     if ckpt.is_file() {
-        let restored = checkpoint::load(&ckpt, &store, &optimizer, &mut sampler)?;
+        let restored = checkpoint::load(&ckpt, &store, &optimizers, &mut sampler)?;
         let text = restored
             .metadata
             .get(checkpoint::META_CURVES)
@@ -341,13 +435,13 @@ pub fn run(
         ));
     }
     let save_checkpoint =
-        |meta: &ResumeMeta, optimizer: &MomentumSgd, sampler: &Sampler, done: u64| -> Result<()> {
+        |meta: &ResumeMeta, optimizers: &Optimizers, sampler: &Sampler, done: u64| -> Result<()> {
             let text = serde_json::to_string(meta).map_err(|source| StageError::Json {
                 path: ckpt.clone(),
                 source,
             })?;
             let md = HashMap::from([(checkpoint::META_CURVES.to_string(), text)]);
-            checkpoint::save(&ckpt, &store, optimizer, sampler, done, md)
+            checkpoint::save(&ckpt, &store, optimizers, sampler, done, md)
         };
 
     progress.begin("train", iterations);
@@ -363,7 +457,7 @@ pub fn run(
             &data.stats.normalizer,
             &device,
         )?;
-        let (loss_v, correct) = step(&model, &mut optimizer, loss_kind, &x, &y, lr)?;
+        let (loss_v, correct) = step(&model, &mut optimizers, loss_kind, &x, &y, lr, i)?;
         let acc = correct as f64 / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
         if !loss_v.is_finite() {
@@ -388,8 +482,9 @@ pub fn run(
                 opts.eval_batch,
                 &device,
             )?;
+            let layers = layer_metrics(&model)?;
             meta.eval_seconds += t1.elapsed().as_secs_f64();
-            meta.curves.push_eval(done, m);
+            meta.curves.push_eval(done, m, layers);
             progress.note(&format!(
                 "iteration {done}: test loss {:.4} top-1 {:.4} top-5 {:.4}",
                 m.loss, m.top1, m.top5
@@ -403,7 +498,7 @@ pub fn run(
         if done < iterations
             && (stop_here || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0))
         {
-            save_checkpoint(&meta, &optimizer, &sampler, done)?;
+            save_checkpoint(&meta, &optimizers, &sampler, done)?;
         }
         if stop_here {
             progress.end();

@@ -1,0 +1,159 @@
+//! OPT layers: a fixed random `W0 ∈ R^{d×n}` (column j = neuron j) and a learned rotation
+//! `R ∈ R^{d×d}` acting on the fan-in space; the effective weight is `W = R·W0` (spec §1, §2.1).
+//!
+//! Row ↔ kernel mapping (one fixed bijection, spec §2.1): row `r` of `W0`/`W` is the kernel
+//! tap `(ci, kh, kw)` with `r = ci·k_h·k_w + kh·k_w + kw` — candle's OIHW flattening — so the
+//! kernel is `Wᵀ` reshaped to `[n, c_in, k_h, k_w]`.
+
+use crate::layers::{KernelFactory, KernelShape, KernelSource};
+use crate::orth::{orthogonalize, OrthMap};
+use crate::{ParamStore, Result, Rng, Role};
+use candle_core::{DType, Tensor, Var};
+
+/// How the learned matrix `P` becomes the rotation `R`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// `R = orth(P)` by an exact map (CP, GS, HR, LS).
+    Exact(OrthMap),
+    /// `R = P` used as is: OGD (kept orthogonal by its optimizer), OR (by a penalty), UPT (not at all).
+    Raw,
+}
+
+/// How `P` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationInit {
+    /// i.i.d. N(0, 1) (CP, GS, HR, LS, OR in the official code).
+    Gaussian,
+    /// The identity, so the initial network is the random `W0` network (OGD, S-OPT, UPT).
+    Identity,
+}
+
+/// Everything that defines the OPT layers of a network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptLayerConfig {
+    pub rotation: Rotation,
+    pub init: RotationInit,
+    /// `P` carries the L2 regulariser (all official folders except OGD).
+    pub decay_rotation: bool,
+    /// `W0` counts in the logged L2 sum (constant; all official folders except OGD).
+    pub decay_fixed: bool,
+    /// `W0` is learned too (the UPT control with learnable neurons); never in faithful OPT.
+    pub learn_w0: bool,
+    /// Weight of the orthogonality penalty `Σ‖RRᵀ − I‖_F` (OR: 0.1), 0 for none.
+    pub penalty: f64,
+}
+
+/// Parameter-name suffixes, so optimizers and metrics can find the pieces.
+pub const ROTATION: &str = "rotation";
+pub const FIXED: &str = "w0_fix";
+
+pub struct OptKernel {
+    pub shape: KernelShape,
+    pub w0: Var,
+    pub p: Var,
+    pub config: OptLayerConfig,
+}
+
+impl OptKernel {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        shape: KernelShape,
+        cfg: OptLayerConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let (d, n) = (shape.fan_in(), shape.c_out);
+        let dev = store.device().clone();
+        // Same draw order as the plain kernel (W0 first) so seeds compare across methods.
+        let w0 = Tensor::from_vec(rng.normal_vec(d * n, shape.he_std()), (d, n), &dev)?;
+        let p = match cfg.init {
+            RotationInit::Gaussian => Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?,
+            RotationInit::Identity => Tensor::eye(d, DType::F32, &dev)?,
+        };
+        let w0_role = if cfg.learn_w0 {
+            Role::Trainable { decay: true }
+        } else {
+            Role::Fixed {
+                decay: cfg.decay_fixed,
+            }
+        };
+        let w0 = store.add(&format!("{name}.{FIXED}"), w0, w0_role)?;
+        let p = store.add(
+            &format!("{name}.{ROTATION}"),
+            p,
+            Role::Trainable {
+                decay: cfg.decay_rotation,
+            },
+        )?;
+        Ok(Self {
+            shape,
+            w0,
+            p,
+            config: cfg,
+        })
+    }
+
+    /// The rotation `R` actually applied.
+    pub fn rotation(&self) -> Result<Tensor> {
+        match self.config.rotation {
+            Rotation::Exact(map) => Ok(orthogonalize(self.p.as_tensor(), map)?),
+            Rotation::Raw => Ok(self.p.as_tensor().clone()),
+        }
+    }
+
+    /// The effective weight `W = R·W0`, `[d, n]`.
+    pub fn weight(&self) -> Result<Tensor> {
+        Ok(self.rotation()?.matmul(self.w0.as_tensor())?)
+    }
+}
+
+/// `W [d, n]` → kernel `[n, c_in, k_h, k_w]` under the documented row mapping.
+pub fn weight_to_kernel(w: &Tensor, shape: KernelShape) -> Result<Tensor> {
+    let (o, i, h, k) = shape.dims();
+    Ok(w.t()?.contiguous()?.reshape((o, i, h, k))?)
+}
+
+/// Kernel `[n, c_in, k_h, k_w]` → neurons as columns `[d, n]`.
+pub fn kernel_to_weight(kernel: &Tensor) -> Result<Tensor> {
+    let n = kernel.dim(0)?;
+    Ok(kernel.reshape((n, ()))?.t()?.contiguous()?)
+}
+
+impl KernelSource for OptKernel {
+    fn kernel(&self) -> Result<Tensor> {
+        weight_to_kernel(&self.weight()?, self.shape)
+    }
+
+    fn penalty(&self) -> Result<Option<Tensor>> {
+        if self.config.penalty == 0.0 {
+            return Ok(None);
+        }
+        // Non-squared Frobenius norm ‖RRᵀ − I‖_F (spec §2.7).
+        let r = self.p.as_tensor();
+        let d = r.dim(0)?;
+        let gram = r.matmul(&r.t()?)?;
+        let diff = (gram - Tensor::eye(d, r.dtype(), r.device())?)?;
+        Ok(Some(
+            (diff.sqr()?.sum_all()?.sqrt()? * self.config.penalty)?,
+        ))
+    }
+
+    fn rotation_matrix(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.rotation()?))
+    }
+}
+
+/// Builds [`OptKernel`]s for every OPT layer.
+pub struct OptFactory(pub OptLayerConfig);
+
+impl KernelFactory for OptFactory {
+    fn build(
+        &self,
+        store: &mut ParamStore,
+        name: &str,
+        shape: KernelShape,
+        rng: &mut Rng,
+    ) -> Result<Box<dyn KernelSource>> {
+        Ok(Box::new(OptKernel::new(store, name, shape, self.0, rng)?))
+    }
+}

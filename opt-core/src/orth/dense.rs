@@ -1,0 +1,263 @@
+//! Thin f64 wrappers around faer's blocked dense routines, plus conversions between candle's
+//! row-major (possibly strided) storage and faer's column-major `Mat`.
+//!
+//! faer's convenience API (`Mat::qr`, `Mat::svd`, ...) reads a process-wide parallelism setting;
+//! the low-level routines used here take an explicit [`Par`] instead, so the orthogonal maps
+//! follow candle's thread count without touching global state.
+
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::{householder, lu, matmul, qr, svd, triangular_solve};
+use faer::perm::PermRef;
+use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
+
+/// Below this size the fork/join overhead of threading outweighs the O(d³) work.
+const PAR_MIN_DIM: usize = 128;
+
+/// Parallelism for a d×d problem: candle's thread count for large d, sequential otherwise.
+pub(super) fn par_for(d: usize) -> Par {
+    if d >= PAR_MIN_DIM {
+        Par::rayon(candle_core::utils::get_num_threads())
+    } else {
+        Par::Seq
+    }
+}
+
+/// `alpha · lhs · rhs`.
+pub(super) fn mul(lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>, alpha: f64, par: Par) -> Mat<f64> {
+    let mut out = Mat::zeros(lhs.nrows(), rhs.ncols());
+    matmul::matmul(out.as_mut(), Accum::Replace, lhs, rhs, alpha, par);
+    out
+}
+
+/// `dst += alpha · lhs · rhs`.
+pub(super) fn mul_add(
+    dst: MatMut<'_, f64>,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    alpha: f64,
+    par: Par,
+) {
+    matmul::matmul(dst, Accum::Add, lhs, rhs, alpha, par);
+}
+
+/// Solves `R X = B` in place for upper-triangular `R` (only its upper triangle is read).
+pub(super) fn solve_upper_in_place(r: MatRef<'_, f64>, rhs: MatMut<'_, f64>, par: Par) {
+    triangular_solve::solve_upper_triangular_in_place(r, rhs, par);
+}
+
+/// LU factorisation with partial pivoting, `P A = L U`, of a square matrix.
+pub(super) struct Lu {
+    /// L (strictly below the diagonal, unit diagonal implied) and U, packed as faer leaves them.
+    lu: Mat<f64>,
+    perm_fwd: Vec<usize>,
+    perm_bwd: Vec<usize>,
+    transpositions: usize,
+}
+
+impl Lu {
+    /// Factors `a`; fails when a pivot is exactly zero or not finite (a singular matrix).
+    pub(super) fn factor(mut a: Mat<f64>, what: &str, par: Par) -> Result<Self> {
+        let n = a.nrows();
+        let mut perm_fwd = vec![0usize; n];
+        let mut perm_bwd = vec![0usize; n];
+        let mut buf = MemBuffer::new(lu::partial_pivoting::factor::lu_in_place_scratch::<
+            usize,
+            f64,
+        >(n, n, par, Default::default()));
+        let (info, _) = lu::partial_pivoting::factor::lu_in_place(
+            a.as_mut(),
+            &mut perm_fwd,
+            &mut perm_bwd,
+            par,
+            MemStack::new(&mut buf),
+            Default::default(),
+        );
+        if let Some(k) = (0..n).find(|&k| {
+            let u = a[(k, k)];
+            u == 0.0 || !u.is_finite()
+        }) {
+            bail!("{what} is singular (LU pivot {k} is {})", a[(k, k)]);
+        }
+        Ok(Self {
+            lu: a,
+            perm_fwd,
+            perm_bwd,
+            transpositions: info.transposition_count,
+        })
+    }
+
+    fn perm(&self) -> PermRef<'_, usize> {
+        PermRef::new_checked(&self.perm_fwd, &self.perm_bwd, self.perm_fwd.len())
+    }
+
+    /// Solves `A X = B` in place.
+    pub(super) fn solve_in_place(&self, rhs: MatMut<'_, f64>, par: Par) {
+        let n = self.lu.nrows();
+        let mut buf = MemBuffer::new(lu::partial_pivoting::solve::solve_in_place_scratch::<
+            usize,
+            f64,
+        >(n, rhs.ncols(), par));
+        lu::partial_pivoting::solve::solve_in_place_with_conj(
+            self.lu.as_ref(),
+            self.lu.as_ref(),
+            self.perm(),
+            Conj::No,
+            rhs,
+            par,
+            MemStack::new(&mut buf),
+        );
+    }
+
+    /// The sign of `det A` (`±1`; `factor` already rejected a zero determinant).
+    pub(super) fn det_sign(&self) -> f64 {
+        let mut sign = if self.transpositions.is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        };
+        for k in 0..self.lu.nrows() {
+            if self.lu[(k, k)] < 0.0 {
+                sign = -sign;
+            }
+        }
+        sign
+    }
+}
+
+/// Householder QR of a square matrix, `A = Q R`, with `Q` formed explicitly.
+///
+/// faer's QR drops numerically dependent columns (it reports a rank); the orthogonal maps are
+/// defined only for full rank, so anything else is an error.
+pub(super) fn qr_square(mut a: Mat<f64>, what: &str, par: Par) -> Result<(Mat<f64>, Mat<f64>)> {
+    let n = a.nrows();
+    let block = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
+    let mut coeff = Mat::zeros(block, n);
+    let mut buf = MemBuffer::new(qr::no_pivoting::factor::qr_in_place_scratch::<f64>(
+        n,
+        n,
+        block,
+        par,
+        Default::default(),
+    ));
+    let info = qr::no_pivoting::factor::qr_in_place(
+        a.as_mut(),
+        coeff.as_mut(),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    );
+    if info.rank < n {
+        bail!(
+            "{what} is numerically singular (QR rank {} < {n})",
+            info.rank
+        );
+    }
+    // faer packs R on and above the diagonal and the Householder vectors below it.
+    let r = Mat::from_fn(n, n, |i, j| if i <= j { a[(i, j)] } else { 0.0 });
+    let basis = Mat::from_fn(n, n, |i, j| match i.cmp(&j) {
+        std::cmp::Ordering::Greater => a[(i, j)],
+        std::cmp::Ordering::Equal => 1.0,
+        std::cmp::Ordering::Less => 0.0,
+    });
+    let mut q = Mat::identity(n, n);
+    let mut buf = MemBuffer::new(
+        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+            n, block, n,
+        ),
+    );
+    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        basis.as_ref(),
+        coeff.as_ref(),
+        Conj::No,
+        q.as_mut(),
+        par,
+        MemStack::new(&mut buf),
+    );
+    Ok((q, r))
+}
+
+/// Full SVD of a square matrix, `A = U diag(s) Vᵀ`.
+pub(super) fn svd_square(
+    a: MatRef<'_, f64>,
+    what: &str,
+    par: Par,
+) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    let n = a.nrows();
+    let mut u = Mat::zeros(n, n);
+    let mut v = Mat::zeros(n, n);
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let full = svd::ComputeSvdVectors::Full;
+    let mut buf = MemBuffer::new(svd::svd_scratch::<f64>(
+        n,
+        n,
+        full,
+        full,
+        par,
+        Default::default(),
+    ));
+    if let Err(e) = svd::svd(
+        a,
+        s.as_mut(),
+        Some(u.as_mut()),
+        Some(v.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    ) {
+        bail!("SVD of {what} failed: {e:?}");
+    }
+    let s = s.column_vector().iter().copied().collect();
+    Ok((u, s, v))
+}
+
+/// Reads a 2-D f32/f64 CPU storage (any strides) into an f64 matrix.
+pub(super) fn mat_from_storage(storage: &CpuStorage, layout: &Layout) -> Result<Mat<f64>> {
+    let &[rows, cols] = layout.dims() else {
+        bail!("expected a 2-D matrix, got shape {:?}", layout.dims());
+    };
+    let (rs, cs) = (layout.stride()[0], layout.stride()[1]);
+    let at = |i: usize, j: usize| layout.start_offset() + i * rs + j * cs;
+    Ok(match storage {
+        CpuStorage::F32(x) => Mat::from_fn(rows, cols, |i, j| f64::from(x[at(i, j)])),
+        CpuStorage::F64(x) => Mat::from_fn(rows, cols, |i, j| x[at(i, j)]),
+        _ => bail!("expected an f32 or f64 matrix"),
+    })
+}
+
+fn row_major(m: MatRef<'_, f64>) -> Vec<f64> {
+    let (rows, cols) = m.shape();
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        out.extend((0..cols).map(|j| m[(i, j)]));
+    }
+    out
+}
+
+/// Writes a matrix as contiguous row-major storage of `dtype` (f32 or f64).
+pub(super) fn mat_to_storage(m: MatRef<'_, f64>, dtype: DType) -> Result<CpuStorage> {
+    let data = row_major(m);
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(data.into_iter().map(|x| x as f32).collect()),
+        DType::F64 => CpuStorage::F64(data),
+        other => bail!("expected an f32 or f64 matrix, got {other:?}"),
+    })
+}
+
+/// Copies any 2-D tensor (any device, dtype, layout) into an f64 matrix.
+pub(super) fn mat_from_tensor(t: &Tensor) -> Result<Mat<f64>> {
+    let (rows, cols) = t.dims2()?;
+    let data = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
+}
+
+/// A matrix as a tensor of `dtype` on `device` (no autograd history).
+pub(super) fn mat_to_tensor(m: MatRef<'_, f64>, dtype: DType, device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(row_major(m), m.shape(), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}

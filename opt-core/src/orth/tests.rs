@@ -1,0 +1,442 @@
+//! Oracles independent of the code under test: plain f64 loops of the spec's algorithms
+//! (Gram–Schmidt, Householder reflections), an eigendecomposition route for Löwdin, the Cayley
+//! identity, and central finite differences for every backward.
+
+use super::{orthogonality_error, orthogonalize, OrthMap};
+use crate::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+
+type M = Vec<f64>; // row-major d×d
+
+fn gauss(seed: u64, n: usize) -> M {
+    Rng::seed(seed)
+        .normal_vec(n, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// `3I + N(0,1)/3`: a well-conditioned P for the maps whose gradient scales with 1/σ_min.
+fn healthy(seed: u64, d: usize) -> M {
+    let mut p = gauss(seed, d * d);
+    for i in 0..d {
+        for j in 0..d {
+            p[i * d + j] = p[i * d + j] / 3.0 + if i == j { 3.0 } else { 0.0 };
+        }
+    }
+    p
+}
+
+fn tensor(p: &M, d: usize, dtype: DType) -> Tensor {
+    Tensor::from_vec(p.clone(), (d, d), &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .expect("tensor")
+}
+
+fn rows(t: &Tensor) -> M {
+    t.to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f64>())
+        .expect("to_vec")
+}
+
+fn orth64(p: &M, d: usize, map: OrthMap) -> M {
+    rows(&orthogonalize(&tensor(p, d, DType::F64), map).expect("orthogonalize"))
+}
+
+fn matmul(a: &M, b: &M, d: usize) -> M {
+    let mut c = vec![0.0; d * d];
+    for i in 0..d {
+        for k in 0..d {
+            let aik = a[i * d + k];
+            for j in 0..d {
+                c[i * d + j] += aik * b[k * d + j];
+            }
+        }
+    }
+    c
+}
+
+fn transpose(a: &M, d: usize) -> M {
+    (0..d * d).map(|k| a[(k % d) * d + k / d]).collect()
+}
+
+fn max_diff(a: &M, b: &M) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Determinant by Gaussian elimination with partial pivoting.
+fn det(a: &M, d: usize) -> f64 {
+    let mut a = a.clone();
+    let mut det = 1.0;
+    for c in 0..d {
+        let piv = (c..d)
+            .max_by(|&x, &y| a[x * d + c].abs().total_cmp(&a[y * d + c].abs()))
+            .expect("non-empty");
+        if piv != c {
+            for j in 0..d {
+                a.swap(c * d + j, piv * d + j);
+            }
+            det = -det;
+        }
+        det *= a[c * d + c];
+        for i in c + 1..d {
+            let f = a[i * d + c] / a[c * d + c];
+            for j in c..d {
+                a[i * d + j] -= f * a[c * d + j];
+            }
+        }
+    }
+    det
+}
+
+#[test]
+fn orth_is_orthogonal_for_all_maps_and_sizes() {
+    for (k, d) in [1usize, 2, 27, 64, 576, 1024].into_iter().enumerate() {
+        let p = Tensor::from_vec(
+            Rng::seed(100 + k as u64).normal_vec(d * d, 1.0),
+            (d, d),
+            &Device::Cpu,
+        )
+        .expect("tensor");
+        for map in OrthMap::ALL {
+            let t0 = std::time::Instant::now();
+            let q = orthogonalize(&p, map).expect("orthogonalize");
+            let secs = t0.elapsed().as_secs_f64();
+            assert_eq!(q.dtype(), DType::F32);
+            assert_eq!(q.dims(), &[d, d]);
+            let err = orthogonality_error(&q).expect("error");
+            eprintln!(
+                "orth {} d={d}: ‖QQᵀ−I‖_F = {err:.3e} (f32), {secs:.3}s",
+                map.name()
+            );
+            assert!(err <= 1e-4, "{} d={d}: {err}", map.name());
+        }
+    }
+}
+
+#[test]
+fn orth_backward_runs_at_layer_size() {
+    let d = 576;
+    let p = Tensor::from_vec(Rng::seed(1000).normal_vec(d * d, 1.0), (d, d), &Device::Cpu)
+        .expect("tensor");
+    let w = Tensor::from_vec(Rng::seed(1001).normal_vec(d * d, 1.0), (d, d), &Device::Cpu)
+        .expect("tensor");
+    for map in OrthMap::ALL {
+        let var = Var::from_tensor(&p).expect("var");
+        let t0 = std::time::Instant::now();
+        let q = orthogonalize(var.as_tensor(), map).expect("orthogonalize");
+        let loss = (q * &w).and_then(|x| x.sum_all()).expect("loss");
+        let grads = loss.backward().expect("backward");
+        let g = rows(grads.get(&var).expect("gradient of P"));
+        let secs = t0.elapsed().as_secs_f64();
+        let norm = dot(&g, &g).sqrt();
+        eprintln!("fwd+bwd {} d={d}: ‖g‖ = {norm:.3e}, {secs:.3}s", map.name());
+        assert!(norm.is_finite() && norm > 0.0, "{}: {norm}", map.name());
+    }
+}
+
+#[test]
+fn orth_gs_matches_classical_gram_schmidt_of_rows() {
+    for (k, d) in [1usize, 2, 5, 27, 64].into_iter().enumerate() {
+        let p = gauss(200 + k as u64, d * d);
+        // Spec §2.3: q_i = w/‖w‖, w = p_i − Σ_{j<i} (p_i·q_j) q_j, projections of the original p_i.
+        let mut q = vec![0.0; d * d];
+        for i in 0..d {
+            let pi = &p[i * d..(i + 1) * d];
+            let mut w = pi.to_vec();
+            for j in 0..i {
+                let c = dot(pi, &q[j * d..(j + 1) * d]);
+                for t in 0..d {
+                    w[t] -= c * q[j * d + t];
+                }
+            }
+            let n = dot(&w, &w).sqrt();
+            for t in 0..d {
+                q[i * d + t] = w[t] / n;
+            }
+        }
+        let got = orth64(&p, d, OrthMap::GramSchmidt);
+        let diff = max_diff(&got, &q);
+        eprintln!("gs oracle d={d}: {diff:.2e}");
+        assert!(diff <= 1e-8, "d={d}: max |GS − CGS| = {diff}");
+    }
+}
+
+#[test]
+fn orth_hr_matches_explicit_householder_reflections() {
+    for (k, d) in [1usize, 2, 3, 8, 32].into_iter().enumerate() {
+        let p = gauss(300 + k as u64, d * d);
+        // Spec §2.4: d − 1 reflections, u = x − ‖x‖e₁ (no sign safeguard), R ← H R, Q ← Q Hᵀ,
+        // each applied as a rank-1 update.
+        let mut r = p.clone();
+        let mut q: M = (0..d * d)
+            .map(|t| if t / d == t % d { 1.0 } else { 0.0 })
+            .collect();
+        for c in 0..d.saturating_sub(1) {
+            let x: Vec<f64> = (c..d).map(|i| r[i * d + c]).collect();
+            let mut u = x.clone();
+            u[0] -= dot(&x, &x).sqrt();
+            let nu = dot(&u, &u).sqrt();
+            let v: Vec<f64> = u.iter().map(|ui| ui / nu).collect();
+            for j in 0..d {
+                let s: f64 = (c..d).map(|i| v[i - c] * r[i * d + j]).sum();
+                for i in c..d {
+                    r[i * d + j] -= 2.0 * v[i - c] * s;
+                }
+            }
+            for i in 0..d {
+                let s: f64 = (c..d).map(|j| q[i * d + j] * v[j - c]).sum();
+                for j in c..d {
+                    q[i * d + j] -= 2.0 * s * v[j - c];
+                }
+            }
+        }
+        let got = orth64(&p, d, OrthMap::Householder);
+        let diff = max_diff(&got, &q);
+        eprintln!("hr oracle d={d}: {diff:.2e}");
+        assert!(diff <= 1e-8, "d={d}: max |HR − reflections| = {diff}");
+        let expected_det = if d % 2 == 1 { 1.0 } else { -1.0 };
+        assert!((det(&got, d) - expected_det).abs() < 1e-9, "d={d}");
+    }
+}
+
+#[test]
+fn orth_ls_matches_inverse_square_root_of_gram_matrix() {
+    for (k, d) in [1usize, 2, 8, 27, 64].into_iter().enumerate() {
+        let p = gauss(400 + k as u64, d * d);
+        // Q = P (PᵀP)^{-1/2} with (PᵀP)^{-1/2} = W Λ^{-1/2} Wᵀ from a symmetric eigensolver.
+        let ptp = matmul(&transpose(&p, d), &p, d);
+        let ptp = faer::Mat::from_fn(d, d, |i, j| ptp[i * d + j]);
+        let evd = ptp
+            .self_adjoint_eigen(faer::Side::Lower)
+            .expect("self-adjoint eigen");
+        let (w, lam) = (evd.U(), evd.S().column_vector());
+        let mut inv_sqrt = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                inv_sqrt[i * d + j] = (0..d).map(|t| w[(i, t)] * w[(j, t)] / lam[t].sqrt()).sum();
+            }
+        }
+        let expected = matmul(&p, &inv_sqrt, d);
+        let diff = max_diff(&orth64(&p, d, OrthMap::Lowdin), &expected);
+        eprintln!("ls oracle d={d}: {diff:.2e}");
+        assert!(diff <= 1e-8, "d={d}: max |LS − P(PᵀP)^-½| = {diff}");
+    }
+}
+
+#[test]
+fn orth_cp_satisfies_cayley_identity_with_det_one() {
+    for (k, d) in [1usize, 2, 9, 64].into_iter().enumerate() {
+        let p = gauss(500 + k as u64, d * d);
+        let s: M = (0..d * d)
+            .map(|t| {
+                let (i, j) = (t / d, t % d);
+                if i < j {
+                    p[t]
+                } else if i > j {
+                    -p[j * d + i]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let eye = |t: usize| if t / d == t % d { 1.0 } else { 0.0 };
+        let i_minus_s: M = (0..d * d).map(|t| eye(t) - s[t]).collect();
+        let i_plus_s: M = (0..d * d).map(|t| eye(t) + s[t]).collect();
+        let q = orth64(&p, d, OrthMap::Cayley);
+        let diff = max_diff(&matmul(&q, &i_minus_s, d), &i_plus_s);
+        eprintln!("cp oracle d={d}: {diff:.2e}");
+        assert!(diff <= 1e-9, "d={d}: max |Q(I−S) − (I+S)| = {diff}");
+        let qqt = matmul(&q, &transpose(&q, d), d);
+        let ortho = (0..d * d)
+            .map(|t| (qqt[t] - eye(t)).abs())
+            .fold(0.0, f64::max);
+        assert!(ortho <= 1e-12, "d={d}: {ortho}");
+        assert!((det(&q, d) - 1.0).abs() < 1e-9, "d={d}: det {}", det(&q, d));
+    }
+}
+
+#[test]
+fn orth_d1_follows_the_definitions() {
+    let p = vec![-2.0];
+    assert_eq!(orth64(&p, 1, OrthMap::Cayley), vec![1.0]);
+    assert_eq!(orth64(&p, 1, OrthMap::GramSchmidt), vec![-1.0]);
+    assert_eq!(orth64(&p, 1, OrthMap::Householder), vec![1.0]); // no reflection at all
+    assert_eq!(orth64(&p, 1, OrthMap::Lowdin), vec![-1.0]);
+}
+
+/// Analytic ∂L/∂P through `Var` for L = Σ W ⊙ Q.
+fn analytic_grad(p: &M, w: &Tensor, d: usize, map: OrthMap) -> M {
+    let var = Var::from_tensor(&tensor(p, d, DType::F64)).expect("var");
+    let q = orthogonalize(var.as_tensor(), map).expect("orthogonalize");
+    let loss = (q * w).and_then(|x| x.sum_all()).expect("loss");
+    let grads = loss.backward().expect("backward");
+    rows(grads.get(&var).expect("gradient of P"))
+}
+
+fn loss(p: &M, w: &M, d: usize, map: OrthMap) -> f64 {
+    dot(&orth64(p, d, map), w)
+}
+
+fn check_gradient(map: OrthMap) {
+    for (k, d) in [1usize, 3, 8].into_iter().enumerate() {
+        let seed = 600 + 10 * k as u64;
+        let p = match map {
+            OrthMap::Cayley => gauss(seed, d * d),
+            _ => healthy(seed, d),
+        };
+        let w = gauss(seed + 1, d * d);
+        let g = analytic_grad(&p, &tensor(&w, d, DType::F64), d, map);
+        let h = 1e-6;
+        let fd: M = (0..d * d)
+            .map(|t| {
+                let (mut plus, mut minus) = (p.clone(), p.clone());
+                plus[t] += h;
+                minus[t] -= h;
+                (loss(&plus, &w, d, map) - loss(&minus, &w, d, map)) / (2.0 * h)
+            })
+            .collect();
+        let err: f64 = g
+            .iter()
+            .zip(&fd)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm = dot(&g, &g).sqrt();
+        eprintln!(
+            "grad {} d={d}: ‖g‖ = {norm:.3e}, ‖g − fd‖ = {err:.3e}",
+            map.name()
+        );
+        // d = 1 Cayley/Householder are constant maps: the gradient must be exactly zero.
+        assert!(
+            err <= 1e-6 * norm + 1e-9,
+            "{} d={d}: {err} vs ‖g‖ {norm}",
+            map.name()
+        );
+        if d > 1 {
+            assert!(norm > 1e-3, "{} d={d}: gradient vanished", map.name());
+        }
+        // Directional check too, as a training step sees it.
+        let e = gauss(seed + 2, d * d);
+        let (mut plus, mut minus) = (p.clone(), p.clone());
+        for t in 0..d * d {
+            plus[t] += h * e[t];
+            minus[t] -= h * e[t];
+        }
+        let fd_dir = (loss(&plus, &w, d, map) - loss(&minus, &w, d, map)) / (2.0 * h);
+        let an_dir = dot(&g, &e);
+        assert!(
+            (fd_dir - an_dir).abs() <= 1e-6 * an_dir.abs().max(fd_dir.abs()) + 1e-9,
+            "{} d={d}: ⟨g,E⟩ {an_dir} vs fd {fd_dir}",
+            map.name()
+        );
+    }
+}
+
+#[test]
+fn orth_cp_gradient_matches_finite_differences() {
+    check_gradient(OrthMap::Cayley);
+}
+
+#[test]
+fn orth_gs_gradient_matches_finite_differences() {
+    check_gradient(OrthMap::GramSchmidt);
+}
+
+#[test]
+fn orth_hr_gradient_matches_finite_differences() {
+    check_gradient(OrthMap::Householder);
+}
+
+#[test]
+fn orth_ls_gradient_matches_finite_differences() {
+    check_gradient(OrthMap::Lowdin);
+}
+
+#[test]
+fn orth_cp_gradient_ignores_diagonal_and_lower_triangle() {
+    let d = 5;
+    let p = gauss(700, d * d);
+    let g = analytic_grad(
+        &p,
+        &tensor(&gauss(701, d * d), d, DType::F64),
+        d,
+        OrthMap::Cayley,
+    );
+    for i in 0..d {
+        for j in 0..=i {
+            assert_eq!(g[i * d + j], 0.0, "({i},{j})");
+        }
+    }
+}
+
+#[test]
+fn orth_f32_in_f32_out_and_gradient_flows_through_var() {
+    let d = 6;
+    let p = healthy(800, d);
+    let w = gauss(801, d * d);
+    for map in OrthMap::ALL {
+        let var = Var::from_tensor(&tensor(&p, d, DType::F32)).expect("var");
+        let q = orthogonalize(var.as_tensor(), map).expect("orthogonalize");
+        assert_eq!(q.dtype(), DType::F32);
+        let loss = (&q * tensor(&w, d, DType::F32))
+            .and_then(|x| x.sum_all())
+            .expect("loss");
+        let grads = loss.backward().expect("backward");
+        let g = grads.get(&var).expect("gradient of P");
+        assert_eq!(g.dtype(), DType::F32);
+        assert_eq!(g.dims(), &[d, d]);
+        // Same math as the f64 path, up to f32 rounding of P, W and the result.
+        let g64 = analytic_grad(&p, &tensor(&w, d, DType::F64), d, map);
+        let diff = max_diff(&rows(g), &g64);
+        assert!(diff <= 1e-4, "{}: f32 vs f64 gradient {diff}", map.name());
+        let q64 = orth64(&p, d, map);
+        assert!(max_diff(&rows(&q), &q64) <= 1e-6, "{}", map.name());
+    }
+}
+
+#[test]
+fn orth_reads_strided_input() {
+    let d = 7;
+    let p = gauss(900, d * d);
+    // A transposed view (non-contiguous) must give the map of the transposed matrix.
+    let view = tensor(&p, d, DType::F64).t().expect("t");
+    assert!(!view.is_contiguous());
+    for map in OrthMap::ALL {
+        let got = rows(&orthogonalize(&view, map).expect("orthogonalize"));
+        let expected = orth64(&transpose(&p, d), d, map);
+        assert_eq!(got, expected, "{}", map.name());
+    }
+}
+
+#[test]
+fn orth_reports_invalid_input() {
+    let dev = Device::Cpu;
+    let rect = Tensor::zeros((2, 3), DType::F32, &dev).expect("zeros");
+    let ints = Tensor::zeros((2, 2), DType::U32, &dev).expect("zeros");
+    let nan = Tensor::new(&[[1.0f32, f32::NAN], [0.0, 1.0]], &dev).expect("nan");
+    // A zero row (GS) / zero column (HR): the maps divide by a zero norm.
+    let zero_row = Tensor::new(&[[1.0f32, 2.0], [0.0, 0.0]], &dev).expect("zero row");
+    for map in OrthMap::ALL {
+        assert!(orthogonalize(&rect, map).is_err(), "{}", map.name());
+        assert!(orthogonalize(&ints, map).is_err(), "{}", map.name());
+        let e = orthogonalize(&nan, map).expect_err("NaN").to_string();
+        assert!(e.contains("not finite"), "{}: {e}", map.name());
+    }
+    let e = orthogonalize(&zero_row, OrthMap::GramSchmidt)
+        .expect_err("singular")
+        .to_string();
+    assert!(e.contains("singular"), "{e}");
+    let e = orthogonalize(&zero_row.t().expect("t"), OrthMap::Householder)
+        .expect_err("singular")
+        .to_string();
+    assert!(e.contains("singular"), "{e}");
+}

@@ -1,0 +1,81 @@
+//! Every method trains on the embedded Fashion-MNIST subset, and OPT methods keep their
+//! layers' hyperspherical energy at its initial value.
+
+mod common;
+
+use common::write;
+use opt_pipeline::plan::resolve;
+use opt_pipeline::recipe::load;
+use opt_pipeline::runner::{run, RunContext, RunResult};
+use opt_pipeline::store::ArtifactStore;
+use opt_stages::progress::Silent;
+
+const RECIPE: &str = r#"
+[dataset]
+source = "embedded"
+train_limit = 2000
+test_limit = 500
+[model]
+width = 8
+bn_decay = 0.9
+[schedule]
+lr = 0.05
+milestones = [150]
+iterations = 200
+batch_size = 64
+eval_every = 100
+[augment]
+pad = 0
+flip = false
+[run]
+device = "cpu"
+checkpoint_every = 0
+"#;
+
+#[test]
+fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let recipe = write(tmp.path(), "m.toml", RECIPE);
+    for method in ["baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt"] {
+        let plan = resolve(&load(&recipe, &[format!("method.name={method}")]).unwrap()).unwrap();
+        let store = ArtifactStore::new(&cache);
+        let out = tmp.path().join(method);
+        let ctx = RunContext {
+            store: &store,
+            run_dir: out.clone(),
+            progress: &Silent,
+            stop_after: None,
+        };
+        let rows = match run(&plan, &ctx).unwrap() {
+            RunResult::Finished { rows, .. } => rows,
+            RunResult::Stopped { .. } => unreachable!(),
+        };
+        let r = &rows[0];
+        assert_eq!(r.method, method);
+        // 10 classes: chance is 0.1.
+        assert!(
+            r.test_acc > 0.5,
+            "{method}: test accuracy {} after 200 iterations",
+            r.test_acc
+        );
+        let curves = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+        let losses: Vec<f64> = curves
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').nth(2).and_then(|v| v.parse().ok()))
+            .collect();
+        let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+        let last: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
+        assert!(last < 0.7 * first, "{method}: loss {first:.3} → {last:.3}");
+        match method {
+            "baseline" => assert!(r.orth_error.is_none()),
+            "cp" | "gs" | "hr" | "ls" => {
+                let e = r.orth_error.unwrap();
+                assert!(e < 1e-4, "{method}: ‖RRᵀ − I‖ = {e}");
+            }
+            "ogd" => assert!(r.orth_error.unwrap() < 1e-2, "ogd drift {:?}", r.orth_error),
+            _ => assert!(r.orth_error.is_some()),
+        }
+    }
+}
