@@ -30,7 +30,7 @@ bench *args:
 
 # The same network in PyTorch eager (needs `pip install torch`), for comparison.
 bench-torch *args:
-    python3 bench/torch_cnn6.py {{args}}
+    python3 bench/torch_cnn6.py --methods all {{args}}
 
 # Optional: the full Fashion-MNIST from Debian (used by recipes/fashion_mnist_full.toml and a test).
 fetch-fashion-mnist:

@@ -1,11 +1,16 @@
-"""CNN-6 training throughput in PyTorch eager, the reference `opt bench` is compared with.
+"""CNN-6 training throughput in PyTorch eager (OPT methods through torch.linalg), the reference
+`opt bench` is compared with.
 
 Same network as opt's (spec §5): 3 stages × 2 [3×3 conv (no bias), BN (eps 1e-3), ReLU] +
 2×2 max-pool, fc6 = VALID conv over the last map, 1×1 classifier; official loss
 −Σ y·log(softmax + 1e-4) with label smoothing 0.01; SGD momentum 0.9, weight decay 5e-4.
 Synthetic data, like `opt bench`. Prints images/s and ms/step.
 
-    python3 bench/torch_cnn6.py [--width 64] [--batch 128] [--steps 10] [--threads 0]
+    python3 bench/torch_cnn6.py [--methods all] [--width 64] [--batch 128] [--steps 10]
+
+OPT layers: fixed W0 [d, n], learned P [d, d], W = orth(P)·W0 with torch.linalg routines
+(qr for GS/HR, svd for LS, solve for CP), raw P for OGD/OR/UPT (OGD updated by the same
+Cayley-SGD step as opt), S-OPT with a 25 % subset per layer after the first.
 """
 import argparse
 import time
@@ -15,22 +20,93 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Cnn6(nn.Module):
-    def __init__(self, c_in, hw, width, classes):
+def orth(p, method):
+    if method == "gs":
+        q, r = torch.linalg.qr(p.T)
+        return (q * torch.sign(torch.diagonal(r))).T
+    if method == "hr":
+        q, r = torch.linalg.qr(p)
+        return q * torch.sign(torch.diagonal(r))
+    if method == "ls":
+        u, _, vh = torch.linalg.svd(p)
+        return u @ vh
+    if method == "cp":
+        u = torch.triu(p)
+        s = u - u.T
+        eye = torch.eye(p.shape[0])
+        return torch.linalg.solve(eye - s, eye + s, left=False)
+    return p  # ogd, or, upt: raw
+
+
+class OptConv(nn.Module):
+    """A conv whose kernel is orth(P)·W0 (or a sparse S-OPT rotation of W0)."""
+
+    def __init__(self, c_in, c_out, k, method, padding, first):
         super().__init__()
+        d = c_in * k * k
+        self.shape, self.padding, self.method = (c_out, c_in, k, k), padding, method
+        self.register_buffer("w0", torch.randn(d, c_out) * (2.0 / d) ** 0.5)
+        self.sparse = method == "sopt" and not first
+        if self.sparse:
+            b = d // 4
+            self.register_buffer("idx", torch.randperm(d)[:b])
+            self.p = nn.Parameter(torch.eye(b))
+        elif method in ("ogd", "upt", "sopt"):
+            self.p = nn.Parameter(torch.eye(d))
+        else:
+            self.p = nn.Parameter(torch.randn(d, d))
+
+    def forward(self, x):
+        if self.sparse:
+            rows = self.w0[self.idx]
+            w = self.w0.index_add(0, self.idx, orth(self.p, "gs") @ rows - rows)
+        else:
+            w = orth(self.p, "gs" if self.method == "sopt" else self.method) @ self.w0
+        return F.conv2d(x, w.T.reshape(self.shape), padding=self.padding)
+
+    def penalty(self):
+        g = self.p @ self.p.T - torch.eye(self.p.shape[0])
+        return torch.sqrt((g * g).sum())
+
+
+class Cnn6(nn.Module):
+    def __init__(self, c_in, hw, width, classes, method="baseline"):
+        super().__init__()
+
+        def conv(cin, cout, k, pad, first=False):
+            if method == "baseline":
+                return nn.Conv2d(cin, cout, k, padding=pad, bias=False)
+            return OptConv(cin, cout, k, method, pad, first)
+
         layers, prev = [], c_in
         for i in range(6):
-            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False),
+            layers += [conv(prev, width, 3, 1, first=i == 0),
                        nn.BatchNorm2d(width, eps=1e-3, momentum=0.001), nn.ReLU()]
             if i % 2 == 1:
                 layers.append(nn.MaxPool2d(2))
             prev = width
         self.features = nn.Sequential(*layers)
-        self.fc6 = nn.Conv2d(width, width, hw // 8, bias=False)
+        self.fc6 = conv(width, width, hw // 8, 0)
         self.score = nn.Conv2d(width, classes, 1, bias=False)
 
     def forward(self, x):
         return self.score(self.fc6(self.features(x))).flatten(1)
+
+    def opt_layers(self):
+        return [m for m in self.modules() if isinstance(m, OptConv)]
+
+
+@torch.no_grad()
+def cayley_sgd_step(x, m, g, lr, beta=0.9):
+    """OPT's OGD step (spec 2.6), the same sequence as opt's CayleySgd."""
+    m.mul_(beta).sub_(g)
+    what = m @ x.T - 0.5 * x @ (x.T @ m @ x.T)
+    w = what - what.T
+    m.copy_(w @ x)
+    alpha = min(lr, 1.0 / (float(torch.linalg.norm(w)) + 1e-8))
+    y = x + alpha * m
+    y = x + alpha / 2 * w @ (x + y)
+    x.copy_(x + alpha / 2 * w @ (x + y))
 
 
 def official_loss(logits, labels, classes):
@@ -38,8 +114,42 @@ def official_loss(logits, labels, classes):
     return -(y * torch.log(F.softmax(logits, 1) + 1e-4)).sum(1).mean()
 
 
+def bench(a, method):
+    c, h, w = (int(v) for v in a.input.split("x"))
+    net = Cnn6(c, h, a.width, a.classes, method)
+    rotations = [m.p for m in net.opt_layers()] if method == "ogd" else []
+    rot_ids = {id(p) for p in rotations}
+    others = [p for p in net.parameters() if id(p) not in rot_ids]
+    wd = 5e-5 if method == "ogd" else 5e-4
+    opt = torch.optim.SGD(others, lr=0.01, momentum=0.9, weight_decay=wd)
+    moms = [torch.zeros_like(p) for p in rotations]
+    x = torch.randn(a.batch, c, h, w)
+    labels = torch.arange(a.batch) % a.classes
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        for p in rotations:
+            p.grad = None
+        loss = official_loss(net(x), labels, a.classes)
+        if method == "or":
+            loss = loss + 0.1 * sum(m.penalty() for m in net.opt_layers())
+        loss.backward()
+        opt.step()
+        for p, m in zip(rotations, moms):
+            cayley_sgd_step(p.data, m, p.grad, 0.02)
+        return loss.item()
+
+    for _ in range(a.warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    return time.perf_counter() - t
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="baseline", help="comma-separated, or all")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--input", default="3x32x32")
     ap.add_argument("--classes", type=int, default=100)
@@ -50,29 +160,14 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    c, h, w = (int(v) for v in a.input.split("x"))
-    net = Cnn6(c, h, a.width, a.classes)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(a.batch, c, h, w)
-    labels = torch.arange(a.batch) % a.classes
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = official_loss(net(x), labels, a.classes)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    for _ in range(a.warmup):
-        step()
-    t = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    secs = time.perf_counter() - t
-    print("| method | device | batch | input | images/s | ms/step |")
+    methods = ["baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt"] if a.methods == "all" \
+        else a.methods.split(",")
+    print(f"| method (torch {torch.__version__}, {torch.get_num_threads()} threads) | device | batch | input | images/s | ms/step |")
     print("|---|---|---:|---|---:|---:|")
-    print(f"| baseline (torch {torch.__version__}, {torch.get_num_threads()} threads) | cpu | {a.batch} "
-          f"| {a.input} | {a.steps * a.batch / secs:.1f} | {1e3 * secs / a.steps:.2f} |")
+    for method in methods:
+        secs = bench(a, method)
+        print(f"| {method} | cpu | {a.batch} | {a.input} | {a.steps * a.batch / secs:.1f} | {1e3 * secs / a.steps:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

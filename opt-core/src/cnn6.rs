@@ -156,6 +156,17 @@ impl Cnn6 {
         Ok(total)
     }
 
+    /// Ends an S-OPT episode in every layer that has one; returns how many layers did.
+    pub fn end_episode(&self, rng: &mut Rng) -> Result<usize> {
+        let mut n = 0;
+        for conv in self.weight_layers() {
+            if conv.source.end_episode(rng)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Every weight layer (the seven OPT-able ones, then `score`).
     pub fn weight_layers(&self) -> impl Iterator<Item = &Conv> {
         self.convs

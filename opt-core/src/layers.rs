@@ -47,6 +47,12 @@ pub trait KernelSource: Send + Sync {
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {
         Ok(None)
     }
+
+    /// End of an S-OPT episode: merge the learned rotation into the fixed neurons, reset it
+    /// and draw a new subset. Returns whether this layer did anything.
+    fn end_episode(&self, _rng: &mut Rng) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Builds the kernel source of one weight layer, registering its tensors in the store.

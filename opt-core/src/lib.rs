@@ -28,6 +28,7 @@ pub(crate) mod par;
 pub mod params;
 pub mod rng;
 pub mod schedule;
+pub mod sparse_opt;
 
 pub use batchnorm::BatchNorm;
 pub use cnn6::{Cnn6, Cnn6Config};

@@ -75,6 +75,14 @@ impl MomentumSgd {
         Ok(())
     }
 
+    /// Zeroes the accumulators of the tensors `select` accepts (S-OPT's per-episode reset).
+    pub fn reset(&self, select: impl Fn(&str) -> bool) -> Result<()> {
+        for s in self.slots.iter().filter(|s| select(&s.name)) {
+            s.accum.set(&s.accum.as_tensor().zeros_like()?)?;
+        }
+        Ok(())
+    }
+
     /// Accumulators by parameter name (for checkpoints).
     pub fn state(&self) -> HashMap<String, Tensor> {
         self.slots

@@ -37,8 +37,18 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let recipe = write(tmp.path(), "m.toml", RECIPE);
-    for method in ["baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt"] {
-        let plan = resolve(&load(&recipe, &[format!("method.name={method}")]).unwrap()).unwrap();
+    for method in [
+        "baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt",
+    ] {
+        let mut sets = vec![format!("method.name={method}")];
+        if method == "sopt" {
+            // Four episodes of 50 iterations: merges and re-samples happen during the test.
+            sets.extend([
+                "method.episode_length=50".to_string(),
+                "method.budget_channels=4".to_string(),
+            ]);
+        }
+        let plan = resolve(&load(&recipe, &sets).unwrap()).unwrap();
         let store = ArtifactStore::new(&cache);
         let out = tmp.path().join(method);
         let ctx = RunContext {
@@ -75,6 +85,11 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
                 assert!(e < 1e-4, "{method}: ‖RRᵀ − I‖ = {e}");
             }
             "ogd" => assert!(r.orth_error.unwrap() < 1e-2, "ogd drift {:?}", r.orth_error),
+            "sopt" => assert!(
+                r.orth_error.unwrap() < 1e-4,
+                "sopt small rotations {:?}",
+                r.orth_error
+            ),
             _ => assert!(r.orth_error.is_some()),
         }
     }

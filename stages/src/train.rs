@@ -21,6 +21,7 @@ use candle_core::{Device, Tensor};
 use opt_core::cayley_sgd::CayleySgd;
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
+use opt_core::sparse_opt::SPARSE_ROTATION;
 use opt_core::{Cnn6, MomentumSgd, ParamStore, PiecewiseLr, Rng, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -375,6 +376,42 @@ pub fn build_model(
     )
 }
 
+/// The end of S-OPT episode `episode`: merge and re-sample every sparse layer (subsets drawn
+/// from a stream that depends only on the seed and the episode, so resumes agree), reset the
+/// small rotations' momentum unless the stale-momentum quirk is asked for, and reset the sparse
+/// layers' BN γ/β if the BN quirk is.
+fn end_sopt_episode(
+    cfg: &TrainConfig,
+    model: &Cnn6,
+    store: &ParamStore,
+    optimizers: &Optimizers,
+    episode: u64,
+) -> Result<()> {
+    let MethodConfig::Sopt {
+        reset_bn,
+        stale_momentum,
+        ..
+    } = &cfg.method
+    else {
+        return Ok(());
+    };
+    model.end_episode(&mut Rng::fork(cfg.seed, &format!("sopt-episode-{episode}")))?;
+    if !stale_momentum {
+        optimizers.sgd.reset(|n| n.ends_with(SPARSE_ROTATION))?;
+    }
+    if *reset_bn {
+        for e in store.entries() {
+            let sparse_layer = !e.name.starts_with("conv1_0.");
+            if sparse_layer && e.name.ends_with(".bn.gamma") {
+                e.var.set(&e.var.as_tensor().ones_like()?)?;
+            } else if sparse_layer && e.name.ends_with(".bn.beta") {
+                e.var.set(&e.var.as_tensor().zeros_like()?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize)]
 struct ResumeMeta {
     curves: Curves,
@@ -406,6 +443,10 @@ pub fn run(
         factor: s.lr_factor,
     };
     let loss_kind = cfg.loss.kind();
+    let sopt_episode = match &cfg.method {
+        MethodConfig::Sopt { episode_length, .. } if *episode_length > 0 => Some(*episode_length),
+        _ => None,
+    };
     write_json(&out.join(CONFIG_FILE), cfg)?;
 
     let ckpt_dir = out.join(CHECKPOINT_DIR);
@@ -450,8 +491,13 @@ pub fn run(
     for i in start..iterations {
         let t0 = Instant::now();
         let lr = schedule.at(i);
+        // S-OPT reshuffles at the start of each episode (and every pass within it).
+        let data_iteration = match sopt_episode {
+            Some(ep) => i % ep,
+            None => i,
+        };
         let (x, y) = sampler.batch(
-            i,
+            data_iteration,
             &data.train,
             &cfg.augment,
             &data.stats.normalizer,
@@ -489,6 +535,11 @@ pub fn run(
                 "iteration {done}: test loss {:.4} top-1 {:.4} top-5 {:.4}",
                 m.loss, m.top1, m.top5
             ));
+        }
+        if let Some(ep) = sopt_episode {
+            if done % ep == 0 && done < iterations {
+                end_sopt_episode(cfg, &model, &store, &optimizers, done / ep)?;
+            }
         }
         let session_steps = (done - start) as f64;
         let ips = session_steps * s.batch_size as f64
