@@ -7,7 +7,7 @@
 //! the col2im scatter-add, implemented here as custom ops with exact adjoint backward passes.
 //! On other devices the network uses candle's native convolution.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
 
 /// Geometry of a stride-1, zero-padded 2-D convolution's patch matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,16 +97,11 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.0;
         let input = contiguous_f32(storage, layout, "im2col")?;
-        let (rows, cols) = (p.rows_per_image(), p.cols());
-        let mut out = vec![0f32; p.n * rows * cols];
-        let in_len = p.c * p.h * p.w;
-        crate::par::for_each_chunk(&mut out, rows * cols, |first, chunk| {
-            for (i, o) in chunk.chunks_mut(rows * cols).enumerate() {
-                let img = &input[(first + i) * in_len..(first + i + 1) * in_len];
-                p.for_each(|row, col, off| o[row * cols + col] = img[off]);
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((p.n * rows, cols))))
+        let out = im2col(&p, input);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((p.n * p.rows_per_image(), p.cols())),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -138,33 +133,127 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// Stride-1 convolution as one graph node: `im2col(x)·Kᵀ` inside the forward, and the two
+/// gradient products inside the backward. Keeping the 9×-activation-sized patch matrix out of
+/// the autograd graph matters: candle accumulates every node's gradient into a fresh zeroed
+/// buffer, which for the patch matrix cost more than the products themselves.
+struct Conv2dIm2col {
+    pad: usize,
+}
+
+impl Conv2dIm2col {
+    fn patches(&self, x: &Layout, k: &Layout) -> Result<(Patches, usize)> {
+        let (n, c, h, w) = x.shape().dims4()?;
+        let (c_out, c_k, k_h, k_w) = k.shape().dims4()?;
+        if c != c_k {
+            candle_core::bail!("conv2d_im2col: input has {c} channels, kernel expects {c_k}");
+        }
+        if h + 2 * self.pad < k_h || w + 2 * self.pad < k_w {
+            candle_core::bail!(
+                "conv2d_im2col: kernel {k_h}×{k_w} larger than padded input {h}×{w}"
+            );
+        }
+        Ok((
+            Patches {
+                n,
+                c,
+                h,
+                w,
+                k_h,
+                k_w,
+                pad: self.pad,
+            },
+            c_out,
+        ))
+    }
+}
+
+fn into_f32_vec(t: Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp2 for Conv2dIm2col {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, c_out) = self.patches(xl, kl)?;
+        let (ho, wo) = p.out_hw();
+        let x = contiguous_f32(xs, xl, "conv2d")?;
+        let k = contiguous_f32(ks, kl, "conv2d")?;
+        let cols = Tensor::from_vec(
+            im2col(&p, x),
+            (p.n * p.rows_per_image(), p.cols()),
+            &Device::Cpu,
+        )?;
+        let kmat = Tensor::from_slice(k, (c_out, p.cols()), &Device::Cpu)?;
+        let out = cols.matmul(&kmat.t()?)?; // [n·ho·wo, c_out]
+        let out = out
+            .reshape((p.n, ho * wo, c_out))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        Ok((
+            CpuStorage::F32(into_f32_vec(out)?),
+            Shape::from((p.n, c_out, ho, wo)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let wants_grad_x = x.track_op() || x.is_variable();
+        let (x, k) = (x.detach(), k.detach());
+        let (p, c_out) = self.patches(x.layout(), k.layout())?;
+        let rows = p.n * p.rows_per_image();
+        // [n, c_out, ho, wo] → [n·ho·wo, c_out]
+        let g = grad
+            .detach()
+            .reshape((p.n, c_out, p.rows_per_image()))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, c_out))?;
+        let cols = x.contiguous()?.apply_op1_no_bwd(&Im2Col(p))?;
+        let grad_k = g.t()?.matmul(&cols)?.reshape(k.shape())?;
+        // The network input needs no gradient: skip the largest product when nothing wants it.
+        let grad_x = if wants_grad_x {
+            let kmat = k.reshape((c_out, p.cols()))?;
+            Some(g.matmul(&kmat)?.apply_op1_no_bwd(&Col2Im(p))?)
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_k)))
+    }
+}
+
+fn im2col(p: &Patches, input: &[f32]) -> Vec<f32> {
+    let (rows, cols) = (p.rows_per_image(), p.cols());
+    let mut out = vec![0f32; p.n * rows * cols];
+    let in_len = p.c * p.h * p.w;
+    crate::par::for_each_chunk(&mut out, rows * cols, |first, chunk| {
+        for (i, o) in chunk.chunks_mut(rows * cols).enumerate() {
+            let img = &input[(first + i) * in_len..(first + i + 1) * in_len];
+            p.for_each(|row, col, off| o[row * cols + col] = img[off]);
+        }
+    });
+    out
+}
+
 /// Stride-1 convolution of `x` (`[n, c, h, w]`, f32) with `kernel` (`[c_out, c, k_h, k_w]`) and
 /// symmetric zero padding, as `im2col(x) · Kᵀ`. Same result as `x.conv2d(kernel, pad, 1, 1, 1)`.
 pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, pad: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (c_out, c_k, k_h, k_w) = kernel.dims4()?;
-    if c != c_k {
-        candle_core::bail!("conv2d_im2col: input has {c} channels, kernel expects {c_k}");
-    }
-    if h + 2 * pad < k_h || w + 2 * pad < k_w {
-        candle_core::bail!("conv2d_im2col: kernel {k_h}×{k_w} larger than padded input {h}×{w}");
-    }
-    let p = Patches {
-        n,
-        c,
-        h,
-        w,
-        k_h,
-        k_w,
-        pad,
-    };
-    let (ho, wo) = p.out_hw();
-    let cols = x.contiguous()?.apply_op1(Im2Col(p))?;
-    let k = kernel.reshape((c_out, p.cols()))?;
-    let out = cols.matmul(&k.t()?)?; // [n·ho·wo, c_out]
-    out.reshape((n, ho, wo, c_out))?
-        .permute((0, 3, 1, 2))?
-        .contiguous()
+    x.contiguous()?
+        .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad })
 }
 
 #[cfg(test)]

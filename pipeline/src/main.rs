@@ -126,13 +126,13 @@ fn run(args: RecipeArgs, out: Option<PathBuf>, stop_after: Option<u64>, quiet: b
     let term = Terminal::new(quiet);
     init_logging(&term, Some(&run_dir.join("opt.log")))?;
     tracing::info!(
-        "recipe {} ({}): {} on {}, {} iterations' worth of schedule, device {}",
+        "recipe {} ({}): {} on {}, {}, device {}",
         plan.name,
         plan.recipe_file.display(),
         plan.train.method.name(),
         plan.fetch.dataset.as_str(),
         match plan.train.schedule.length {
-            opt_stages::train::Length::Iterations(n) => n.to_string(),
+            opt_stages::train::Length::Iterations(n) => format!("{n} iterations"),
             opt_stages::train::Length::Epochs(e) => format!("{e} epochs"),
         },
         plan.train.device

@@ -28,7 +28,9 @@ pub enum DatasetName {
     FashionMnist,
     Mnist,
     /// Named so the paper's recipes can be written today; reading arrives with the datasets work.
+    #[serde(rename = "cifar-100")]
     Cifar100,
+    #[serde(rename = "cifar-10")]
     Cifar10,
 }
 

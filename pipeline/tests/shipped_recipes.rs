@@ -1,0 +1,50 @@
+//! Every recipe shipped in `recipes/` loads and resolves (a typo in one is a test failure).
+
+use opt_pipeline::plan::resolve;
+use opt_pipeline::recipe::{load, SourceKind};
+use std::path::{Path, PathBuf};
+
+fn recipes(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            recipes(&p, out);
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("toml" | "yaml" | "yml")
+        ) {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn all_shipped_recipes_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut files = Vec::new();
+    recipes(&root, &mut files);
+    assert!(files.len() >= 20, "found only {} recipes", files.len());
+    // An IDX directory (empty files: keys only fingerprint them) for recipes with local data.
+    let data = tempfile::tempdir().unwrap();
+    for stem in opt_stages::fetch::IDX_FILES {
+        std::fs::write(data.path().join(stem), b"").unwrap();
+    }
+    let mut methods = std::collections::BTreeSet::new();
+    for f in &files {
+        let loaded = load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        // Local data need not be on this machine: point it at an existing directory.
+        let overrides = if loaded.recipe.dataset.source == SourceKind::Local {
+            vec![format!("dataset.path={}", data.path().display())]
+        } else {
+            vec![]
+        };
+        let plan = resolve(&load(f, &overrides).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        plan.keys()
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        methods.insert(plan.train.method.name());
+    }
+    for m in opt_stages::model::MethodConfig::NAMES {
+        assert!(methods.contains(m), "no shipped recipe uses method {m}");
+    }
+}
