@@ -192,6 +192,26 @@ fn channel_sums(
         })
 }
 
+/// Per-channel batch mean and biased variance of `[n, c, hw]` data, in two passes (mean, then
+/// centred squares) for accuracy.
+fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    let (sum, _) = channel_sums(n, c, hw, |o, _| {
+        (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let (sq, _) = channel_sums(n, c, hw, |o, ch| {
+        (
+            x[o..o + hw]
+                .iter()
+                .map(|&v| (v as f64 - mean[ch]).powi(2))
+                .sum(),
+            0.0,
+        )
+    });
+    (mean, sq.iter().map(|s| s / m).collect())
+}
+
 impl CustomOp3 for FusedBnTrain {
     fn name(&self) -> &'static str {
         "batchnorm-train"
@@ -210,22 +230,7 @@ impl CustomOp3 for FusedBnTrain {
         let x = contiguous_f32(xs, xl, "batchnorm")?;
         let gamma = contiguous_f32(gs, gl, "batchnorm")?;
         let beta = contiguous_f32(bs, bl, "batchnorm")?;
-        let m = (n * hw) as f64;
-        let (sum, _) = channel_sums(n, c, hw, |o, _| {
-            (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
-        });
-        let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
-        // Two passes (mean, then centred squares) for an accurate biased variance.
-        let (sq, _) = channel_sums(n, c, hw, |o, ch| {
-            (
-                x[o..o + hw]
-                    .iter()
-                    .map(|&v| (v as f64 - mean[ch]).powi(2))
-                    .sum(),
-                0.0,
-            )
-        });
-        let var: Vec<f64> = sq.iter().map(|s| s / m).collect();
+        let (mean, var) = batch_stats(x, n, c, hw);
         let scale: Vec<f32> = (0..c)
             .map(|ch| (gamma[ch] as f64 / (var[ch] + self.eps).sqrt()) as f32)
             .collect();
@@ -297,20 +302,8 @@ impl CustomOp2 for FusedBnBackward {
         let x = contiguous_f32(xs, xl, "batchnorm backward")?;
         let dy = contiguous_f32(gs, gl, "batchnorm backward")?;
         let m = (n * hw) as f64;
-        let (sum, _) = channel_sums(n, c, hw, |o, _| {
-            (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
-        });
-        let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
-        let (sq, _) = channel_sums(n, c, hw, |o, ch| {
-            (
-                x[o..o + hw]
-                    .iter()
-                    .map(|&v| (v as f64 - mean[ch]).powi(2))
-                    .sum(),
-                0.0,
-            )
-        });
-        let inv_std: Vec<f64> = sq.iter().map(|s| 1.0 / (s / m + self.eps).sqrt()).collect();
+        let (mean, var) = batch_stats(x, n, c, hw);
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let (dbeta, dgamma) = channel_sums(n, c, hw, |o, ch| {
             let mut a = 0f64;
             let mut b = 0f64;
