@@ -149,6 +149,23 @@ impl ArtifactStore {
         if self.lookup(spec.stage, spec.key).is_some() {
             return Ok(Outcome::Cached(final_dir));
         }
+        // One builder per artifact across processes sharing the cache: the others wait here,
+        // then find the finished artifact. (flock-style lock; released when the file closes.)
+        let stage_dir = self.root.join(spec.stage);
+        std::fs::create_dir_all(&stage_dir)
+            .with_context(|| format!("{}: cannot create", stage_dir.display()))?;
+        let lock_path = stage_dir.join(format!("{}.lock", spec.key));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("{}: cannot open lock file", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+        if self.lookup(spec.stage, spec.key).is_some() {
+            return Ok(Outcome::Cached(final_dir));
+        }
         if final_dir.exists() {
             // A directory without a valid manifest is not a result (e.g. written by hand).
             std::fs::remove_dir_all(&final_dir).with_context(|| {
@@ -190,6 +207,7 @@ impl ArtifactStore {
             .with_context(|| format!("{}: cannot write", mpath.display()))?;
         std::fs::rename(&staging, &final_dir)
             .with_context(|| format!("cannot move {} into place", staging.display()))?;
+        drop(lock);
         Ok(Outcome::Built(final_dir, value))
     }
 }
@@ -244,5 +262,32 @@ mod tests {
             !store.dir("s", "k1").join("half.bin").exists(),
             "stale staging content was cleared"
         );
+    }
+
+    /// Two builders of the same artifact at once (threads here; processes behave the same with
+    /// file locks): one builds, the other waits and gets the cached result.
+    #[test]
+    fn concurrent_builders_build_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let builds = AtomicUsize::new(0);
+        let cfg = serde_json::json!({"a": 2});
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let store = ArtifactStore::new(tmp.path());
+                    let out = store
+                        .get_or_build(spec("k", &cfg), |dir| {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            std::fs::write(dir.join("x"), b"1")?;
+                            Ok(())
+                        })
+                        .unwrap();
+                    assert!(out.dir().join("x").is_file());
+                });
+            }
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
     }
 }
