@@ -9,7 +9,7 @@
 use crate::conv::contiguous_f32;
 use crate::par::{for_each_chunk, map_ranges};
 use crate::{ParamStore, Result, Role};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,10 +84,20 @@ impl BatchNorm {
 
     /// Training forward on `[N, C, H, W]`: normalise with batch statistics and update the EMAs.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_train_impl(x, false)
+    }
+
+    /// `relu(forward_train(x))`, as one node on the CPU.
+    pub fn forward_train_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_train_impl(x, true)
+    }
+
+    fn forward_train_impl(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (y, mean, var) = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            self.train_fused_cpu(x)?
+            self.train_fused_cpu(x, relu)?
         } else {
-            self.train_ops(x)?
+            let (y, mean, var) = self.train_ops(x)?;
+            (if relu { y.relu()? } else { y }, mean, var)
         };
         let d = self.cfg.decay;
         let new_mean = ((self.moving_mean.as_tensor() * d)? + (mean * (1.0 - d))?)?;
@@ -109,10 +119,11 @@ impl BatchNorm {
 
     /// One fused pass forward and one backward on the CPU: the composed version spends most of
     /// its time in strided reductions over (N, H, W) and broadcast gradients.
-    fn train_fused_cpu(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn train_fused_cpu(&self, x: &Tensor, relu: bool) -> Result<(Tensor, Tensor, Tensor)> {
         let stats = Arc::new(Mutex::new(None));
         let op = FusedBnTrain {
             eps: self.cfg.eps,
+            relu,
             stats: stats.clone(),
         };
         let y = x
@@ -147,6 +158,16 @@ impl BatchNorm {
             self.forward_eval(x)
         }
     }
+
+    /// `relu(forward(x, train))`; fused with the normalisation when training on the CPU (the
+    /// separate ReLU node's forward, mask and gradient buffers cost as much as BN itself).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            self.forward_train_relu(x)
+        } else {
+            Ok(self.forward_eval(x)?.relu()?)
+        }
+    }
 }
 
 type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
@@ -155,6 +176,8 @@ type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 /// variance in `stats` for the moving averages.
 struct FusedBnTrain {
     eps: f64,
+    /// Apply `max(0, ·)` to the output (and mask the gradient by the output's sign).
+    relu: bool,
     stats: Stats,
 }
 
@@ -242,8 +265,14 @@ impl CustomOp3 for FusedBnTrain {
             for (k, o) in chunk.chunks_mut(hw).enumerate() {
                 let ch = k % c;
                 let src = &x[first * c * hw + k * hw..][..hw];
-                for (y, &v) in o.iter_mut().zip(src) {
-                    *y = v * scale[ch] + shift[ch];
+                if self.relu {
+                    for (y, &v) in o.iter_mut().zip(src) {
+                        *y = (v * scale[ch] + shift[ch]).max(0.0);
+                    }
+                } else {
+                    for (y, &v) in o.iter_mut().zip(src) {
+                        *y = v * scale[ch] + shift[ch];
+                    }
                 }
             }
         });
@@ -261,15 +290,18 @@ impl CustomOp3 for FusedBnTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Statistics are recomputed from x: the forward's copy was handed to the EMA update.
         let op = FusedBnBackward {
             eps: self.eps,
+            relu: self.relu,
             gamma: gamma.to_vec1()?,
         };
-        let packed = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
+        let packed =
+            x.contiguous()?
+                .apply_op3_no_bwd(&grad.contiguous()?, &res.contiguous()?, &op)?;
         let (n, c, h, w) = x.dims4()?;
         let len = n * c * h * w;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
@@ -279,14 +311,16 @@ impl CustomOp3 for FusedBnTrain {
     }
 }
 
-/// `(x, dy) ↦ [dx, dγ, dβ]` packed in one vector:
-/// `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/σ · (dy − dβ/M − x̂·dγ/M)`, sums over (N, H, W).
+/// `(x, dy, y) ↦ [dx, dγ, dβ]` packed in one vector:
+/// `dβ = Σ g`, `dγ = Σ g·x̂`, `dx = γ/σ · (g − dβ/M − x̂·dγ/M)`, sums over (N, H, W), where
+/// `g = dy`, or `dy·[y > 0]` when the forward applied a ReLU.
 struct FusedBnBackward {
     eps: f64,
+    relu: bool,
     gamma: Vec<f32>,
 }
 
-impl CustomOp2 for FusedBnBackward {
+impl CustomOp3 for FusedBnBackward {
     fn name(&self) -> &'static str {
         "batchnorm-train-backward"
     }
@@ -297,10 +331,24 @@ impl CustomOp2 for FusedBnBackward {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, hw) = dims(xl)?;
         let x = contiguous_f32(xs, xl, "batchnorm backward")?;
         let dy = contiguous_f32(gs, gl, "batchnorm backward")?;
+        let y = contiguous_f32(ys, yl, "batchnorm backward")?;
+        let masked: Vec<f32>;
+        let dy = if self.relu {
+            masked = dy
+                .iter()
+                .zip(y)
+                .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+                .collect();
+            &masked[..]
+        } else {
+            dy
+        };
         let m = (n * hw) as f64;
         let (mean, var) = batch_stats(x, n, c, hw);
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
@@ -383,13 +431,22 @@ mod tests {
             (4, 3, 5, 2),
             &Device::Cpu,
         )?;
-        let (yf, mf, vf) = bn.train_fused_cpu(&x)?;
+        let (yf, mf, vf) = bn.train_fused_cpu(&x, false)?;
         let (yo, mo, vo) = bn.train_ops(&x)?;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
             Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
         };
         assert!(diff(&yf, &yo)? < 1e-5);
         assert!(diff(&mf, &mo)? < 1e-5 && diff(&vf, &vo)? < 1e-5);
+        let gf = (yf * &w)?.sum_all()?.backward()?;
+        let go = (yo * &w)?.sum_all()?.backward()?;
+        for t in [x.as_tensor(), bn.gamma.as_tensor(), bn.beta.as_tensor()] {
+            assert!(diff(gf.get(t).unwrap(), go.get(t).unwrap())? < 1e-4);
+        }
+        // With the ReLU fused in, against composed BN followed by candle's ReLU.
+        let (yf, _, _) = bn.train_fused_cpu(&x, true)?;
+        let yo = bn.train_ops(&x)?.0.relu()?;
+        assert!(diff(&yf, &yo)? < 1e-5);
         let gf = (yf * &w)?.sum_all()?.backward()?;
         let go = (yo * &w)?.sum_all()?.backward()?;
         for t in [x.as_tensor(), bn.gamma.as_tensor(), bn.beta.as_tensor()] {

@@ -131,7 +131,7 @@ impl Cnn6 {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = bn.forward(&conv.forward(&h)?, train)?.relu()?;
+            h = bn.forward_relu(&conv.forward(&h)?, train)?;
             if i % 2 == 1 {
                 h = h.max_pool2d(2)?;
             }
