@@ -133,7 +133,7 @@ impl Cnn6 {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             h = bn.forward_relu(&conv.forward(&h)?, train)?;
             if i % 2 == 1 {
-                h = h.max_pool2d(2)?;
+                h = crate::pool::max_pool2x2(&h)?;
             }
         }
         let h = self.fc6.forward(&h)?;

@@ -26,6 +26,7 @@ pub mod optim;
 pub mod orth;
 pub(crate) mod par;
 pub mod params;
+pub mod pool;
 pub mod rng;
 pub mod schedule;
 pub mod sparse_opt;

@@ -1,0 +1,173 @@
+//! 2×2, stride-2 max-pooling as one graph node on the CPU.
+//!
+//! candle 0.11's own `max_pool2d` backward is wrong: it multiplies the gradient by the
+//! fraction of maxima in the window instead of dividing by their count, so a unique maximum
+//! receives ¼ of its gradient (tested below). Here the backward routes each gradient to the
+//! window's first maximum (TensorFlow's rule) in one pass on the CPU; other devices take the
+//! maximum with reshape + `max` reductions, whose backward is correct.
+
+use crate::conv::contiguous_f32;
+use crate::par::for_each_chunk;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+struct MaxPool2x2;
+struct MaxPool2x2Backward;
+
+/// Offset (within one `h×w` plane) of the first maximum of window `(i, j)`.
+#[inline]
+fn argmax(plane: &[f32], w: usize, i: usize, j: usize) -> usize {
+    let base = 2 * i * w + 2 * j;
+    let mut best = base;
+    for off in [base + 1, base + w, base + w + 1] {
+        if plane[off] > plane[best] {
+            best = off;
+        }
+    }
+    best
+}
+
+impl CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let x = contiguous_f32(storage, layout, "max-pool")?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![0f32; n * c * ho * wo];
+        for_each_chunk(&mut out, ho * wo, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(ho * wo).enumerate() {
+                let plane = &x[(first + k) * h * w..][..h * w];
+                for i in 0..ho {
+                    for j in 0..wo {
+                        o[i * wo + j] = plane[argmax(plane, w, i, j)];
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.detach().contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPool2x2Backward,
+        )?))
+    }
+}
+
+impl CustomOp2 for MaxPool2x2Backward {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let x = contiguous_f32(xs, xl, "max-pool backward")?;
+        let g = contiguous_f32(gs, gl, "max-pool backward")?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![0f32; n * c * h * w];
+        for_each_chunk(&mut out, h * w, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(h * w).enumerate() {
+                let plane = &x[(first + k) * h * w..][..h * w];
+                let gp = &g[(first + k) * ho * wo..][..ho * wo];
+                for i in 0..ho {
+                    for j in 0..wo {
+                        o[argmax(plane, w, i, j)] = gp[i * wo + j];
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// 2×2 max-pooling with stride 2 (odd trailing rows/columns dropped).
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(MaxPool2x2)
+    } else {
+        max_pool2x2_reduce(x)
+    }
+}
+
+/// The same by reshaping into windows and reducing: any device, correct gradients (ties
+/// share them).
+pub fn max_pool2x2_reduce(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h / 2, w / 2);
+    let x = x.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?.contiguous()?;
+    x.reshape((n, c, ho, 2, wo, 2))?.max(5)?.max(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Against the reshape-and-reduce formulation (candle's reduction backward), on even and
+    /// odd sizes.
+    #[test]
+    fn matches_the_reduction_formulation_forward_and_backward() -> Result<()> {
+        let mut rng = crate::Rng::seed(2);
+        for (h, w) in [(4, 6), (5, 7)] {
+            let x = Var::from_tensor(&Tensor::from_vec(
+                rng.normal_vec(2 * 3 * h * w, 1.0),
+                (2, 3, h, w),
+                &Device::Cpu,
+            )?)?;
+            let weights = Tensor::from_vec(
+                rng.normal_vec(2 * 3 * (h / 2) * (w / 2), 1.0),
+                (2, 3, h / 2, w / 2),
+                &Device::Cpu,
+            )?;
+            let ours = max_pool2x2(&x)?;
+            let theirs = max_pool2x2_reduce(&x)?;
+            let d = (&ours - &theirs)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert_eq!(d, 0.0);
+            let go = (ours * &weights)?.sum_all()?.backward()?;
+            let gt = (theirs * &weights)?.sum_all()?.backward()?;
+            let d = (go.get(&x).unwrap() - gt.get(&x).unwrap())?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-6, "gradient differs by {d}");
+        }
+        Ok(())
+    }
+
+    /// Hand-computed: the gradient of a window's maximum is 1 at the maximum. candle's own
+    /// `max_pool2d` backward gives ¼ (the bug this module works around).
+    #[test]
+    fn gradient_reaches_the_maximum_whole() -> Result<()> {
+        let x = Var::from_tensor(&Tensor::new(
+            &[[[[1f32, 5., 2., 0.], [3., 4., 7., 1.]]]],
+            &Device::Cpu,
+        )?)?;
+        let w = Tensor::new(&[[[[10f32, 20.]]]], &Device::Cpu)?;
+        let want = vec![0f32, 10., 0., 0., 0., 0., 20., 0.];
+        let g = (max_pool2x2(&x)? * &w)?.sum_all()?.backward()?;
+        assert_eq!(g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?, want);
+        let g = (max_pool2x2_reduce(&x)? * &w)?.sum_all()?.backward()?;
+        assert_eq!(g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?, want);
+        let g = (x.max_pool2d(2)? * &w)?.sum_all()?.backward()?;
+        let candle: Vec<f32> = g.get(&x).unwrap().flatten_all()?.to_vec1()?;
+        assert_eq!(
+            candle[1], 2.5,
+            "candle's max_pool2d backward changed: revisit this workaround"
+        );
+        Ok(())
+    }
+}
