@@ -387,6 +387,7 @@ impl CustomOp3 for FusedBnBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::Device;
 
     /// Hand-computed: one channel, values [1, 2, 3, 6] → mean 3, biased var 3.5.
@@ -433,24 +434,21 @@ mod tests {
         )?;
         let (yf, mf, vf) = bn.train_fused_cpu(&x, false)?;
         let (yo, mo, vo) = bn.train_ops(&x)?;
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-        };
-        assert!(diff(&yf, &yo)? < 1e-5);
-        assert!(diff(&mf, &mo)? < 1e-5 && diff(&vf, &vo)? < 1e-5);
+        assert!(max_abs_diff(&yf, &yo) < 1e-5);
+        assert!(max_abs_diff(&mf, &mo) < 1e-5 && max_abs_diff(&vf, &vo) < 1e-5);
         let gf = (yf * &w)?.sum_all()?.backward()?;
         let go = (yo * &w)?.sum_all()?.backward()?;
         for t in [x.as_tensor(), bn.gamma.as_tensor(), bn.beta.as_tensor()] {
-            assert!(diff(gf.get(t).unwrap(), go.get(t).unwrap())? < 1e-4);
+            assert!(max_abs_diff(gf.get(t).unwrap(), go.get(t).unwrap()) < 1e-4);
         }
         // With the ReLU fused in, against composed BN followed by candle's ReLU.
         let (yf, _, _) = bn.train_fused_cpu(&x, true)?;
         let yo = bn.train_ops(&x)?.0.relu()?;
-        assert!(diff(&yf, &yo)? < 1e-5);
+        assert!(max_abs_diff(&yf, &yo) < 1e-5);
         let gf = (yf * &w)?.sum_all()?.backward()?;
         let go = (yo * &w)?.sum_all()?.backward()?;
         for t in [x.as_tensor(), bn.gamma.as_tensor(), bn.beta.as_tensor()] {
-            assert!(diff(gf.get(t).unwrap(), go.get(t).unwrap())? < 1e-4);
+            assert!(max_abs_diff(gf.get(t).unwrap(), go.get(t).unwrap()) < 1e-4);
         }
         Ok(())
     }

@@ -259,25 +259,13 @@ pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, pad: usize) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         let mut r = crate::Rng::seed(seed);
         let n: usize = shape.iter().product();
         Tensor::from_vec(r.normal_vec(n, 1.0), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Forward and both gradients agree with candle's own convolution (an independent
@@ -295,13 +283,13 @@ mod tests {
             let ours = conv2d_im2col(&x, &k, pad)?;
             let theirs = x.conv2d(&k, pad, 1, 1, 1)?;
             assert_eq!(ours.dims(), theirs.dims());
-            assert!(max_diff(&ours, &theirs) < 1e-4);
+            assert!(max_abs_diff(&ours, &theirs) < 1e-4);
             let weights = randn(ours.dims(), 4);
             let lo = (ours * &weights)?.sum_all()?.broadcast_mul(&probe)?;
             let lt = (theirs * &weights)?.sum_all()?.broadcast_mul(&probe)?;
             let (go, gt) = (lo.backward()?, lt.backward()?);
-            assert!(max_diff(go.get(&x).unwrap(), gt.get(&x).unwrap()) < 1e-3);
-            assert!(max_diff(go.get(&k).unwrap(), gt.get(&k).unwrap()) < 1e-3);
+            assert!(max_abs_diff(go.get(&x).unwrap(), gt.get(&x).unwrap()) < 1e-3);
+            assert!(max_abs_diff(go.get(&k).unwrap(), gt.get(&k).unwrap()) < 1e-3);
         }
         Ok(())
     }

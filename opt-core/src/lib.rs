@@ -30,6 +30,8 @@ pub mod pool;
 pub mod rng;
 pub mod schedule;
 pub mod sparse_opt;
+#[cfg(test)]
+mod test_util;
 
 pub use batchnorm::BatchNorm;
 pub use cnn6::{Cnn6, Cnn6Config};

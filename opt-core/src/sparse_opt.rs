@@ -145,21 +145,9 @@ impl KernelFactory for SoptFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use crate::{Cnn6, Cnn6Config};
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// Merge then reset leaves the network's output unchanged, and actually changes `W0`.
     #[test]
@@ -204,9 +192,9 @@ mod tests {
         assert!(net.end_episode(&mut Rng::seed(99))? >= 6);
         let after = net.forward(&x, false)?;
         assert!(
-            max_diff(&before, &after) < 1e-4,
+            max_abs_diff(&before, &after) < 1e-4,
             "output changed by {}",
-            max_diff(&before, &after)
+            max_abs_diff(&before, &after)
         );
         let w0_after = store
             .get("conv2_0.w0_fix")
@@ -215,7 +203,7 @@ mod tests {
             .as_tensor()
             .copy()?;
         assert!(
-            max_diff(&w0_before, &w0_after) > 1e-3,
+            max_abs_diff(&w0_before, &w0_after) > 1e-3,
             "the rotation was merged into W0"
         );
         let idx_after: Vec<u32> = store
