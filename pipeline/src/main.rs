@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use opt_core::orth::OrthMap;
 use opt_pipeline::bench::{self, BenchConfig};
+use opt_pipeline::grid;
 use opt_pipeline::plan::{self, Plan};
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
 use opt_pipeline::recipe;
@@ -11,8 +12,8 @@ use opt_pipeline::runner::{self, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::MethodConfig;
-use opt_stages::report;
-use std::path::PathBuf;
+use opt_stages::report::{self, RunRecord};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 // Training allocates and frees tensors of tens of MB every step; glibc returns them to the OS
@@ -29,6 +30,8 @@ fn keep_freed_memory() {
     // SAFETY: sets a process-wide allocator option; valid at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
+
+const DEFAULT_CACHE: &str = "outputs/cache";
 
 #[derive(Parser)]
 #[command(
@@ -52,8 +55,8 @@ struct RecipeArgs {
     /// and over OPT_* environment variables such as OPT_SCHEDULE__LR=0.05).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Artifact cache directory.
-    #[arg(long, default_value = "outputs/cache")]
+    /// Artifact cache directory (shared safely by concurrent processes).
+    #[arg(long, default_value = DEFAULT_CACHE)]
     cache: PathBuf,
 }
 
@@ -69,11 +72,32 @@ enum Command {
         /// Checkpoint and stop training after this many iterations; the next run resumes.
         #[arg(long, value_name = "N")]
         stop_after: Option<u64>,
+        /// Run only entry I of the grid (see `opt plan`), as one job of a cluster array; without
+        /// a value, I is read from SLURM_ARRAY_TASK_ID. Gather the results with `opt report`.
+        #[arg(long, value_name = "I", num_args = 0..=1, default_missing_value = "slurm")]
+        cell: Option<String>,
     },
     /// Print the fully resolved recipe and each stage's cache key and status.
     Show {
         #[command(flatten)]
         recipe: RecipeArgs,
+    },
+    /// List a recipe's grid entries (cell × seed) and what each would re-use or compute.
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Gather finished runs into results.csv, summary.csv, results.md and SVG plots.
+    Report {
+        /// Run directories (or directories holding them); default outputs/runs.
+        dirs: Vec<PathBuf>,
+        /// Where to write the report (default: the run directory when one is given, else
+        /// outputs/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Title of results.md (default: the directory names).
+        #[arg(long)]
+        title: Option<String>,
     },
     /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data, per method,
     /// and the time of each orthogonal map.
@@ -117,16 +141,95 @@ fn load_plan(args: &RecipeArgs) -> Result<Plan> {
     Ok(plan::resolve(&loaded)?)
 }
 
-fn run(args: RecipeArgs, out: Option<PathBuf>, stop_after: Option<u64>, quiet: bool) -> Result<()> {
-    let plan = load_plan(&args)?;
+/// Quotes a command-line word for a POSIX shell when it needs it.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The command that runs this recipe again (without `--cell`).
+fn rerun_command(args: &RecipeArgs, out: Option<&PathBuf>) -> String {
+    let mut words = vec![
+        "opt".to_string(),
+        "run".into(),
+        args.recipe.display().to_string(),
+    ];
+    for s in &args.set {
+        words.push("--set".into());
+        words.push(s.clone());
+    }
+    if args.cache != Path::new(DEFAULT_CACHE) {
+        words.push("--cache".into());
+        words.push(args.cache.display().to_string());
+    }
+    if let Some(out) = out {
+        words.push("--out".into());
+        words.push(out.display().to_string());
+    }
+    words
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--cell I`, or `--cell` alone: SLURM_ARRAY_TASK_ID.
+fn cell_index(cell: &str, count: usize) -> Result<usize> {
+    let (text, origin) = if cell == "slurm" {
+        let v = std::env::var("SLURM_ARRAY_TASK_ID").map_err(|_| {
+            anyhow::anyhow!(
+                "--cell without a value reads SLURM_ARRAY_TASK_ID, which is not set; give the \
+                 entry's index (0..{count}, see `opt plan`)"
+            )
+        })?;
+        (v, "SLURM_ARRAY_TASK_ID")
+    } else {
+        (cell.to_string(), "--cell")
+    };
+    let i: usize = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{origin} = {text:?}: expected an entry index"))?;
+    if i >= count {
+        anyhow::bail!(
+            "{origin} = {i}: the grid has {count} entries (0..{}); `opt plan` lists them",
+            count.saturating_sub(1)
+        );
+    }
+    Ok(i)
+}
+
+fn run(
+    args: RecipeArgs,
+    out: Option<PathBuf>,
+    stop_after: Option<u64>,
+    cell: Option<String>,
+    quiet: bool,
+) -> Result<()> {
+    let grid = grid::expand(&args.recipe, &args.set)?;
+    let plan = &grid.base;
     set_threads(plan.threads);
     let run_dir = out
+        .clone()
         .or_else(|| plan.out_dir.clone())
-        .unwrap_or_else(|| runner::default_run_dir(&plan.name));
+        .unwrap_or_else(|| runner::default_run_dir(&grid.name));
+    let only = cell
+        .map(|c| cell_index(&c, grid.entries.len()))
+        .transpose()?;
+    let log = match only {
+        Some(i) => run_dir.join("logs").join(format!("cell-{i}.log")),
+        None => run_dir.join("opt.log"),
+    };
     let term = Terminal::new(quiet);
-    init_logging(&term, Some(&run_dir.join("opt.log")))?;
+    init_logging(&term, Some(&log))?;
     tracing::info!(
-        "recipe {} ({}): {} on {}, {}, device {}",
+        "recipe {} ({}): {} on {}, {}, device {}{}",
         plan.name,
         plan.recipe_file.display(),
         plan.train.method.name(),
@@ -135,7 +238,17 @@ fn run(args: RecipeArgs, out: Option<PathBuf>, stop_after: Option<u64>, quiet: b
             opt_stages::train::Length::Iterations(n) => format!("{n} iterations"),
             opt_stages::train::Length::Epochs(e) => format!("{e} epochs"),
         },
-        plan.train.device
+        plan.train.device,
+        if grid.is_grid() {
+            format!(
+                "; grid of {} cells × {} seeds = {} runs",
+                grid.entries.len() / grid.seeds.len(),
+                grid.seeds.len(),
+                grid.entries.len()
+            )
+        } else {
+            String::new()
+        }
     );
     let store = ArtifactStore::new(&args.cache);
     let bars = Bars::new(&term);
@@ -144,24 +257,207 @@ fn run(args: RecipeArgs, out: Option<PathBuf>, stop_after: Option<u64>, quiet: b
         run_dir: run_dir.clone(),
         progress: &bars,
         stop_after,
+        git_commit: runner::git_commit(),
+        command: rerun_command(&args, out.as_ref()),
     };
-    match runner::run(&plan, &ctx)? {
-        RunResult::Stopped { iteration } => {
-            eprintln!("stopped after iteration {iteration}; run the same command again to resume");
+    let total = grid.entries.len();
+    let mut trained_any = false;
+    let mut rows = Vec::new();
+    for entry in &grid.entries {
+        if only.is_some_and(|i| i != entry.index) {
+            continue;
         }
-        RunResult::Finished { rows, trained } => {
-            if !trained {
+        let what = format!(
+            "[{}/{total}] {} seed {}",
+            entry.index + 1,
+            entry.cell,
+            entry.seed
+        );
+        if let Some(row) = runner::finished(&run_dir, entry) {
+            tracing::info!("{what}: finished earlier, skipped");
+            rows.push(row);
+            continue;
+        }
+        if grid.is_grid() {
+            tracing::info!("{what}");
+        }
+        match runner::run(entry, &ctx)? {
+            RunResult::Stopped { iteration } => {
                 eprintln!(
-                    "nothing to train: every stage was cached (results from {})",
-                    store.root().display()
+                    "stopped {what} after iteration {iteration}; run the same command again to \
+                     resume"
                 );
+                return Ok(());
             }
-            if plan.print_table {
-                println!("{}", report::markdown(&rows));
+            RunResult::Finished { row, trained } => {
+                trained_any |= trained;
+                rows.push(*row);
             }
-            eprintln!("results: {}", run_dir.join(report::RESULTS_MD).display());
         }
     }
+    if !trained_any {
+        eprintln!(
+            "nothing to train: every stage was cached (artifacts in {})",
+            store.root().display()
+        );
+    }
+    if let Some(i) = only {
+        eprintln!(
+            "entry {i} recorded in {}; when every entry has run: opt report {}",
+            run_dir.join(runner::CELLS_DIR).display(),
+            run_dir.display()
+        );
+        return Ok(());
+    }
+    // The report covers exactly this grid's entries, each once.
+    let runs: Vec<RunRecord> = grid
+        .entries
+        .iter()
+        .map(|e| report::read_run(&runner::entry_dir(&run_dir, e)))
+        .collect::<std::result::Result<_, _>>()?;
+    report::write(&run_dir, &grid.name, &runs)
+        .with_context(|| format!("writing the report into {}", run_dir.display()))?;
+    tracing::info!("report: {}", run_dir.join(report::RESULTS_MD).display());
+    if plan.print_table {
+        println!("{}", report::runs_table(&rows));
+        if grid.is_grid() {
+            println!("{}", report::paper_table(&report::summarize(&rows)));
+        }
+    }
+    eprintln!("results: {}", run_dir.join(report::RESULTS_MD).display());
+    Ok(())
+}
+
+fn stage_status(store: &ArtifactStore, stage: &str, key: &str) -> &'static str {
+    if store.lookup(stage, key).is_some() {
+        "cached"
+    } else if store.staging_dir(stage, key).exists() {
+        "partial"
+    } else {
+        "compute"
+    }
+}
+
+fn plan_cmd(args: RecipeArgs) -> Result<()> {
+    let grid = grid::expand(&args.recipe, &args.set)?;
+    let store = ArtifactStore::new(&args.cache);
+    let n = grid.entries.len();
+    println!("# {} ({})", grid.name, args.recipe.display());
+    if grid.axes.is_empty() {
+        println!("no grid axes");
+    }
+    for a in &grid.axes {
+        let values: Vec<String> = a.values.iter().map(grid::render).collect();
+        println!("axis {} = [{}]", a.key, values.join(", "));
+    }
+    println!(
+        "seeds = {:?}; {} cells × {} seeds = {n} entries",
+        grid.seeds,
+        n / grid.seeds.len().max(1),
+        grid.seeds.len()
+    );
+    println!("cache {}\n", store.root().display());
+    println!("| # | cell | seed | fetch | preprocess | train | evaluate |");
+    println!("|---:|---|---:|---|---|---|---|");
+    // Where an earlier entry of this plan computes the same artifact, this one re-uses it.
+    let mut first_user: std::collections::HashMap<String, usize> = Default::default();
+    let mut counts = [0usize; 4];
+    for e in &grid.entries {
+        let keys = e.plan.keys()?;
+        let mut cols = Vec::new();
+        for (s, (stage, key)) in [
+            ("fetch", &keys.fetch),
+            ("preprocess", &keys.preprocess),
+            ("train", &keys.train),
+            ("evaluate", &keys.evaluate),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let status = stage_status(&store, stage, key);
+            let text = match first_user.get(key) {
+                Some(&i) if status != "cached" => format!("re-use #{i}"),
+                _ => {
+                    first_user.insert(key.clone(), e.index);
+                    if status != "cached" {
+                        counts[s] += 1;
+                    }
+                    match status {
+                        "partial" => "resume".to_string(),
+                        other => other.to_string(),
+                    }
+                }
+            };
+            cols.push(format!("{text} {}", &key[..8]));
+        }
+        println!(
+            "| {} | {} | {} | {} |",
+            e.index,
+            e.cell,
+            e.seed,
+            cols.join(" | ")
+        );
+    }
+    println!(
+        "\nto compute: {} fetch, {} preprocess, {} train, {} evaluate",
+        counts[0], counts[1], counts[2], counts[3]
+    );
+    println!(
+        "one process: {}\ncluster: sbatch --array=0-{} (each job: {} --cell)",
+        rerun_command(&args, None),
+        n.saturating_sub(1),
+        rerun_command(&args, None)
+    );
+    Ok(())
+}
+
+fn report_cmd(dirs: Vec<PathBuf>, out: Option<PathBuf>, title: Option<String>) -> Result<()> {
+    let dirs = if dirs.is_empty() {
+        vec![Path::new("outputs").join("runs")]
+    } else {
+        dirs
+    };
+    let mut runs = Vec::new();
+    for d in &dirs {
+        let found = runner::collect_runs(d)?;
+        if found.is_empty() {
+            eprintln!("warning: no finished runs under {}", d.display());
+        }
+        runs.extend(found);
+    }
+    if runs.is_empty() {
+        anyhow::bail!(
+            "no finished runs under {}; `opt run` records each run there",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let out = out.unwrap_or_else(|| match &dirs[..] {
+        [one] if one.join(runner::CELLS_DIR).is_dir() => one.clone(),
+        _ => Path::new("outputs").join("report"),
+    });
+    let title = title.unwrap_or_else(|| {
+        dirs.iter()
+            .map(|d| {
+                d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| d.display().to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let files = report::write(&out, &title, &runs)?;
+    let cells = report::summarize(&runs.iter().map(|r| r.row.clone()).collect::<Vec<_>>());
+    println!("{}", report::paper_table(&cells));
+    eprintln!(
+        "{} runs in {} cells → {}: {}",
+        runs.len(),
+        cells.len(),
+        out.display(),
+        files.join(", ")
+    );
     Ok(())
 }
 
@@ -223,8 +519,11 @@ fn main() -> ExitCode {
             recipe,
             out,
             stop_after,
-        } => run(recipe, out, stop_after, cli.quiet),
+            cell,
+        } => run(recipe, out, stop_after, cell, cli.quiet),
         Command::Show { recipe } => show(recipe),
+        Command::Plan { recipe } => plan_cmd(recipe),
+        Command::Report { dirs, out, title } => report_cmd(dirs, out, title),
         Command::Bench {
             methods,
             width,

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Top-level sections; environment variables outside them are ignored.
-pub const SECTIONS: [&str; 9] = [
-    "dataset", "model", "method", "schedule", "loss", "augment", "run", "report", "name",
+pub const SECTIONS: [&str; 10] = [
+    "dataset", "model", "method", "schedule", "loss", "augment", "run", "report", "name", "grid",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,10 @@ pub struct Recipe {
     pub run: RunSection,
     #[serde(default)]
     pub report: ReportSection,
+    /// Ablation grid: dotted keys → lists of values, plus `seeds = [...]`; expanded into cells
+    /// by [`crate::grid`]. Each cell's own recipe has no grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<figment::value::Dict>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,9 +417,38 @@ impl Provider for ProviderBox {
     }
 }
 
+/// One grid cell's value for a key, merged above the files and environment.
+struct CellValue<'a> {
+    key: &'a str,
+    value: &'a Value,
+    cell: &'a str,
+}
+
+impl Provider for CellValue<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("grid cell `{}` (key `{}`)", self.cell, self.key))
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::default(self.key, self.value).data()
+    }
+}
+
 /// Loads `file` with its `extends` chain, `OPT_*` environment variables (`__` separates key
 /// levels: `OPT_SCHEDULE__LR=0.05`) and `--set` overrides, in increasing precedence.
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
+    load_cell(file, overrides, "", &[])
+}
+
+/// Like [`load`], with one grid cell's values merged above the environment and below `--set`
+/// (the grid refuses `--set` on a key it varies). The cell's recipe carries no grid.
+pub fn load_cell(
+    file: &Path,
+    overrides: &[String],
+    cell: &str,
+    values: &[(String, Value)],
+) -> Result<Loaded, RecipeError> {
     let chain = chain(file)?;
     let mut fig = Figment::new();
     for f in &chain {
@@ -431,6 +464,9 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
         SECTIONS.contains(&section.as_str())
     });
     fig = fig.merge(env);
+    for (key, value) in values {
+        fig = fig.merge(CellValue { key, value, cell });
+    }
     for text in overrides {
         let (key, value) = parse_override(text)?;
         fig = fig.merge(CliOverride {
@@ -441,6 +477,9 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, RecipeError> {
     }
     let fallback = chain.last().cloned().unwrap_or_else(|| file.to_path_buf());
     let mut recipe: Recipe = fig.extract().map_err(|e| figment_errors(e, &fallback))?;
+    if !values.is_empty() {
+        recipe.grid = None;
+    }
     // Relative dataset paths are relative to the file that declared them.
     if let Some(p) = recipe.dataset.path.clone() {
         if p.is_relative() {

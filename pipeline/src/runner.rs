@@ -1,25 +1,37 @@
-//! Stage scheduling: runs fetch → preprocess → train → evaluate through the artifact store,
-//! then writes the report into the run directory.
+//! Stage scheduling: runs one grid entry (a cell with one seed) through fetch → preprocess →
+//! train → evaluate in the artifact store and records its result row and curves in its
+//! directory under the run directory; and gathers recorded runs for the report.
 
+use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
 use crate::store::{ArtifactStore, Outcome, StageSpec};
 use anyhow::{bail, Context, Result};
 use opt_stages::progress::Progress;
-use opt_stages::report::{self, ResultRow};
+use opt_stages::report::{self, LayerSummary, Provenance, ResultRow, RunRecord};
 use opt_stages::train::TrainOutcome;
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
 
 pub struct RunContext<'a> {
     pub store: &'a ArtifactStore,
+    /// The run directory of the whole recipe (all cells).
     pub run_dir: PathBuf,
     pub progress: &'a dyn Progress,
     /// Checkpoint and stop the train stage after this many iterations.
     pub stop_after: Option<u64>,
+    pub git_commit: String,
+    /// The command that runs the recipe, without `--cell` (provenance of each row).
+    pub command: String,
+}
+
+impl RunContext<'_> {
+    fn command_for(&self, index: usize) -> String {
+        format!("{} --cell {index}", self.command)
+    }
 }
 
 pub enum RunResult {
-    Finished { rows: Vec<ResultRow>, trained: bool },
+    Finished { row: Box<ResultRow>, trained: bool },
     Stopped { iteration: u64 },
 }
 
@@ -36,7 +48,9 @@ fn log_outcome<T>(stage: &str, key: &str, outcome: &Outcome<T>) {
     }
 }
 
-pub fn run(plan: &Plan, ctx: &RunContext<'_>) -> Result<RunResult> {
+/// Runs one (cell, seed) entry through every stage and records it in its directory.
+pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
+    let plan = &entry.plan;
     let keys: Keys = plan.keys()?;
     let store = ctx.store;
     let p = ctx.progress;
@@ -132,41 +146,142 @@ pub fn run(plan: &Plan, ctx: &RunContext<'_>) -> Result<RunResult> {
 
     let rep = evaluate::load_report(evaluated.dir())?;
     let m = rep.final_metrics;
+    let (energy_s1, orth_error) = opt_stages::metrics::summarize(&rep.layers);
     let row = ResultRow {
         recipe: plan.name.clone(),
+        cell: entry.cell.clone(),
+        index: entry.index,
+        params: entry.params.clone(),
         dataset: plan.fetch.dataset.as_str().into(),
         model: plan.train.model.describe(),
         method: plan.train.method.name().into(),
+        method_label: plan.train.method.paper_name(),
         seed: plan.train.seed,
         iterations: rep.train.iterations,
         test_acc: m.top1,
         test_err: 100.0 * (1.0 - m.top1),
         best_test_acc: rep.best_top1,
+        best_test_err: 100.0 * (1.0 - rep.best_top1),
         best_iteration: rep.best_iteration,
         test_top5: m.top5,
         test_loss: m.loss,
-        energy_s1: opt_stages::metrics::summarize(&rep.layers)
-            .0
-            .unwrap_or(f64::NAN),
-        orth_error: opt_stages::metrics::summarize(&rep.layers).1,
+        energy_s1: energy_s1.unwrap_or(f64::NAN),
+        orth_error,
+        layers: rep
+            .layers
+            .iter()
+            .map(|l| LayerSummary {
+                layer: l.layer.clone(),
+                energy_s1: l.energy_s1,
+                orth_error: l.orth_error,
+            })
+            .collect(),
         train_seconds: rep.train.train_seconds,
         images_per_sec: rep.train.images_per_sec,
         ms_per_step: rep.train.ms_per_step,
         device: rep.train.device.clone(),
-        train_key: keys.train.clone(),
+        provenance: Provenance {
+            recipe_file: plan.recipe_file.display().to_string(),
+            recipe_hash: recipe_hash(plan),
+            fetch_key: keys.fetch.clone(),
+            preprocess_key: keys.preprocess.clone(),
+            train_key: keys.train.clone(),
+            evaluate_key: keys.evaluate.clone(),
+            git_commit: ctx.git_commit.clone(),
+            command: ctx.command_for(entry.index),
+        },
     };
-    let rows = vec![row];
-    report::run(
-        &ctx.run_dir,
-        &rows,
-        &evaluated.dir().join(evaluate::CURVES_FILE),
-    )
-    .with_context(|| format!("writing the report into {}", ctx.run_dir.display()))?;
-    tracing::info!("report: {}", ctx.run_dir.join(report::RESULTS_MD).display());
+    let dir = entry_dir(&ctx.run_dir, entry);
+    report::write_run(&dir, &row, &evaluated.dir().join(evaluate::CURVES_FILE))
+        .with_context(|| format!("recording the run in {}", dir.display()))?;
     Ok(RunResult::Finished {
-        rows,
+        row: Box::new(row),
         trained: did_train,
     })
+}
+
+/// blake3 of the cell's fully resolved recipe.
+pub fn recipe_hash(plan: &Plan) -> String {
+    let json = serde_json::to_string(&plan.recipe).expect("recipes serialise");
+    blake3::hash(json.as_bytes()).to_hex().to_string()
+}
+
+/// A (cell, seed) run's directory: `<run dir>/cells/<cell>/seed-<seed>`.
+pub fn entry_dir(run_dir: &Path, entry: &GridEntry) -> PathBuf {
+    run_dir
+        .join(CELLS_DIR)
+        .join(&entry.cell)
+        .join(format!("seed-{}", entry.seed))
+}
+
+pub const CELLS_DIR: &str = "cells";
+
+/// The run recorded in `entry`'s directory, if it is there and was computed from exactly the
+/// artifacts this plan would use.
+pub fn finished(run_dir: &Path, entry: &GridEntry) -> Option<ResultRow> {
+    let keys = entry.plan.keys().ok()?;
+    let record = report::read_run(&entry_dir(run_dir, entry)).ok()?;
+    (record.row.provenance.train_key == keys.train
+        && record.row.provenance.evaluate_key == keys.evaluate)
+        .then_some(record.row)
+}
+
+/// Every finished run under `dir` (a run directory, or a directory of run directories), in
+/// grid order.
+pub fn collect_runs(dir: &Path) -> Result<Vec<RunRecord>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d.join(report::ROW_FILE).is_file() {
+            found.push(
+                report::read_run(&d)
+                    .with_context(|| format!("reading the run in {}", d.display()))?,
+            );
+            continue;
+        }
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if d == dir => {
+                return Err(e).with_context(|| format!("cannot read {}", d.display()))
+            }
+            Err(_) => continue,
+        };
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(e.path());
+            }
+        }
+    }
+    found.sort_by(|a, b| {
+        (&a.row.recipe, a.row.index, a.row.seed).cmp(&(&b.row.recipe, b.row.index, b.row.seed))
+    });
+    Ok(found)
+}
+
+/// `git rev-parse HEAD` of the working directory, `-dirty` when tracked files changed;
+/// `unknown` outside a repository or without git.
+pub fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(head) if !head.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head}-dirty")
+            } else {
+                head
+            }
+        }
+        _ => "unknown".into(),
+    }
 }
 
 /// Default run directory: `outputs/runs/<name>`.

@@ -176,6 +176,29 @@ impl MethodConfig {
         }
     }
 
+    /// The method as the paper's tables name it (`OPT (GS)`, `S-OPT (GS, 16 ch)`).
+    pub fn paper_name(&self) -> String {
+        match self {
+            MethodConfig::Baseline => "Baseline".into(),
+            MethodConfig::Cp => "OPT (CP)".into(),
+            MethodConfig::Gs => "OPT (GS)".into(),
+            MethodConfig::Hr => "OPT (HR)".into(),
+            MethodConfig::Ls => "OPT (LS)".into(),
+            MethodConfig::Ogd { .. } => "OPT (OGD)".into(),
+            MethodConfig::Or { .. } => "OPT (OR)".into(),
+            MethodConfig::Upt { learn_w0: false } => "UPT".into(),
+            MethodConfig::Upt { learn_w0: true } => "UPT (learned W0)".into(),
+            MethodConfig::Sopt {
+                base,
+                budget_channels,
+                ..
+            } => format!(
+                "S-OPT ({}, {budget_channels} ch)",
+                format!("{base:?}").to_uppercase()
+            ),
+        }
+    }
+
     /// All method names, for messages and benchmarks.
     pub const NAMES: [&'static str; 9] = [
         "baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt",

@@ -1,0 +1,207 @@
+//! Report: the result tables and plots of one run or of a whole grid.
+//!
+//! Every finished (cell, seed) run leaves a [`ResultRow`] (`row.json`) and its curves
+//! (`curves.csv`) in its own directory; the report gathers any number of them into
+//! `results.csv` (one row per cell and seed), `summary.csv` (mean ± std over seeds per cell),
+//! `results.md` (the tables, a paper-style table and links to the plots) and SVG plots.
+//! Everything is regenerated from the rows each time, so re-running never duplicates a row.
+
+mod plots;
+mod summary;
+mod tables;
+
+pub use plots::{write_plots, PLOTS_DIR};
+pub use summary::{mean_std, summarize, CellSummary};
+pub use tables::{markdown, paper_table, results_csv, runs_table, summary_csv};
+
+use crate::error::{read_json, write_json, IoContext};
+use crate::{Result, StageError};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const RESULTS_CSV: &str = "results.csv";
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const RESULTS_MD: &str = "results.md";
+/// A run's own files, in its directory.
+pub const ROW_FILE: &str = "row.json";
+pub const CURVES_CSV: &str = "curves.csv";
+
+/// Where a number came from, so it can be traced and re-run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub recipe_file: String,
+    /// blake3 of the cell's fully resolved recipe.
+    pub recipe_hash: String,
+    pub fetch_key: String,
+    pub preprocess_key: String,
+    pub train_key: String,
+    pub evaluate_key: String,
+    /// `git rev-parse HEAD` of the working directory (`-dirty` with local changes), or
+    /// `unknown` outside a repository.
+    pub git_commit: String,
+    /// The command that reproduces the row.
+    pub command: String,
+}
+
+/// Final hyperspherical energy and orthogonality error of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSummary {
+    pub layer: String,
+    pub energy_s1: f64,
+    pub orth_error: Option<f64>,
+}
+
+/// One finished run: a cell of a grid with one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    /// Name of the run (the base recipe's name).
+    pub recipe: String,
+    /// The cell's name (its varied values; the recipe's name without a grid).
+    pub cell: String,
+    /// Position in the grid (`opt run --cell I`).
+    pub index: usize,
+    /// The cell's varied keys and their values, in grid order.
+    pub params: Vec<(String, String)>,
+    pub dataset: String,
+    pub model: String,
+    /// Method name as in recipes (`gs`) and as in the paper (`OPT (GS)`).
+    pub method: String,
+    pub method_label: String,
+    pub seed: u64,
+    pub iterations: u64,
+    /// Final top-1 test accuracy, a fraction, and error, percent.
+    pub test_acc: f64,
+    pub test_err: f64,
+    /// Best top-1 over the periodic evaluations, and when.
+    pub best_test_acc: f64,
+    pub best_test_err: f64,
+    pub best_iteration: u64,
+    pub test_top5: f64,
+    pub test_loss: f64,
+    /// Mean over the OPT-able layers of the s = 1 hyperspherical energy (final weights).
+    pub energy_s1: f64,
+    /// Largest `‖RRᵀ − I‖_F` over the rotations; `None` for plain training.
+    pub orth_error: Option<f64>,
+    pub layers: Vec<LayerSummary>,
+    pub train_seconds: f64,
+    pub images_per_sec: f64,
+    pub ms_per_step: f64,
+    pub device: String,
+    pub provenance: Provenance,
+}
+
+impl ResultRow {
+    /// Identifies the row's cell across run directories.
+    pub fn cell_id(&self) -> (String, String) {
+        (self.recipe.clone(), self.cell.clone())
+    }
+}
+
+/// One evaluation of a run's curves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurvePoint {
+    pub iteration: u64,
+    /// Top-1 test error, percent.
+    pub test_err: f64,
+    pub energy_s1: Option<f64>,
+}
+
+/// A finished run: its row and its evaluation curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub row: ResultRow,
+    pub curve: Vec<CurvePoint>,
+}
+
+/// Reads the evaluation points of a `curves.csv` (rows with a test accuracy).
+pub fn read_curve(path: &Path) -> Result<Vec<CurvePoint>> {
+    let csv_err = |source| StageError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut r = csv::Reader::from_path(path).map_err(csv_err)?;
+    let headers = r.headers().map_err(csv_err)?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| StageError::Format {
+                path: path.to_path_buf(),
+                message: format!("no `{name}` column"),
+            })
+    };
+    let (it, top1, energy) = (col("iteration")?, col("test_top1")?, col("energy_s1")?);
+    let mut out = Vec::new();
+    for record in r.records() {
+        let record = record.map_err(csv_err)?;
+        let field = |i: usize| record.get(i).unwrap_or("").trim();
+        if field(top1).is_empty() {
+            continue;
+        }
+        let number = |i: usize| -> Result<f64> {
+            field(i).parse().map_err(|_| StageError::Format {
+                path: path.to_path_buf(),
+                message: format!("`{}` is not a number", field(i)),
+            })
+        };
+        out.push(CurvePoint {
+            iteration: number(it)? as u64,
+            test_err: 100.0 * (1.0 - number(top1)?),
+            energy_s1: if field(energy).is_empty() {
+                None
+            } else {
+                Some(number(energy)?)
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename: readers never see half a
+/// file, and a killed report leaves the previous one.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// Records a finished run in its directory: the curves first, the row last (its presence
+/// marks the run as finished).
+pub fn write_run(dir: &Path, row: &ResultRow, curves_csv: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).at(dir)?;
+    let curves = std::fs::read(curves_csv).at(curves_csv)?;
+    write_atomic(&dir.join(CURVES_CSV), &curves)?;
+    let tmp = dir.join(format!(".{ROW_FILE}.{}.tmp", std::process::id()));
+    write_json(&tmp, row)?;
+    std::fs::rename(&tmp, dir.join(ROW_FILE)).at(dir)
+}
+
+/// Reads a run recorded by [`write_run`].
+pub fn read_run(dir: &Path) -> Result<RunRecord> {
+    let row: ResultRow = read_json(&dir.join(ROW_FILE))?;
+    let curve = read_curve(&dir.join(CURVES_CSV))?;
+    Ok(RunRecord { row, curve })
+}
+
+/// Writes the whole report for `runs` into `out_dir`; returns the files written.
+pub fn write(out_dir: &Path, title: &str, runs: &[RunRecord]) -> Result<Vec<String>> {
+    std::fs::create_dir_all(out_dir).at(out_dir)?;
+    let rows: Vec<ResultRow> = runs.iter().map(|r| r.row.clone()).collect();
+    let summaries = summarize(&rows);
+    write_atomic(&out_dir.join(RESULTS_CSV), &results_csv(&rows)?)?;
+    write_atomic(&out_dir.join(SUMMARY_CSV), &summary_csv(&summaries)?)?;
+    let plots = write_plots(&out_dir.join(PLOTS_DIR), runs, &summaries)?;
+    let md = markdown(title, &rows, &summaries, &plots);
+    write_atomic(&out_dir.join(RESULTS_MD), md.as_bytes())?;
+    let mut files = vec![
+        RESULTS_CSV.to_string(),
+        SUMMARY_CSV.to_string(),
+        RESULTS_MD.to_string(),
+    ];
+    files.extend(plots.iter().map(|p| format!("{PLOTS_DIR}/{p}")));
+    Ok(files)
+}

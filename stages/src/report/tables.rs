@@ -1,0 +1,453 @@
+//! `results.csv`, `summary.csv` and `results.md`.
+
+use super::{CellSummary, ResultRow};
+use crate::{Result, StageError};
+use std::fmt::Write as _;
+
+fn csv_error(source: csv::Error) -> StageError {
+    StageError::Config(format!("cannot render a report table: {source}"))
+}
+
+/// Keys in order of first appearance over `lists`.
+fn union<'a>(lists: impl Iterator<Item = Vec<&'a str>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for list in lists {
+        for k in list {
+            if !out.iter().any(|o| o == k) {
+                out.push(k.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// A varied key's column name: the dotted key, or `grid.<key>` where that would collide with
+/// a fixed column (varying whole sections: `grid.method = [{ name = "cp" }, ...]`).
+fn column_name(key: &str) -> String {
+    const FIXED: [&str; 6] = ["recipe", "cell", "seed", "dataset", "model", "method"];
+    if FIXED.contains(&key) {
+        format!("grid.{key}")
+    } else {
+        key.to_string()
+    }
+}
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// One row per run: the varied keys as columns, results, per-layer energy and orthogonality
+/// error, speed, device and provenance.
+pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
+    let keys = union(
+        rows.iter()
+            .map(|r| r.params.iter().map(|(k, _)| k.as_str()).collect()),
+    );
+    let layers = union(
+        rows.iter()
+            .map(|r| r.layers.iter().map(|l| l.layer.as_str()).collect()),
+    );
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec![
+        "recipe".into(),
+        "cell".into(),
+        "index".into(),
+        "seed".into(),
+    ];
+    header.extend(keys.iter().map(|k| column_name(k)));
+    header.extend(
+        [
+            "dataset",
+            "model",
+            "method",
+            "iterations",
+            "test_acc",
+            "test_err",
+            "best_test_acc",
+            "best_test_err",
+            "best_iteration",
+            "test_top5",
+            "test_loss",
+            "energy_s1",
+            "orth_error",
+        ]
+        .map(String::from),
+    );
+    header.extend(layers.iter().map(|l| format!("energy_s1.{l}")));
+    header.extend(layers.iter().map(|l| format!("orth_error.{l}")));
+    header.extend(
+        [
+            "train_seconds",
+            "images_per_sec",
+            "ms_per_step",
+            "device",
+            "git_commit",
+            "recipe_file",
+            "recipe_hash",
+            "fetch_key",
+            "preprocess_key",
+            "train_key",
+            "evaluate_key",
+            "command",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header).map_err(csv_error)?;
+    for r in rows {
+        let mut rec: Vec<String> = vec![
+            r.recipe.clone(),
+            r.cell.clone(),
+            r.index.to_string(),
+            r.seed.to_string(),
+        ];
+        rec.extend(keys.iter().map(|k| param(&r.params, k).to_string()));
+        rec.extend([
+            r.dataset.clone(),
+            r.model.clone(),
+            r.method.clone(),
+            r.iterations.to_string(),
+            r.test_acc.to_string(),
+            r.test_err.to_string(),
+            r.best_test_acc.to_string(),
+            r.best_test_err.to_string(),
+            r.best_iteration.to_string(),
+            r.test_top5.to_string(),
+            r.test_loss.to_string(),
+            r.energy_s1.to_string(),
+            opt_num(r.orth_error),
+        ]);
+        let layer = |name: &str| r.layers.iter().find(|l| l.layer == name);
+        rec.extend(layers.iter().map(|l| {
+            layer(l)
+                .map(|l| l.energy_s1.to_string())
+                .unwrap_or_default()
+        }));
+        rec.extend(
+            layers
+                .iter()
+                .map(|l| opt_num(layer(l).and_then(|l| l.orth_error))),
+        );
+        let p = &r.provenance;
+        rec.extend([
+            r.train_seconds.to_string(),
+            r.images_per_sec.to_string(),
+            r.ms_per_step.to_string(),
+            r.device.clone(),
+            p.git_commit.clone(),
+            p.recipe_file.clone(),
+            p.recipe_hash.clone(),
+            p.fetch_key.clone(),
+            p.preprocess_key.clone(),
+            p.train_key.clone(),
+            p.evaluate_key.clone(),
+            p.command.clone(),
+        ]);
+        w.write_record(&rec).map_err(csv_error)?;
+    }
+    w.into_inner().map_err(|e| csv_error(e.into_error().into()))
+}
+
+/// One row per cell: mean and sample standard deviation over its seeds.
+pub fn summary_csv(cells: &[CellSummary]) -> Result<Vec<u8>> {
+    let keys = union(
+        cells
+            .iter()
+            .map(|c| c.params.iter().map(|(k, _)| k.as_str()).collect()),
+    );
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec!["recipe".into(), "cell".into()];
+    header.extend(keys.iter().map(|k| column_name(k)));
+    header.extend(
+        [
+            "dataset",
+            "model",
+            "method",
+            "seeds",
+            "n",
+            "test_err_mean",
+            "test_err_std",
+            "test_acc_mean",
+            "test_acc_std",
+            "best_test_err_mean",
+            "best_test_err_std",
+            "energy_s1_mean",
+            "energy_s1_std",
+            "orth_error_max",
+            "images_per_sec_mean",
+            "train_seconds_mean",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header).map_err(csv_error)?;
+    for c in cells {
+        let mut rec = vec![c.recipe.clone(), c.cell.clone()];
+        rec.extend(keys.iter().map(|k| param(&c.params, k).to_string()));
+        rec.extend([
+            c.dataset.clone(),
+            c.model.clone(),
+            c.method.clone(),
+            c.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            c.seeds.len().to_string(),
+            c.test_err.0.to_string(),
+            opt_num(c.test_err.1),
+            c.test_acc.0.to_string(),
+            opt_num(c.test_acc.1),
+            c.best_test_err.0.to_string(),
+            opt_num(c.best_test_err.1),
+            c.energy_s1.0.to_string(),
+            opt_num(c.energy_s1.1),
+            opt_num(c.orth_error),
+            c.images_per_sec.to_string(),
+            c.train_seconds.to_string(),
+        ]);
+        w.write_record(&rec).map_err(csv_error)?;
+    }
+    w.into_inner().map_err(|e| csv_error(e.into_error().into()))
+}
+
+/// `mean ± std` with `digits` decimals; the mean alone for a single seed.
+fn pm((mean, std): (f64, Option<f64>), digits: usize) -> String {
+    match std {
+        Some(s) => format!("{mean:.digits$} ± {s:.digits$}"),
+        None => format!("{mean:.digits$}"),
+    }
+}
+
+fn bold_if(text: String, bold: bool) -> String {
+    if bold {
+        format!("**{text}**")
+    } else {
+        text
+    }
+}
+
+/// Index of the smallest finite mean (the earliest among equals).
+fn best(means: impl Iterator<Item = f64>) -> Option<usize> {
+    means
+        .enumerate()
+        .filter(|(_, m)| m.is_finite())
+        .fold(None, |b: Option<(usize, f64)>, (i, m)| match b {
+            Some((_, bm)) if bm <= m => b,
+            _ => Some((i, m)),
+        })
+        .map(|(i, _)| i)
+}
+
+/// Whether a varied key is shown by the paper-style table's columns or method names.
+fn shown_elsewhere(key: &str) -> bool {
+    key == "method"
+        || key == "method.name"
+        || key.starts_with("dataset.")
+        || key.starts_with("model.")
+}
+
+/// Methods (and any other varied settings) as rows, dataset and architecture as columns,
+/// `error % ± std`, the best entry of each column in bold.
+pub fn paper_table(cells: &[CellSummary]) -> String {
+    let column = |c: &CellSummary| format!("{} {}", c.dataset, c.model);
+    let mut row_of = |c: &CellSummary| {
+        let extra: Vec<String> = c
+            .params
+            .iter()
+            .filter(|(k, _)| !shown_elsewhere(k))
+            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+            .collect();
+        if extra.is_empty() {
+            c.method_label.clone()
+        } else {
+            format!("{} ({})", c.method_label, extra.join(", "))
+        }
+    };
+    let mut rows: Vec<String> = cells.iter().map(&mut row_of).collect();
+    let columns = union(std::iter::once(
+        cells
+            .iter()
+            .map(column)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    // Two cells landing in one table entry: name rows by cell instead.
+    let mut seen = std::collections::HashSet::new();
+    if !cells
+        .iter()
+        .zip(&rows)
+        .all(|(c, r)| seen.insert((r.clone(), column(c))))
+    {
+        rows = cells.iter().map(|c| c.label.clone()).collect();
+    }
+    let row_names = union(std::iter::once(rows.iter().map(String::as_str).collect()));
+    let entry = |row: &str, col: &str| {
+        cells
+            .iter()
+            .zip(&rows)
+            .position(|(c, r)| r == row && column(c) == col)
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "| method | {} |", columns.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(columns.len()));
+    let best_in: Vec<Option<usize>> = columns
+        .iter()
+        .map(|col| {
+            let members: Vec<usize> = (0..cells.len())
+                .filter(|&i| column(&cells[i]) == *col)
+                .collect();
+            best(members.iter().map(|&i| cells[i].test_err.0)).map(|k| members[k])
+        })
+        .collect();
+    for row in &row_names {
+        let mut line = format!("| {row} |");
+        for (col, b) in columns.iter().zip(&best_in) {
+            let text = match entry(row, col) {
+                Some(i) => bold_if(pm(cells[i].test_err, 2), *b == Some(i)),
+                None => "–".into(),
+            };
+            let _ = write!(line, " {text} |");
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    s
+}
+
+/// `results.md`: summary, paper-style table, plots, every run and its provenance.
+pub fn markdown(
+    title: &str,
+    rows: &[ResultRow],
+    cells: &[CellSummary],
+    plots: &[String],
+) -> String {
+    let keys = union(
+        cells
+            .iter()
+            .map(|c| c.params.iter().map(|(k, _)| k.as_str()).collect()),
+    );
+    let mut s = String::new();
+    let _ = writeln!(s, "# Results: {title}\n");
+    let _ = writeln!(
+        s,
+        "{} runs in {} cells. Errors are top-1 test error in percent, mean ± sample standard \
+         deviation over seeds; the best cell is in bold.\n",
+        rows.len(),
+        cells.len()
+    );
+    let _ = writeln!(s, "## Summary\n");
+    let mut header = String::from("| cell |");
+    for k in &keys {
+        let _ = write!(header, " {} |", column_name(k));
+    }
+    header
+        .push_str(" method | seeds | test err % | best err % | energy s=1 | orth err | images/s |");
+    let _ = writeln!(s, "{header}");
+    let _ = writeln!(
+        s,
+        "|---|{}---|---:|---:|---:|---:|---:|---:|",
+        "---|".repeat(keys.len())
+    );
+    let top = best(cells.iter().map(|c| c.test_err.0));
+    for (i, c) in cells.iter().enumerate() {
+        let mut line = format!("| {} |", c.label);
+        for k in &keys {
+            let _ = write!(line, " {} |", param(&c.params, k));
+        }
+        let _ = writeln!(
+            s,
+            "{line} {} | {} | {} | {} | {} | {} | {:.0} |",
+            c.method_label,
+            c.seeds.len(),
+            bold_if(pm(c.test_err, 2), top == Some(i)),
+            pm(c.best_test_err, 2),
+            pm(c.energy_s1, 4),
+            c.orth_error
+                .map(|e| format!("{e:.1e}"))
+                .unwrap_or_else(|| "–".into()),
+            c.images_per_sec
+        );
+    }
+    let _ = writeln!(s, "\n## Paper-style table (test error %)\n");
+    s.push_str(&paper_table(cells));
+    if !plots.is_empty() {
+        let _ = writeln!(s, "\n## Plots\n");
+        for p in plots {
+            let what = match p.as_str() {
+                "test_error.svg" => "Test error vs iteration",
+                "energy.svg" => "Hyperspherical energy (s = 1) vs iteration",
+                "final_error.svg" => "Final test error per cell (bars: mean; points: seeds)",
+                other => other,
+            };
+            let _ = writeln!(s, "![{what}]({}/{p})\n", super::PLOTS_DIR);
+        }
+    }
+    let _ = writeln!(s, "\n## Runs\n");
+    s.push_str(&runs_table(rows));
+    let _ = writeln!(s, "\n## Provenance\n");
+    let _ = writeln!(
+        s,
+        "| cell | seed | commit | recipe hash | train artifact | re-run |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---|---|---|");
+    for r in rows {
+        let p = &r.provenance;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | `{}` |",
+            r.cell,
+            r.seed,
+            short(&p.git_commit),
+            short(&p.recipe_hash),
+            short(&p.train_key),
+            p.command
+        );
+    }
+    s
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(12) {
+        Some((i, _)) if !s.ends_with("-dirty") => &s[..i],
+        _ => s,
+    }
+}
+
+/// One line per run (also what `opt run` prints).
+pub fn runs_table(rows: &[ResultRow]) -> String {
+    let mut s = String::new();
+    s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | energy s=1 | orth err | train s | images/s | device |\n");
+    s.push_str("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {:.4} | {} | {:.1} | {:.0} | {} |",
+            r.cell,
+            r.seed,
+            r.dataset,
+            r.model,
+            r.method,
+            r.iterations,
+            r.test_acc,
+            r.test_err,
+            r.best_test_acc,
+            r.best_iteration,
+            r.test_top5,
+            r.test_loss,
+            r.energy_s1,
+            r.orth_error.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into()),
+            r.train_seconds,
+            r.images_per_sec,
+            r.device
+        );
+    }
+    s
+}
