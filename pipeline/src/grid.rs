@@ -35,6 +35,17 @@ pub struct GridEntry {
 }
 
 impl GridEntry {
+    /// A recipe without a grid: one entry named after the recipe.
+    pub fn single(plan: Plan) -> Self {
+        Self {
+            index: 0,
+            cell: plan.name.clone(),
+            seed: plan.train.seed,
+            params: vec![],
+            plan,
+        }
+    }
+
     /// The entry's directory inside the run directory.
     pub fn dir_name(&self) -> String {
         format!("{}/seed-{}", self.cell, self.seed)

@@ -24,7 +24,19 @@ pub struct RunContext<'a> {
     pub command: String,
 }
 
-impl RunContext<'_> {
+impl<'a> RunContext<'a> {
+    /// A context that runs to the end and records this checkout's commit.
+    pub fn new(store: &'a ArtifactStore, run_dir: PathBuf, progress: &'a dyn Progress) -> Self {
+        Self {
+            store,
+            run_dir,
+            progress,
+            stop_after: None,
+            git_commit: git_commit(),
+            command: "opt run".into(),
+        }
+    }
+
     fn command_for(&self, index: usize) -> String {
         format!("{} --cell {index}", self.command)
     }

@@ -38,10 +38,19 @@ fn run_prints_the_table_and_a_second_run_says_nothing_was_trained() {
     ];
     let (stdout, _) = run_ok(&args);
     assert!(
-        stdout.contains("| tiny | fashion-mnist | cnn6-w4 | baseline | 7 | 6 |"),
+        stdout.contains("| tiny | 7 | fashion-mnist | cnn6-w4 | baseline | 6 |"),
         "{stdout}"
     );
-    assert!(out.join("results.csv").is_file() && out.join("curves.csv").is_file());
+    for f in [
+        "results.csv",
+        "summary.csv",
+        "results.md",
+        "plots/test_error.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(out.join("cells/tiny/seed-7/curves.csv").is_file());
+    assert!(out.join("cells/tiny/seed-7/row.json").is_file());
     let log = std::fs::read_to_string(out.join("opt.log")).unwrap();
     assert!(log.contains("train: 6 iterations"), "{log}");
     let (_, stderr) = run_ok(&args);
@@ -186,9 +195,13 @@ fn a_killed_run_resumes_and_matches_an_uninterrupted_run() {
         oa.to_str().unwrap(),
         "-q",
     ]);
-    let rows = |d: &Path| opt_stages::report::read_csv(&d.join("results.csv")).unwrap();
+    let rows = |d: &Path| opt_pipeline::runner::collect_runs(d).unwrap();
     let (ra, rb) = (rows(&oa), rows(&ob));
-    assert_eq!(ra[0].test_acc, rb[0].test_acc);
-    assert_eq!(ra[0].test_loss, rb[0].test_loss);
-    assert_eq!(ra[0].train_key, rb[0].train_key);
+    assert_eq!((ra.len(), rb.len()), (1, 1));
+    assert_eq!(ra[0].row.test_acc, rb[0].row.test_acc);
+    assert_eq!(ra[0].row.test_loss, rb[0].row.test_loss);
+    assert_eq!(
+        ra[0].row.provenance.train_key,
+        rb[0].row.provenance.train_key
+    );
 }

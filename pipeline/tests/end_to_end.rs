@@ -3,12 +3,13 @@
 mod common;
 
 use common::{write, TINY};
+use opt_pipeline::grid::GridEntry;
 use opt_pipeline::plan::{resolve, Plan};
 use opt_pipeline::recipe::load;
-use opt_pipeline::runner::{run, RunContext, RunResult};
+use opt_pipeline::runner::{collect_runs, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
 use opt_stages::progress::Silent;
-use opt_stages::report::{read_csv, ResultRow};
+use opt_stages::report::{self, ResultRow};
 use std::path::Path;
 
 fn plan(dir: &Path, overrides: &[&str]) -> Plan {
@@ -19,18 +20,14 @@ fn plan(dir: &Path, overrides: &[&str]) -> Plan {
 
 fn run_to_end(plan: &Plan, cache: &Path, out: &Path, stop_after: Option<u64>) -> RunResult {
     let store = ArtifactStore::new(cache);
-    let ctx = RunContext {
-        store: &store,
-        run_dir: out.to_path_buf(),
-        progress: &Silent,
-        stop_after,
-    };
-    run(plan, &ctx).unwrap()
+    let mut ctx = RunContext::new(&store, out.to_path_buf(), &Silent);
+    ctx.stop_after = stop_after;
+    run(&GridEntry::single(plan.clone()), &ctx).unwrap()
 }
 
 fn finished(r: RunResult) -> (Vec<ResultRow>, bool) {
     match r {
-        RunResult::Finished { rows, trained } => (rows, trained),
+        RunResult::Finished { row, trained } => (vec![*row], trained),
         RunResult::Stopped { iteration } => panic!("stopped at {iteration}"),
     }
 }
@@ -63,13 +60,16 @@ fn tiny_recipe_runs_all_five_stages_and_a_rerun_trains_nothing() {
     );
     assert!(r.best_test_acc >= r.test_acc && r.images_per_sec > 0.0);
 
-    // Report files: the CSV round-trips the rows; curves have every iteration, and test
-    // columns at the periodic (3) and final (6) evaluations.
-    assert_eq!(read_csv(&out.join("results.csv")).unwrap(), rows);
+    // The run is recorded in its directory (row and curves), and the report gathers it; curves
+    // have every iteration, and test columns at the periodic (3) and final (6) evaluations.
+    let runs = collect_runs(&out).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].row, r.clone());
+    report::write(&out, "tiny", &runs).unwrap();
     assert!(std::fs::read_to_string(out.join("results.md"))
         .unwrap()
-        .contains("| tiny | fashion-mnist | cnn6-w4 | baseline |"));
-    let curves = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+        .contains("| tiny | 7 | fashion-mnist | cnn6-w4 | baseline | 6 |"));
+    let curves = std::fs::read_to_string(out.join("cells/tiny/seed-7").join("curves.csv")).unwrap();
     let lines: Vec<&str> = curves.lines().collect();
     assert_eq!(lines.len(), 7, "{curves}");
     let with_test: Vec<&str> = lines[1..]

@@ -4,9 +4,10 @@
 mod common;
 
 use common::write;
+use opt_pipeline::grid::GridEntry;
 use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
-use opt_pipeline::runner::{run, RunContext, RunResult};
+use opt_pipeline::runner::{entry_dir, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
 use opt_stages::progress::Silent;
 
@@ -51,17 +52,12 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
         let plan = resolve(&load(&recipe, &sets).unwrap()).unwrap();
         let store = ArtifactStore::new(&cache);
         let out = tmp.path().join(method);
-        let ctx = RunContext {
-            store: &store,
-            run_dir: out.clone(),
-            progress: &Silent,
-            stop_after: None,
-        };
-        let rows = match run(&plan, &ctx).unwrap() {
-            RunResult::Finished { rows, .. } => rows,
+        let ctx = RunContext::new(&store, out.clone(), &Silent);
+        let entry = GridEntry::single(plan);
+        let r = match run(&entry, &ctx).unwrap() {
+            RunResult::Finished { row, .. } => row,
             RunResult::Stopped { .. } => unreachable!(),
         };
-        let r = &rows[0];
         assert_eq!(r.method, method);
         // 10 classes: chance is 0.1.
         assert!(
@@ -69,7 +65,7 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
             "{method}: test accuracy {} after 200 iterations",
             r.test_acc
         );
-        let curves = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+        let curves = std::fs::read_to_string(entry_dir(&out, &entry).join("curves.csv")).unwrap();
         let losses: Vec<f64> = curves
             .lines()
             .skip(1)
