@@ -1,5 +1,6 @@
 //! Every recipe shipped in `recipes/` loads and resolves (a typo in one is a test failure).
 
+use opt_pipeline::grid::expand;
 use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::{load, SourceKind};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,18 @@ fn all_shipped_recipes_resolve() {
         plan.keys()
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         methods.insert(plan.train.method.name());
+        // Every cell of a grid resolves too.
+        let grid = expand(f, &overrides).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for entry in &grid.entries {
+            entry
+                .plan
+                .keys()
+                .unwrap_or_else(|e| panic!("{} cell {}: {e}", f.display(), entry.cell));
+            methods.insert(entry.plan.train.method.name());
+        }
+        if f.parent().is_some_and(|d| d.ends_with("ablations")) {
+            assert!(grid.is_grid(), "{}: an ablation without a grid", f.display());
+        }
     }
     for m in opt_stages::model::MethodConfig::NAMES {
         assert!(methods.contains(m), "no shipped recipe uses method {m}");
