@@ -479,6 +479,14 @@ fn show(args: RecipeArgs) -> Result<()> {
         "evaluate": plan.evaluate,
     });
     println!("{}", serde_json::to_string_pretty(&resolved)?);
+    if plan.recipe.grid.is_some() {
+        let grid = grid::expand(&args.recipe, &args.set)?;
+        println!(
+            "\n# grid: {} entries; the keys below are the base recipe's, `opt plan` lists every \
+             entry's",
+            grid.entries.len()
+        );
+    }
     println!("\n# stage cache keys ({})", args.cache.display());
     let store = ArtifactStore::new(&args.cache);
     for (stage, key) in [
