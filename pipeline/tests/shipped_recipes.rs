@@ -54,7 +54,11 @@ fn all_shipped_recipes_resolve() {
             methods.insert(entry.plan.train.method.name());
         }
         if f.parent().is_some_and(|d| d.ends_with("ablations")) {
-            assert!(grid.is_grid(), "{}: an ablation without a grid", f.display());
+            assert!(
+                grid.is_grid(),
+                "{}: an ablation without a grid",
+                f.display()
+            );
         }
     }
     for m in opt_stages::model::MethodConfig::NAMES {
