@@ -6,6 +6,7 @@ use super::{CellSummary, CurvePoint, RunRecord};
 use crate::error::format_err;
 use crate::Result;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 pub const PLOTS_DIR: &str = "plots";
@@ -143,19 +144,21 @@ fn bar_plot(path: &Path, cells: &[CellSummary], runs: &[RunRecord]) -> Result<St
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(cells.len().max(1))
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                // Labels sit at bar centres only.
-                if (x - i as f64 - 0.5).abs() < 1e-6 {
-                    labels.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|_| String::new())
             .y_desc("test error (%)")
             .draw()
             .map_err(|e| err(e.to_string()))?;
+        // Cell names under their bars (the x axis is only positions).
+        let size = if labels.len() > 6 { 11 } else { 13 };
+        let style = ("sans-serif", size)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, label) in labels.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(label.clone(), (px, py + 8), style.clone()))
+                .map_err(|e| err(e.to_string()))?;
+        }
         for (i, c) in cells.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let x = i as f64;
