@@ -34,6 +34,7 @@ pub struct BenchResult {
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     let device = cfg.device.open()?;
     let train = TrainConfig {
+        data: opt_stages::preprocess::DataView::default(),
         model: ModelConfig {
             arch: opt_stages::model::Arch::Cnn6,
             width: cfg.width,

@@ -7,6 +7,8 @@
 
 pub mod augment;
 pub mod batches;
+pub mod bundle;
+pub mod cifar;
 pub mod checkpoint;
 pub mod dataset;
 pub mod device;
@@ -14,8 +16,11 @@ pub mod error;
 pub mod evaluate;
 pub mod fetch;
 pub mod idx;
+pub mod image_folder;
 pub mod metrics;
 pub mod model;
+pub mod parquet_images;
+pub mod pickle;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
