@@ -36,12 +36,14 @@ fn decode(entry: &Entry) -> Result<DynamicImage> {
 }
 
 pub fn read(bundle: &Bundle) -> Result<Decoded> {
-    let images: Vec<(&Entry, &'static str, &str)> = bundle
+    let mut images: Vec<(&Entry, &'static str, &str)> = bundle
         .entries
         .iter()
         .filter(|e| is_image(&e.name))
         .filter_map(|e| place(&e.name).map(|(s, c)| (e, s, c)))
         .collect();
+    // Image order is path order, whatever order an archive stores its members in.
+    images.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let classes: BTreeSet<&str> = images
         .iter()
         .filter(|(_, s, _)| *s == "train")
