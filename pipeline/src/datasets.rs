@@ -58,7 +58,7 @@ pub fn resolve_source(
                 invalid(
                     loaded,
                     "dataset.path",
-                    "dataset.source = \"local\" needs the path of a file or directory",
+                    "dataset.source = \"local\" needs a directory or archive path",
                 )
             })?;
             let path = path.canonicalize().map_err(|e| {
