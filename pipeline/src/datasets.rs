@@ -105,9 +105,9 @@ pub fn resolve_source(
                     return Err(invalid(loaded, "dataset.url", "dataset.md5 without a url"))
                 }
                 (None, None) => {
-                    let format = d
-                        .format
-                        .unwrap_or_else(|| fetch::default_format(d.name, &Source::Url { files: vec![] }));
+                    let format = d.format.unwrap_or_else(|| {
+                        fetch::default_format(d.name, &Source::Url { files: vec![] })
+                    });
                     fetch::default_downloads(d.name, format).ok_or_else(|| {
                         invalid(
                             loaded,

@@ -36,7 +36,11 @@ fn cifar10_binary(path: &Path, per_batch: usize, test: usize) {
             .unwrap();
     };
     for i in 0..5 {
-        add(&format!("data_batch_{}.bin", i + 1), i * per_batch, per_batch);
+        add(
+            &format!("data_batch_{}.bin", i + 1),
+            i * per_batch,
+            per_batch,
+        );
     }
     add("test_batch.bin", 1000, test);
     b.into_inner().unwrap().finish().unwrap().flush().unwrap();
@@ -83,22 +87,30 @@ eval_batch = 32
         RunResult::Finished { rows, .. } => rows,
         RunResult::Stopped { .. } => panic!("stopped"),
     };
-    assert_eq!((rows[0].dataset.as_str(), rows[0].iterations), ("cifar-10", 4));
+    assert_eq!(
+        (rows[0].dataset.as_str(), rows[0].iterations),
+        ("cifar-10", 4)
+    );
     let keys = plan.keys().unwrap();
-    let eval = opt_stages::evaluate::load_report(&cache.join("evaluate").join(&keys.evaluate))
-        .unwrap();
+    let eval =
+        opt_stages::evaluate::load_report(&cache.join("evaluate").join(&keys.evaluate)).unwrap();
     assert_eq!(eval.final_metrics.count, 24);
     assert_eq!(eval.validation.map(|v| v.count), Some(16));
     let stats: opt_stages::preprocess::DatasetStats = serde_json::from_str(
-        &std::fs::read_to_string(cache.join("preprocess").join(&keys.preprocess).join("stats.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            cache
+                .join("preprocess")
+                .join(&keys.preprocess)
+                .join("stats.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!((stats.train_count, stats.shape), (80, (3, 32, 32)));
 
     // Another normalisation or split re-uses the decoded data: no second preprocess artifact.
-    let other = resolve(&load(&recipe, &["dataset.normalization=per-channel".into()]).unwrap())
-        .unwrap();
+    let other =
+        resolve(&load(&recipe, &["dataset.normalization=per-channel".into()]).unwrap()).unwrap();
     assert_eq!(other.keys().unwrap().preprocess, keys.preprocess);
 }
 
@@ -114,11 +126,23 @@ fn resolve_err(dir: &Path, text: &str) -> String {
 fn dataset_sources_resolve_with_defaults_and_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let p = write(d, "hub.toml", "[dataset]\nname = \"cifar-100\"\nsource = \"hub\"\nlabel = \"coarse\"\n");
+    let p = write(
+        d,
+        "hub.toml",
+        "[dataset]\nname = \"cifar-100\"\nsource = \"hub\"\nlabel = \"coarse\"\n",
+    );
     let plan = resolve(&load(&p, &[]).unwrap()).unwrap();
     match &plan.fetch.source {
-        Source::Hub { repo, revision, files, .. } => {
-            assert_eq!((repo.as_str(), revision.as_str()), ("uoft-cs/cifar100", "main"));
+        Source::Hub {
+            repo,
+            revision,
+            files,
+            ..
+        } => {
+            assert_eq!(
+                (repo.as_str(), revision.as_str()),
+                ("uoft-cs/cifar100", "main")
+            );
             assert_eq!(files[0], "cifar100/train-00000-of-00001.parquet");
         }
         other => panic!("{other:?}"),
@@ -127,23 +151,45 @@ fn dataset_sources_resolve_with_defaults_and_clear_errors() {
         (plan.preprocess.format, plan.preprocess.label),
         (DataFormat::Parquet, LabelChoice::Coarse)
     );
-    let p = write(d, "url.toml", "[dataset]\nname = \"cifar-10\"\nsource = \"url\"\nformat = \"cifar-binary\"\n");
+    let p = write(
+        d,
+        "url.toml",
+        "[dataset]\nname = \"cifar-10\"\nsource = \"url\"\nformat = \"cifar-binary\"\n",
+    );
     let plan = resolve(&load(&p, &[]).unwrap()).unwrap();
     match &plan.fetch.source {
         Source::Url { files } => {
-            assert_eq!(files[0].url, "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz");
+            assert_eq!(
+                files[0].url,
+                "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+            );
             assert_eq!(files[0].md5, "c32a1d4ab5d03f1284b67883e8d87530");
         }
         other => panic!("{other:?}"),
     }
 
-    let e = resolve_err(d, "[dataset]\nname = \"cifar-10\"\nsource = \"url\"\nurl = \"https://x/y.tgz\"\n");
-    assert!(e.contains("bad.toml") && e.contains("dataset.md5") && e.contains("MD5"), "{e}");
-    let e = resolve_err(d, "[dataset]\nname = \"cifar-10\"\nlabel = \"coarse\"\nsource = \"hub\"\n");
-    assert!(e.contains("dataset.label") && e.contains("cifar-100"), "{e}");
+    let e = resolve_err(
+        d,
+        "[dataset]\nname = \"cifar-10\"\nsource = \"url\"\nurl = \"https://x/y.tgz\"\n",
+    );
+    assert!(
+        e.contains("bad.toml") && e.contains("dataset.md5") && e.contains("MD5"),
+        "{e}"
+    );
+    let e = resolve_err(
+        d,
+        "[dataset]\nname = \"cifar-10\"\nlabel = \"coarse\"\nsource = \"hub\"\n",
+    );
+    assert!(
+        e.contains("dataset.label") && e.contains("cifar-100"),
+        "{e}"
+    );
     let e = resolve_err(d, "[dataset]\nname = \"mnist\"\nsource = \"hub\"\n");
     assert!(e.contains("dataset.repo"), "{e}");
-    let e = resolve_err(d, "[dataset]\nsource = \"embedded\"\nurl = \"https://x/y\"\n");
+    let e = resolve_err(
+        d,
+        "[dataset]\nsource = \"embedded\"\nurl = \"https://x/y\"\n",
+    );
     assert!(e.contains("dataset.url") && e.contains("\"url\""), "{e}");
     let e = resolve_err(d, "[dataset]\nname = \"mnist\"\nformat = \"parquet\"\n");
     assert!(e.contains("dataset.format"), "{e}");

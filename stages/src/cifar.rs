@@ -55,7 +55,7 @@ fn binary_file(entry: &Entry, cifar: Cifar, label: LabelChoice, split: &mut Spli
         (Cifar::Hundred, LabelChoice::Fine) => (2, 1),
     };
     let record = label_bytes + PIXELS;
-    if entry.data.is_empty() || entry.data.len() % record != 0 {
+    if entry.data.is_empty() || !entry.data.len().is_multiple_of(record) {
         return Err(format_err(
             &entry.display(),
             format!(
@@ -115,9 +115,11 @@ pub fn read_binary(bundle: &Bundle, cifar: Cifar, label: LabelChoice) -> Result<
         (Cifar::Hundred, LabelChoice::Fine) => {
             (vec!["train.bin".into()], "test.bin", "fine_label_names.txt")
         }
-        (Cifar::Hundred, LabelChoice::Coarse) => {
-            (vec!["train.bin".into()], "test.bin", "coarse_label_names.txt")
-        }
+        (Cifar::Hundred, LabelChoice::Coarse) => (
+            vec!["train.bin".into()],
+            "test.bin",
+            "coarse_label_names.txt",
+        ),
     };
     let mut train = empty();
     for f in &train_files {
@@ -215,7 +217,10 @@ fn names_pickle(bundle: &Bundle, file: &str, key: &str, classes: usize) -> Resul
 /// Reads the python (pickle) version.
 pub fn read_python(bundle: &Bundle, cifar: Cifar, label: LabelChoice) -> Result<Decoded> {
     let (train_files, test_file): (Vec<String>, &str) = match cifar {
-        Cifar::Ten => ((1..=5).map(|i| format!("data_batch_{i}")).collect(), "test_batch"),
+        Cifar::Ten => (
+            (1..=5).map(|i| format!("data_batch_{i}")).collect(),
+            "test_batch",
+        ),
         Cifar::Hundred => (vec!["train".into()], "test"),
     };
     let mut train = empty();

@@ -289,7 +289,15 @@ pub fn run(cfg: &FetchConfig, out: &Path, progress: &dyn Progress) -> Result<Vec
             cache_dir,
         } => {
             std::fs::create_dir_all(&files).at(&files)?;
-            hub(endpoint, repo, revision, names, cache_dir.as_deref(), &files, progress)
+            hub(
+                endpoint,
+                repo,
+                revision,
+                names,
+                cache_dir.as_deref(),
+                &files,
+                progress,
+            )
         }
     }
 }
@@ -318,7 +326,10 @@ pub fn data_root(dir: &Path) -> Result<PathBuf> {
     if files.is_dir() {
         Ok(files)
     } else {
-        Err(format_err(dir, "not a fetch artifact (no files/ or source.json)"))
+        Err(format_err(
+            dir,
+            "not a fetch artifact (no files/ or source.json)",
+        ))
     }
 }
 
@@ -544,12 +555,17 @@ fn hub(
         StageError::Config(format!(
             "could not fetch `{file}` from the hub dataset repository `{repo}` (revision \
              `{revision}`, endpoint {endpoint}): {e}. {}",
-            local_advice(&format!("{endpoint}/datasets/{repo}/resolve/{revision}/{file}"))
+            local_advice(&format!(
+                "{endpoint}/datasets/{repo}/resolve/{revision}/{file}"
+            ))
         ))
     };
-    let api = builder
-        .build()
-        .map_err(|e| fail(names.first().map(String::as_str).unwrap_or(""), e.to_string()))?;
+    let api = builder.build().map_err(|e| {
+        fail(
+            names.first().map(String::as_str).unwrap_or(""),
+            e.to_string(),
+        )
+    })?;
     let handle = api.repo(Repo::with_revision(
         repo.to_string(),
         RepoType::Dataset,
@@ -558,13 +574,7 @@ fn hub(
     let mut written = Vec::new();
     for name in names {
         let cached = handle
-            .download_with_progress(
-                name,
-                HubProgress {
-                    progress,
-                    done: 0,
-                },
-            )
+            .download_with_progress(name, HubProgress { progress, done: 0 })
             .map_err(|e| fail(name, e.to_string()))?;
         verify_hub_blob(&cached)?;
         let dst = files.join(name);
@@ -660,10 +670,7 @@ pub fn default_hub(dataset: DatasetName) -> Option<(&'static str, Vec<String>)> 
 }
 
 /// The format a dataset comes in from a source when the recipe does not say.
-pub fn default_format(
-    dataset: DatasetName,
-    source: &Source,
-) -> crate::preprocess::DataFormat {
+pub fn default_format(dataset: DatasetName, source: &Source) -> crate::preprocess::DataFormat {
     use crate::preprocess::DataFormat;
     match (dataset, source) {
         (DatasetName::FashionMnist | DatasetName::Mnist, _) => DataFormat::Idx,

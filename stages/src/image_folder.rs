@@ -84,15 +84,12 @@ pub fn read(bundle: &Bundle) -> Result<Decoded> {
                 ),
             ));
         }
-        let label = class_names
-            .iter()
-            .position(|n| n == class)
-            .ok_or_else(|| {
-                format_err(
-                    &e.display(),
-                    format!("test class `{class}` has no training folder"),
-                )
-            })?;
+        let label = class_names.iter().position(|n| n == class).ok_or_else(|| {
+            format_err(
+                &e.display(),
+                format!("test class `{class}` has no training folder"),
+            )
+        })?;
         let dst = if *s == "train" { &mut train } else { &mut test };
         dst.labels.push(label as u32);
         if gray {

@@ -8,8 +8,8 @@
 pub mod augment;
 pub mod batches;
 pub mod bundle;
-pub mod cifar;
 pub mod checkpoint;
+pub mod cifar;
 pub mod dataset;
 pub mod device;
 pub mod error;

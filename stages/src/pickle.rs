@@ -307,7 +307,8 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'X' => {
                 let n = r.u32()? as usize;
-                let s = std::str::from_utf8(r.take(n)?).map_err(|_| "invalid UTF-8 in BINUNICODE")?;
+                let s =
+                    std::str::from_utf8(r.take(n)?).map_err(|_| "invalid UTF-8 in BINUNICODE")?;
                 stack.push(Slot::V(Value::Str(s.to_string())));
             }
             b'c' => {
@@ -363,7 +364,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'd' => {
                 let items = pop_mark(&mut stack)?;
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err("DICT with an odd number of items".into());
                 }
                 let mut it = items.into_iter();
@@ -383,7 +384,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err("SETITEMS with an odd number of items".into());
                 }
                 let mut it = items.into_iter();
@@ -410,9 +411,9 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             other => {
                 return Err(format!(
-                    "pickle opcode 0x{other:02x} at offset {} is outside the subset CIFAR files use",
-                    r.pos - 1
-                ))
+                "pickle opcode 0x{other:02x} at offset {} is outside the subset CIFAR files use",
+                r.pos - 1
+            ))
             }
         }
     }

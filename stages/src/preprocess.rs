@@ -248,8 +248,12 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
                 class_names: (0..classes).map(|i| i.to_string()).collect(),
             })
         }
-        DataFormat::CifarBinary => cifar::read_binary(&Bundle::load(root)?, needs_cifar()?, cfg.label),
-        DataFormat::CifarPython => cifar::read_python(&Bundle::load(root)?, needs_cifar()?, cfg.label),
+        DataFormat::CifarBinary => {
+            cifar::read_binary(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+        }
+        DataFormat::CifarPython => {
+            cifar::read_python(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+        }
         DataFormat::Parquet => {
             let (label, classes) = match (needs_cifar()?, cfg.label) {
                 (Cifar::Ten, _) => ("label", 10),

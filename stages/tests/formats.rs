@@ -31,7 +31,10 @@ fn tarball(path: &Path, top: &str, files: &[(String, Vec<u8>)]) {
     let f = std::fs::File::create(path).unwrap();
     let gz = path.to_string_lossy().ends_with(".gz");
     let w: Box<dyn Write> = if gz {
-        Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ))
     } else {
         Box::new(f)
     };
@@ -96,7 +99,10 @@ fn cifar100_binary(path: &Path) {
 fn py_batch(ks: &[usize], labels_key: &[(&str, Vec<i64>)]) -> Vec<u8> {
     let data: Vec<u8> = ks.iter().flat_map(|&k| image(k)).collect();
     let shape = [ks.len(), PIXELS];
-    let names: Vec<Vec<u8>> = ks.iter().map(|k| format!("img_{k}.png").into_bytes()).collect();
+    let names: Vec<Vec<u8>> = ks
+        .iter()
+        .map(|k| format!("img_{k}.png").into_bytes())
+        .collect();
     let mut items: Vec<(&str, W<'_>)> = vec![("batch_label", W::Bytes(b"batch"))];
     for (k, v) in labels_key {
         items.push((k, W::Ints(v)));
@@ -120,7 +126,10 @@ fn cifar10_python(path: &Path) {
         ));
     }
     let labels: Vec<i64> = TEN_TEST.iter().map(|&k| (k % 10) as i64).collect();
-    files.push(("test_batch".into(), py_batch(&TEN_TEST, &[("labels", labels)])));
+    files.push((
+        "test_batch".into(),
+        py_batch(&TEN_TEST, &[("labels", labels)]),
+    ));
     let names: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
     let meta = dict(&[(
         "label_names",
@@ -175,12 +184,20 @@ fn cifar_binary_and_python_archives_decode_identically() {
     let load = |f: &str| Bundle::load(&t.join(f)).unwrap();
 
     let ten = |k: usize| (k % 10) as u32;
-    let d = cifar::read_binary(&load("cifar-10-binary.tar.gz"), Cifar::Ten, LabelChoice::Fine)
-        .unwrap();
+    let d = cifar::read_binary(
+        &load("cifar-10-binary.tar.gz"),
+        Cifar::Ten,
+        LabelChoice::Fine,
+    )
+    .unwrap();
     check_cifar(&d, &ten_train(), &TEN_TEST, ten);
     assert_eq!(d.class_names[1], "automobile");
-    let p = cifar::read_python(&load("cifar-10-python.tar.gz"), Cifar::Ten, LabelChoice::Fine)
-        .unwrap();
+    let p = cifar::read_python(
+        &load("cifar-10-python.tar.gz"),
+        Cifar::Ten,
+        LabelChoice::Fine,
+    )
+    .unwrap();
     assert_eq!(p.train, d.train);
     assert_eq!(p.test, d.test);
     assert_eq!(p.class_names[9], "class9");
@@ -192,11 +209,11 @@ fn cifar_binary_and_python_archives_decode_identically() {
             LabelChoice::Fine => labels100(k).0 as u32,
             LabelChoice::Coarse => labels100(k).1 as u32,
         };
-        let b = cifar::read_binary(&load("cifar-100-binary.tar.gz"), Cifar::Hundred, label)
-            .unwrap();
+        let b =
+            cifar::read_binary(&load("cifar-100-binary.tar.gz"), Cifar::Hundred, label).unwrap();
         check_cifar(&b, &train, &test, want);
-        let p = cifar::read_python(&load("cifar-100-python.tar.gz"), Cifar::Hundred, label)
-            .unwrap();
+        let p =
+            cifar::read_python(&load("cifar-100-python.tar.gz"), Cifar::Hundred, label).unwrap();
         assert_eq!((p.train, p.test), (b.train, b.test));
         assert_eq!(
             b.class_names.len(),
@@ -218,8 +235,8 @@ fn an_extracted_directory_reads_like_its_archive() {
         std::fs::write(dir.join(name), &e.data).unwrap();
     }
     let a = cifar::read_binary(&bundle, Cifar::Ten, LabelChoice::Fine).unwrap();
-    let b = cifar::read_binary(&Bundle::load(&dir).unwrap(), Cifar::Ten, LabelChoice::Fine)
-        .unwrap();
+    let b =
+        cifar::read_binary(&Bundle::load(&dir).unwrap(), Cifar::Ten, LabelChoice::Fine).unwrap();
     assert_eq!(a, b);
 }
 
@@ -346,7 +363,8 @@ fn malformed_cifar_gives_errors_naming_the_file() {
 fn png(k: usize, w: u32, h: u32, gray: bool) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     if gray {
-        let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([pixel(k, (y * w + x) as usize)]));
+        let img =
+            image::GrayImage::from_fn(w, h, |x, y| image::Luma([pixel(k, (y * w + x) as usize)]));
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     } else {
         // CHW generator → HWC pixels.
@@ -371,10 +389,20 @@ fn folder_files() -> Vec<(String, Vec<u8>, usize, &'static str)> {
     for (c, class) in ["dog", "cat", "emu"].iter().enumerate() {
         for i in 0..2 {
             let k = 10 * c + i;
-            files.push((format!("train/{class}/{i}.png"), png(k, 5, 4, false), k, "train"));
+            files.push((
+                format!("train/{class}/{i}.png"),
+                png(k, 5, 4, false),
+                k,
+                "train",
+            ));
         }
         let k = 10 * c + 5;
-        files.push((format!("test/{class}/x.png"), png(k, 5, 4, false), k, "test"));
+        files.push((
+            format!("test/{class}/x.png"),
+            png(k, 5, 4, false),
+            k,
+            "test",
+        ));
     }
     files.push(("README.txt".into(), b"not an image".to_vec(), 0, "none"));
     files
@@ -439,16 +467,19 @@ fn image_folders_plain_and_in_tar_decode_with_sorted_class_names() {
     assert!(e.contains("train/dog/0.png") && e.contains("decode"), "{e}");
     std::fs::write(root.join("train/dog/0.png"), png(0, 6, 4, false)).unwrap();
     let e = err_of(image_folder::read(&Bundle::load(&root).unwrap()));
-    assert!(e.contains("train/dog/0.png") && e.contains("same size"), "{e}");
+    assert!(
+        e.contains("train/dog/0.png") && e.contains("same size"),
+        "{e}"
+    );
 }
 
 /// Writes a parquet file shaped like the hub's `uoft-cs/cifar100` files.
 fn hub_parquet(path: &Path, ks: &[usize], bad_png: bool) {
     use parquet::basic::Compression;
     use parquet::data_type::ByteArray;
+    use parquet::file::metadata::KeyValue;
     use parquet::file::properties::WriterProperties;
     use parquet::file::writer::SerializedFileWriter;
-    use parquet::file::metadata::KeyValue;
     use std::sync::Arc;
     let schema = parquet::schema::parser::parse_message_type(
         "message schema {
@@ -566,14 +597,20 @@ fn hub_parquet_files_decode_to_the_same_images_as_the_official_archives() {
         label: "fine_label",
         classes: 100,
     };
-    let e = err_of(parquet_images::read(&Bundle::load(bad.path()).unwrap(), &cols));
+    let e = err_of(parquet_images::read(
+        &Bundle::load(bad.path()).unwrap(),
+        &cols,
+    ));
     assert!(
         e.contains("test-00000-of-00001.parquet") && e.contains("decode"),
         "{e}"
     );
     let bytes = std::fs::read(&test).unwrap();
     std::fs::write(&test, &bytes[..bytes.len() - 30]).unwrap();
-    let e = err_of(parquet_images::read(&Bundle::load(bad.path()).unwrap(), &cols));
+    let e = err_of(parquet_images::read(
+        &Bundle::load(bad.path()).unwrap(),
+        &cols,
+    ));
     assert!(e.contains("test-00000-of-00001.parquet"), "{e}");
     // Fine labels against a 20-class reading are out of range.
     let e = err_of(parquet_images::read(
@@ -590,7 +627,12 @@ fn t_cifar100_binary() -> Decoded {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("c.tar.gz");
     cifar100_binary(&p);
-    cifar::read_binary(&Bundle::load(&p).unwrap(), Cifar::Hundred, LabelChoice::Fine).unwrap()
+    cifar::read_binary(
+        &Bundle::load(&p).unwrap(),
+        Cifar::Hundred,
+        LabelChoice::Fine,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -616,7 +658,10 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
         label: LabelChoice::Fine,
     };
     let stats = preprocess::run(&pre, &f, &p, &Silent).unwrap();
-    assert_eq!((stats.classes, stats.train_count, stats.test_count), (10, 10, 3));
+    assert_eq!(
+        (stats.classes, stats.train_count, stats.test_count),
+        (10, 10, 3)
+    );
     // Per-channel statistics of the training pixels, computed independently.
     let train = ten_train();
     for ch in 0..3 {
@@ -647,7 +692,11 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
         },
     )
     .unwrap();
-    assert_ne!(other.validation.as_ref(), Some(v), "another seed, another split");
+    assert_ne!(
+        other.validation.as_ref(),
+        Some(v),
+        "another seed, another split"
+    );
     let mut all: Vec<Vec<u8>> = (0..6)
         .map(|i| a.train.image(i).to_vec())
         .chain((0..4).map(|i| v.image(i).to_vec()))
@@ -668,8 +717,7 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
     // Changing the archive after fetch is caught, not silently read.
     std::fs::write(&arch, b"changed").unwrap();
     let e = preprocess::run(&pre, &f, &tmp.path().join("p2"), &Silent)
-        .err()
-        .expect("changed data must not be read")
+        .expect_err("changed data must not be read")
         .to_string();
     assert!(e.contains("changed"), "{e}");
 }

@@ -9,7 +9,9 @@ use opt_stages::progress::Silent;
 use std::path::Path;
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn url_cfg(files: Vec<Download>) -> FetchConfig {
@@ -51,7 +53,11 @@ fn url_downloads_are_verified_resumed_and_fail_clearly() {
         assert_eq!(written, vec!["cifar.tar.gz"]);
         let got = std::fs::read(out.path().join(FILES_DIR).join("cifar.tar.gz")).unwrap();
         assert!(got == data, "{mode}: content differs");
-        assert_eq!(leftovers(out.path()), vec!["cifar.tar.gz"], "{mode}: no .part left");
+        assert_eq!(
+            leftovers(out.path()),
+            vec!["cifar.tar.gz"],
+            "{mode}: no .part left"
+        );
     }
     // The cut transfer was resumed with a Range request from where it stopped.
     let ranges = server.requests("/cut/");
@@ -81,7 +87,11 @@ fn url_downloads_are_verified_resumed_and_fail_clearly() {
         e.contains("cifar.tar.gz") && e.contains("checksum mismatch") && e.contains(wrong),
         "{e}"
     );
-    assert!(leftovers(out.path()).is_empty(), "{:?}", leftovers(out.path()));
+    assert!(
+        leftovers(out.path()).is_empty(),
+        "{:?}",
+        leftovers(out.path())
+    );
 
     // Server errors and unreachable hosts say what was tried and how to supply the data.
     for (url, what) in [
@@ -138,11 +148,18 @@ fn hub_files_come_through_hf_hub_and_are_verified() {
         let out = tempfile::tempdir().unwrap();
         fetch_into(&hub_cfg(&server, mode, &names, cache.path()), out.path()).unwrap();
         let files = out.path().join(FILES_DIR);
-        assert_eq!(std::fs::read(files.join(names[0])).unwrap(), train, "{mode}");
+        assert_eq!(
+            std::fs::read(files.join(names[0])).unwrap(),
+            train,
+            "{mode}"
+        );
         assert_eq!(std::fs::read(files.join(names[1])).unwrap(), test, "{mode}");
         // hf-hub probed with `Range: bytes=0-0` on the resolve path.
         assert!(server
-            .requests(&format!("/{mode}/datasets/uoft-cs/cifar100/resolve/main/{}", names[0]))
+            .requests(&format!(
+                "/{mode}/datasets/uoft-cs/cifar100/resolve/main/{}",
+                names[0]
+            ))
             .contains(&Some("bytes=0-0".into())));
     }
 
@@ -156,10 +173,16 @@ fn hub_files_come_through_hf_hub_and_are_verified() {
     ] {
         let cache = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
-        let e = fetch_into(&hub_cfg(&server, mode, &names[1..], cache.path()), out.path())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(what) && e.contains("test-00000-of-00001.parquet"), "{mode}: {e}");
+        let e = fetch_into(
+            &hub_cfg(&server, mode, &names[1..], cache.path()),
+            out.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(what) && e.contains("test-00000-of-00001.parquet"),
+            "{mode}: {e}"
+        );
         assert!(
             !out.path().join(FILES_DIR).join(names[1]).exists(),
             "{mode}: a bad file was kept"

@@ -19,15 +19,20 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
+/// `(path, Range header)` of every request, in arrival order.
+type Log = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 pub struct Server {
     pub base: String,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    /// `(path, range header)` of every request, in arrival order.
-    pub log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub log: Log,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 impl Server {
@@ -35,7 +40,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-        let log: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+        let log: Log = Arc::default();
         let (f, l) = (files.clone(), log.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -103,7 +108,10 @@ fn handle(
     let (hub, name) = match rest.find("/resolve/") {
         Some(i) => {
             let after = &rest[i + "/resolve/".len()..];
-            (true, after.split_once('/').map(|x| x.1).unwrap_or("").to_string())
+            (
+                true,
+                after.split_once('/').map(|x| x.1).unwrap_or("").to_string(),
+            )
         }
         None => (false, rest.clone()),
     };
@@ -136,7 +144,10 @@ fn handle(
         .unwrap_or(0);
     let mut headers = vec![];
     if hub {
-        headers.push(("x-repo-commit".into(), "0123456789abcdef0123456789abcdef01234567".into()));
+        headers.push((
+            "x-repo-commit".into(),
+            "0123456789abcdef0123456789abcdef01234567".into(),
+        ));
         headers.push(("x-linked-etag".into(), format!("\"{etag}\"")));
         headers.push(("etag".into(), "\"weak\"".into()));
         if range.as_deref() == Some("bytes=0-0") {
@@ -155,7 +166,11 @@ fn handle(
     let status = if range.is_some() {
         headers.push((
             "Content-Range".into(),
-            format!("bytes {start}-{}/{}", data.len().saturating_sub(1), data.len()),
+            format!(
+                "bytes {start}-{}/{}",
+                data.len().saturating_sub(1),
+                data.len()
+            ),
         ));
         "206 Partial Content"
     } else {
