@@ -1,6 +1,8 @@
 //! Every dataset format, from archives generated here in the official layouts, read back pixel
 //! for pixel and label for label; and each malformed variant's error.
 
+mod common;
+
 use opt_stages::bundle::Bundle;
 use opt_stages::cifar::{self, Cifar, PIXELS};
 use opt_stages::dataset::Decoded;
@@ -720,4 +722,42 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
         .expect_err("changed data must not be read")
         .to_string();
     assert!(e.contains("changed"), "{e}");
+}
+
+#[test]
+fn the_hub_source_feeds_preprocess_the_same_images_as_the_official_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [train, test] = write_hub_files(tmp.path(), false);
+    let server = common::Server::start();
+    let names = [
+        "cifar100/train-00000-of-00001.parquet",
+        "cifar100/test-00000-of-00001.parquet",
+    ];
+    server.put(names[0], std::fs::read(train).unwrap());
+    server.put(names[1], std::fs::read(test).unwrap());
+    let cache = tmp.path().join("hf");
+    let (f, p) = (tmp.path().join("f"), tmp.path().join("p"));
+    std::fs::create_dir_all(&f).unwrap();
+    std::fs::create_dir_all(&p).unwrap();
+    let cfg = FetchConfig {
+        dataset: DatasetName::Cifar100,
+        source: Source::Hub {
+            endpoint: format!("{}/ok", server.base),
+            repo: "uoft-cs/cifar100".into(),
+            revision: "main".into(),
+            files: names.iter().map(|s| s.to_string()).collect(),
+            cache_dir: Some(cache),
+        },
+    };
+    fetch::run(&cfg, &f, &Silent).unwrap();
+    let pre = PreprocessConfig {
+        dataset: DatasetName::Cifar100,
+        format: DataFormat::Parquet,
+        label: LabelChoice::Fine,
+    };
+    let stats = preprocess::run(&pre, &f, &p, &Silent).unwrap();
+    assert_eq!(stats.class_names[7], "fine7");
+    let data = preprocess::load(&p, &DataView::default()).unwrap();
+    let official = t_cifar100_binary();
+    assert_eq!((data.train, data.test), (official.train, official.test));
 }
