@@ -196,7 +196,7 @@ fn fingerprint_path(path: &Path) -> Result<Vec<String>> {
 /// How to supply the data by hand, for error messages.
 fn local_advice(what: &str) -> String {
     format!(
-        "to use a copy on disk instead, download {what} on a machine with network access and \
+        "To use a copy on disk instead, download {what} on a machine with network access and \
          set dataset.source = \"local\" and dataset.path = \"<that file or directory>\" \
          (or `--set dataset.source=local --set dataset.path=…`)"
     )
@@ -431,7 +431,11 @@ fn download(agent: &ureq::Agent, d: &Download, dir: &Path, progress: &dyn Progre
     let part = dir.join(format!(".{name}.part"));
     let mut last = String::new();
     let mut complete = false;
-    for _ in 0..ATTEMPTS {
+    for n in 0..ATTEMPTS {
+        if n > 0 {
+            // A short, growing pause: a flapping connection gets a moment to come back.
+            std::thread::sleep(Duration::from_millis(200 * n as u64));
+        }
         match attempt(agent, d, &part, progress) {
             Ok(_) => {
                 complete = true;
@@ -448,10 +452,17 @@ fn download(agent: &ureq::Agent, d: &Download, dir: &Path, progress: &dyn Progre
         }
     }
     if !complete {
+        let kept = match std::fs::metadata(&part) {
+            Ok(m) if m.len() > 0 => format!(
+                "; the {} bytes received are kept in {} and the next run resumes there",
+                m.len(),
+                part.display()
+            ),
+            _ => String::new(),
+        };
         return Err(StageError::Config(format!(
-            "could not download {} ({last}); the partial file {} is kept for resuming. {}",
+            "could not download {} ({last}){kept}. {}",
             d.url,
-            part.display(),
             local_advice(&d.url)
         )));
     }
@@ -689,9 +700,19 @@ pub fn default_format(dataset: DatasetName, source: &Source) -> crate::preproces
                     names = fp;
                 }
             }
-            if name.contains("binary") || names.iter().any(|n| n.contains(".bin:")) {
+            let inside = |pat: &str| {
+                names.iter().any(|n| {
+                    let file = n
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    file.contains(pat)
+                })
+            };
+            if name.contains("binary") || inside(".bin:") || inside("binary") {
                 DataFormat::CifarBinary
-            } else if name.ends_with(".parquet") || names.iter().any(|n| n.contains(".parquet:")) {
+            } else if name.ends_with(".parquet") || inside(".parquet:") {
                 DataFormat::Parquet
             } else {
                 DataFormat::CifarPython
