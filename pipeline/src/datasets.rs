@@ -169,7 +169,9 @@ pub fn resolve_source(
         .format
         .unwrap_or_else(|| fetch::default_format(d.name, &source));
     let fits = match d.name {
-        DatasetName::FashionMnist | DatasetName::Mnist => format == DataFormat::Idx,
+        DatasetName::FashionMnist | DatasetName::Mnist => {
+            matches!(format, DataFormat::Idx | DataFormat::Parquet)
+        }
         DatasetName::Cifar10 | DatasetName::Cifar100 => matches!(
             format,
             DataFormat::CifarBinary

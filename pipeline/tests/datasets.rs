@@ -184,13 +184,16 @@ fn dataset_sources_resolve_with_defaults_and_clear_errors() {
         e.contains("dataset.label") && e.contains("cifar-100"),
         "{e}"
     );
-    let e = resolve_err(d, "[dataset]\nname = \"mnist\"\nsource = \"hub\"\n");
+    let e = resolve_err(d, "[dataset]\nname = \"image-folder\"\nsource = \"hub\"\n");
     assert!(e.contains("dataset.repo"), "{e}");
     let e = resolve_err(
         d,
         "[dataset]\nsource = \"embedded\"\nurl = \"https://x/y\"\n",
     );
     assert!(e.contains("dataset.url") && e.contains("\"url\""), "{e}");
-    let e = resolve_err(d, "[dataset]\nname = \"mnist\"\nformat = \"parquet\"\n");
+    let e = resolve_err(
+        d,
+        "[dataset]\nname = \"mnist\"\nformat = \"cifar-binary\"\n",
+    );
     assert!(e.contains("dataset.format"), "{e}");
 }

@@ -676,7 +676,11 @@ pub fn default_hub(dataset: DatasetName) -> Option<(&'static str, Vec<String>)> 
     match dataset {
         DatasetName::Cifar10 => Some(("uoft-cs/cifar10", files("plain_text"))),
         DatasetName::Cifar100 => Some(("uoft-cs/cifar100", files("cifar100"))),
-        _ => None,
+        DatasetName::Mnist => Some(("ylecun/mnist", files("mnist"))),
+        DatasetName::FashionMnist => {
+            Some(("zalando-datasets/fashion_mnist", files("fashion_mnist")))
+        }
+        DatasetName::ImageFolder => None,
     }
 }
 
@@ -684,9 +688,9 @@ pub fn default_hub(dataset: DatasetName) -> Option<(&'static str, Vec<String>)> 
 pub fn default_format(dataset: DatasetName, source: &Source) -> crate::preprocess::DataFormat {
     use crate::preprocess::DataFormat;
     match (dataset, source) {
-        (DatasetName::FashionMnist | DatasetName::Mnist, _) => DataFormat::Idx,
         (DatasetName::ImageFolder, _) => DataFormat::ImageFolder,
         (_, Source::Hub { .. }) => DataFormat::Parquet,
+        (DatasetName::FashionMnist | DatasetName::Mnist, _) => DataFormat::Idx,
         (_, Source::Url { files }) if files.iter().any(|f| f.url.contains("binary")) => {
             DataFormat::CifarBinary
         }

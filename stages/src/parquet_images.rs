@@ -1,7 +1,8 @@
 //! The parquet files the Hugging Face hub serves for image-classification datasets
-//! (`uoft-cs/cifar10`, `uoft-cs/cifar100`): one row per image, an image column `img` (or
-//! `image`) holding a struct `{bytes: binary (PNG/JPEG), path: string}`, and integer label
-//! columns (`label`; `fine_label` and `coarse_label` for CIFAR-100).
+//! (`uoft-cs/cifar10`, `uoft-cs/cifar100`, `ylecun/mnist`, `zalando-datasets/fashion_mnist`):
+//! one row per image, an image column `img` (or `image`) holding a struct
+//! `{bytes: binary (PNG/JPEG), path: string}`, and integer label columns (`label`;
+//! `fine_label` and `coarse_label` for CIFAR-100). Grayscale images give one channel.
 //!
 //! Files whose name starts with `train` / `test` are the splits (`train-00000-of-00001.parquet`).
 //! Class names come from the `huggingface` key of the file metadata when present.
@@ -104,8 +105,10 @@ fn read_file(
         }
         let decoded = image::load_from_memory(img)
             .map_err(|e| err(format!("row {i}: cannot decode image: {e}")))?;
-        let rgb = decoded.to_rgb8();
-        let shape = (3, rgb.height() as usize, rgb.width() as usize);
+        // MNIST-family images are grayscale PNGs: one channel; everything else RGB.
+        let gray = !decoded.color().has_color();
+        let c = if gray { 1 } else { 3 };
+        let shape = (c, decoded.height() as usize, decoded.width() as usize);
         let s = split.get_or_insert_with(|| Split {
             images: Vec::new(),
             labels: Vec::new(),
@@ -117,9 +120,14 @@ fn read_file(
                 shape, s.shape
             )));
         }
-        let raw = rgb.as_raw();
-        for ch in 0..3 {
-            s.images.extend(raw.iter().skip(ch).step_by(3));
+        if gray {
+            s.images.extend_from_slice(decoded.to_luma8().as_raw());
+        } else {
+            let rgb = decoded.to_rgb8();
+            let raw = rgb.as_raw();
+            for ch in 0..3 {
+                s.images.extend(raw.iter().skip(ch).step_by(3));
+            }
         }
         s.labels.push(label as u32);
     }

@@ -255,10 +255,17 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
             cifar::read_python(&Bundle::load(root)?, needs_cifar()?, cfg.label)
         }
         DataFormat::Parquet => {
-            let (label, classes) = match (needs_cifar()?, cfg.label) {
-                (Cifar::Ten, _) => ("label", 10),
-                (Cifar::Hundred, LabelChoice::Fine) => ("fine_label", 100),
-                (Cifar::Hundred, LabelChoice::Coarse) => ("coarse_label", 20),
+            let (label, classes) = match (cfg.dataset, cfg.label) {
+                (DatasetName::Cifar100, LabelChoice::Fine) => ("fine_label", 100),
+                (DatasetName::Cifar100, LabelChoice::Coarse) => ("coarse_label", 20),
+                (DatasetName::ImageFolder, _) => {
+                    return Err(StageError::Config(
+                        "parquet files hold a named dataset (cifar-10, cifar-100, mnist, \
+                         fashion-mnist), not an image folder"
+                            .into(),
+                    ))
+                }
+                _ => ("label", 10),
             };
             parquet_images::read(
                 &Bundle::load(root)?,

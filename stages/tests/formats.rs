@@ -761,3 +761,71 @@ fn the_hub_source_feeds_preprocess_the_same_images_as_the_official_archive() {
     let official = t_cifar100_binary();
     assert_eq!((data.train, data.test), (official.train, official.test));
 }
+
+/// An MNIST-shaped hub parquet file: an `image` struct of grayscale PNGs and a `label`.
+fn mnist_parquet(path: &Path, ks: &[usize]) {
+    use parquet::data_type::ByteArray;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let schema = parquet::schema::parser::parse_message_type(
+        "message schema {
+            optional group image {
+                optional binary bytes;
+                optional binary path (STRING);
+            }
+            optional int64 label;
+        }",
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let props = Arc::new(WriterProperties::builder().build());
+    let mut w = SerializedFileWriter::new(file, Arc::new(schema), props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let n = ks.len();
+    let pngs: Vec<ByteArray> = ks
+        .iter()
+        .map(|&k| ByteArray::from(png(k, 28, 28, true)))
+        .collect();
+    let paths: Vec<ByteArray> = ks.iter().map(|_| ByteArray::from("x.png")).collect();
+    let labels: Vec<i64> = ks.iter().map(|&k| (k % 10) as i64).collect();
+    let mut col = 0;
+    while let Some(mut c) = rg.next_column().unwrap() {
+        use parquet::column::writer::ColumnWriter;
+        match (col, c.untyped()) {
+            (0, ColumnWriter::ByteArrayColumnWriter(cw)) => {
+                cw.write_batch(&pngs, Some(&vec![2; n]), None).unwrap();
+            }
+            (1, ColumnWriter::ByteArrayColumnWriter(cw)) => {
+                cw.write_batch(&paths, Some(&vec![2; n]), None).unwrap();
+            }
+            (2, ColumnWriter::Int64ColumnWriter(cw)) => {
+                cw.write_batch(&labels, Some(&vec![1; n]), None).unwrap();
+            }
+            _ => panic!("unexpected column {col}"),
+        }
+        c.close().unwrap();
+        col += 1;
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn mnist_hub_parquet_decodes_to_one_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("mnist");
+    std::fs::create_dir_all(&d).unwrap();
+    mnist_parquet(&d.join("train-00000-of-00001.parquet"), &[3, 4, 5, 6]);
+    mnist_parquet(&d.join("test-00000-of-00001.parquet"), &[7, 18]);
+    let pre = PreprocessConfig {
+        dataset: DatasetName::Mnist,
+        format: DataFormat::Parquet,
+        label: LabelChoice::Fine,
+    };
+    let dec = preprocess::decode(&pre, tmp.path()).unwrap();
+    assert_eq!(dec.train.shape, (1, 28, 28));
+    assert_eq!(dec.train.labels, vec![3, 4, 5, 6]);
+    assert_eq!(dec.test.labels, vec![7, 8]);
+    assert_eq!(dec.test.image(1), &chw(18, 28, 28)[..28 * 28]);
+}
