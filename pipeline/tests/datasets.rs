@@ -197,3 +197,35 @@ fn dataset_sources_resolve_with_defaults_and_clear_errors() {
     );
     assert!(e.contains("dataset.format"), "{e}");
 }
+
+#[test]
+fn bench_data_prints_the_data_path_throughput() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opt"))
+        .args([
+            "bench-data",
+            "--images",
+            "300",
+            "--batch",
+            "32",
+            "--batches",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| cache →"))
+        .unwrap_or_else(|| panic!("no result row in:\n{text}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // | path | images | batch | input | load ms | images/s | ms/batch |
+    assert_eq!((cells[2], cells[3], cells[4]), ("300", "32", "3x32x32"));
+    let ips: f64 = cells[6].parse().unwrap();
+    assert!(ips > 0.0, "{row}");
+    assert!(text.contains("25 000 images/s"), "{text}");
+}
