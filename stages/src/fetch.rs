@@ -377,8 +377,13 @@ fn attempt(
         }
         Err(e) => return Err(e.to_string()),
     };
-    // A server that ignores Range answers 200 with the whole file: start over.
-    let resumed = resp.status() == 206 && have > 0;
+    // A server that ignores Range answers 200 with the whole file, and one that answers
+    // another range cannot be appended: start over in both cases.
+    let resumed = resp.status() == 206
+        && have > 0
+        && resp
+            .header("Content-Range")
+            .is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
     let start = if resumed { have } else { 0 };
     let total = resp
         .header("Content-Length")
@@ -577,16 +582,22 @@ fn hub(
             e.to_string(),
         )
     })?;
-    let handle = api.repo(Repo::with_revision(
-        repo.to_string(),
-        RepoType::Dataset,
-        revision.to_string(),
-    ));
+    let repo_ref = Repo::with_revision(repo.to_string(), RepoType::Dataset, revision.to_string());
+    let cache = match cache_dir {
+        Some(dir) => hf_hub::Cache::new(dir.to_path_buf()),
+        None => hf_hub::Cache::from_env(),
+    };
+    let handle = api.repo(repo_ref.clone());
     let mut written = Vec::new();
     for name in names {
-        let cached = handle
-            .download_with_progress(name, HubProgress { progress, done: 0 })
-            .map_err(|e| fail(name, e.to_string()))?;
+        // Files already in the hub cache (ours or Python's: same layout) are used without
+        // asking the network, as `huggingface_hub` does offline; they are verified all the same.
+        let cached = match cache.repo(repo_ref.clone()).get(name) {
+            Some(path) => path,
+            None => handle
+                .download_with_progress(name, HubProgress { progress, done: 0 })
+                .map_err(|e| fail(name, e.to_string()))?,
+        };
         verify_hub_blob(&cached)?;
         let dst = files.join(name);
         if let Some(parent) = dst.parent() {

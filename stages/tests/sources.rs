@@ -163,6 +163,27 @@ fn hub_files_come_through_hf_hub_and_are_verified() {
             .contains(&Some("bytes=0-0".into())));
     }
 
+    // Files already in the hub cache are used without the network (this endpoint fails).
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fetch_into(&hub_cfg(&server, "ok", &names, cache.path()), out.path()).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    let before = server.log.lock().unwrap().len();
+    fetch_into(
+        &hub_cfg(&server, "e500", &names, cache.path()),
+        again.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        server.log.lock().unwrap().len(),
+        before,
+        "no request for cached files"
+    );
+    assert_eq!(
+        std::fs::read(again.path().join(FILES_DIR).join(names[1])).unwrap(),
+        test
+    );
+
     // Short, cut and corrupted transfers are refused; nothing lands in the artifact.
     for (mode, what) in [
         ("short", "content hash"),
