@@ -5,11 +5,8 @@ mod common;
 use common::write;
 use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
-use opt_pipeline::runner::{run, RunContext, RunResult};
-use opt_pipeline::store::ArtifactStore;
 use opt_stages::fetch::Source;
 use opt_stages::preprocess::{DataFormat, LabelChoice};
-use opt_stages::progress::Silent;
 use std::io::Write;
 use std::path::Path;
 
@@ -75,26 +72,29 @@ eval_batch = 32
     );
     let plan = resolve(&load(&recipe, &[]).unwrap()).unwrap();
     assert_eq!(plan.preprocess.format, DataFormat::CifarBinary, "detected");
+    // Through the command line, as a user runs it.
     let cache = tmp.path().join("cache");
-    let store = ArtifactStore::new(&cache);
-    let ctx = RunContext {
-        store: &store,
-        run_dir: tmp.path().join("run"),
-        progress: &Silent,
-        stop_after: None,
-    };
-    let rows = match run(&plan, &ctx).unwrap() {
-        RunResult::Finished { rows, .. } => rows,
-        RunResult::Stopped { .. } => panic!("stopped"),
-    };
-    assert_eq!(
-        (rows[0].dataset.as_str(), rows[0].iterations),
-        ("cifar-10", 4)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opt"))
+        .arg("-q")
+        .arg("run")
+        .arg(&recipe)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cifar-10"));
     let keys = plan.keys().unwrap();
     let eval =
         opt_stages::evaluate::load_report(&cache.join("evaluate").join(&keys.evaluate)).unwrap();
     assert_eq!(eval.final_metrics.count, 24);
+    assert_eq!(eval.train.iterations, 4);
     assert_eq!(eval.validation.map(|v| v.count), Some(16));
     let stats: opt_stages::preprocess::DatasetStats = serde_json::from_str(
         &std::fs::read_to_string(
