@@ -77,6 +77,15 @@ fn url_downloads_are_verified_resumed_and_fail_clearly() {
         &Some("bytes=1000-".to_string())
     );
 
+    // A server that ignores Range: the stale `.part` (here: wrong bytes) is restarted, not
+    // appended to.
+    let out = tempfile::tempdir().unwrap();
+    let files = out.path().join(FILES_DIR);
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join(".cifar.tar.gz.part"), vec![0xAB; 1000]).unwrap();
+    fetch_into(&url_cfg(vec![dl("norange", &md5)]), out.path()).unwrap();
+    assert_eq!(std::fs::read(files.join("cifar.tar.gz")).unwrap(), data);
+
     // A checksum mismatch names the URL and the file, and deletes the download.
     let out = tempfile::tempdir().unwrap();
     let wrong = "0123456789abcdef0123456789abcdef";

@@ -6,6 +6,7 @@
 //! * `/cut/<name>`: without `Range`, announces the whole length but stops halfway and closes;
 //!   with `Range`, serves the rest properly (a flaky connection).
 //! * `/slow/<name>`: the file in small chunks with pauses.
+//! * `/norange/<name>`: the whole file with 200 whatever `Range` asks.
 //! * `/e500/<name>`, `/e404/<name>`: that status.
 //! * `/<mode>/datasets/<repo>/resolve/<rev>/<file>`: the hub API as hf-hub 0.4 calls it: a
 //!   `Range: bytes=0-0` probe answered with `x-repo-commit`, `x-linked-etag` (the SHA-256 the
@@ -136,6 +137,8 @@ fn handle(
         "lie" => full.iter().map(|b| b ^ 1).collect(),
         _ => full.clone(),
     };
+    // `norange`: a server that ignores Range and always sends the whole file with 200.
+    let range = if mode == "norange" { None } else { range };
     let start: usize = range
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes="))
