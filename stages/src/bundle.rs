@@ -2,11 +2,14 @@
 //! and `.tar` / `.tar.gz` / `.tgz` archives (expanded in memory) anywhere among them.
 //!
 //! Format readers look files up by their last path components, so an archive's top-level
-//! folder (`cifar-10-batches-py/…`) or an extra directory level never matters.
+//! folder (`cifar-10-batches-py/…`) or an extra directory level never matters. Loose files are
+//! read only when a reader asks for them, so pointing at a large directory costs a listing,
+//! not its contents.
 
 use crate::error::{format_err, IoContext};
 use crate::Result;
 use flate2::read::GzDecoder;
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -16,10 +19,19 @@ pub struct Entry {
     pub name: String,
     /// The file on disk it came from: itself, or the archive holding it (for messages).
     pub origin: PathBuf,
-    pub data: Vec<u8>,
+    /// An archive member's bytes; `None` for a loose file, read on demand.
+    data: Option<Vec<u8>>,
 }
 
 impl Entry {
+    /// The file's bytes (read from disk for a loose file).
+    pub fn bytes(&self) -> Result<Cow<'_, [u8]>> {
+        match &self.data {
+            Some(d) => Ok(Cow::Borrowed(d)),
+            None => Ok(Cow::Owned(std::fs::read(&self.origin).at(&self.origin)?)),
+        }
+    }
+
     /// How to name this file in an error: `archive.tar.gz!/inner/path` or the file path.
     pub fn display(&self) -> PathBuf {
         if self.origin.ends_with(&self.name) {
@@ -72,7 +84,7 @@ fn expand(path: &Path, entries: &mut Vec<Entry>) -> Result<()> {
         entries.push(Entry {
             name,
             origin: path.to_path_buf(),
-            data,
+            data: Some(data),
         });
     }
     Ok(())
@@ -114,7 +126,7 @@ fn add_file(path: &Path, rel: String, entries: &mut Vec<Entry>) -> Result<()> {
         entries.push(Entry {
             name: rel,
             origin: path.to_path_buf(),
-            data: std::fs::read(path).at(path)?,
+            data: None,
         });
         Ok(())
     }

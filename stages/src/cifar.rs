@@ -55,18 +55,19 @@ fn binary_file(entry: &Entry, cifar: Cifar, label: LabelChoice, split: &mut Spli
         (Cifar::Hundred, LabelChoice::Fine) => (2, 1),
     };
     let record = label_bytes + PIXELS;
-    if entry.data.is_empty() || !entry.data.len().is_multiple_of(record) {
+    let data = entry.bytes()?;
+    if data.is_empty() || !data.len().is_multiple_of(record) {
         return Err(format_err(
             &entry.display(),
             format!(
                 "{} bytes is not a whole number of {record}-byte records ({label_bytes} label \
                  byte(s) + {PIXELS} pixels): wrong CIFAR variant, or a truncated file",
-                entry.data.len()
+                data.len()
             ),
         ));
     }
     let classes = cifar.classes(label);
-    for (i, r) in entry.data.chunks_exact(record).enumerate() {
+    for (i, r) in data.chunks_exact(record).enumerate() {
         let l = r[pick] as u32;
         check_label(entry, i, l, classes)?;
         split.labels.push(l);
@@ -86,7 +87,7 @@ fn empty() -> Split {
 fn names_txt(bundle: &Bundle, file: &str, classes: usize) -> Result<Vec<String>> {
     match bundle.find(file)? {
         Some(e) => {
-            let names: Vec<String> = String::from_utf8_lossy(&e.data)
+            let names: Vec<String> = String::from_utf8_lossy(&e.bytes()?)
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
@@ -145,7 +146,7 @@ pub fn read_binary(bundle: &Bundle, cifar: Cifar, label: LabelChoice) -> Result<
 }
 
 fn load_pickle(entry: &Entry) -> Result<Value> {
-    pickle::parse(&entry.data).map_err(|m| format_err(&entry.display(), m))
+    pickle::parse(&entry.bytes()?).map_err(|m| format_err(&entry.display(), m))
 }
 
 fn python_file(entry: &Entry, cifar: Cifar, label: LabelChoice, split: &mut Split) -> Result<()> {

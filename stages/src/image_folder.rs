@@ -31,7 +31,7 @@ fn place(name: &str) -> Option<(&'static str, &str)> {
 }
 
 fn decode(entry: &Entry) -> Result<DynamicImage> {
-    image::load_from_memory(&entry.data)
+    image::load_from_memory(&entry.bytes()?)
         .map_err(|e| format_err(&entry.display(), format!("cannot decode image: {e}")))
 }
 

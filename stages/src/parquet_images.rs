@@ -69,7 +69,7 @@ fn read_file(
     names: &mut Option<Vec<String>>,
 ) -> Result<()> {
     let err = |m: String| format_err(&entry.display(), m);
-    let reader = SerializedFileReader::new(bytes::Bytes::from(entry.data.clone()))
+    let reader = SerializedFileReader::new(bytes::Bytes::from(entry.bytes()?.into_owned()))
         .map_err(|e| err(format!("not a readable parquet file: {e}")))?;
     if names.is_none() {
         *names = class_names(&reader, cols.label);

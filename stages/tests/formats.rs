@@ -234,7 +234,7 @@ fn an_extracted_directory_reads_like_its_archive() {
     let bundle = Bundle::load(&arch).unwrap();
     for e in &bundle.entries {
         let name = e.name.rsplit('/').next().unwrap();
-        std::fs::write(dir.join(name), &e.data).unwrap();
+        std::fs::write(dir.join(name), e.bytes().unwrap()).unwrap();
     }
     let a = cifar::read_binary(&bundle, Cifar::Ten, LabelChoice::Fine).unwrap();
     let b =
@@ -247,7 +247,7 @@ fn a_real_numpy_pickle_reads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar10-python");
     let bundle = Bundle::load(&dir).unwrap();
     let entry = bundle.require("data_batch_1", "fixture").unwrap();
-    let v = opt_stages::pickle::parse(&entry.data).unwrap();
+    let v = opt_stages::pickle::parse(&entry.bytes().unwrap()).unwrap();
     match v.get("data") {
         Some(opt_stages::pickle::Value::Array { shape, data, .. }) => {
             assert_eq!(shape, &vec![3, 3072]);
@@ -298,7 +298,7 @@ fn malformed_cifar_gives_errors_naming_the_file() {
     std::fs::create_dir(&dir).unwrap();
     for e in &Bundle::load(&good).unwrap().entries {
         let name = e.name.rsplit('/').next().unwrap();
-        std::fs::write(dir.join(name), &e.data).unwrap();
+        std::fs::write(dir.join(name), e.bytes().unwrap()).unwrap();
     }
     let mut b3 = std::fs::read(dir.join("data_batch_3.bin")).unwrap();
     b3.push(0);
