@@ -35,3 +35,8 @@ bench-torch *args:
 # Optional: the full Fashion-MNIST from Debian (used by recipes/fashion_mnist_full.toml and a test).
 fetch-fashion-mnist:
     apt-get install -y dataset-fashion-mnist
+
+# Data-path throughput: decoded CIFAR-shaped data from the cache, pad + crop + flip, batch
+# assembly (images/s and ms per batch of 128), against the ~25 000 images/s CNN-6 needs on an H100.
+bench-data *args:
+    cargo run --release --quiet --bin opt -- bench-data --images 50000 --input 3x32x32 --batch 128 {{args}}

@@ -34,6 +34,7 @@ pub struct BenchResult {
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     let device = cfg.device.open()?;
     let train = TrainConfig {
+        data: opt_stages::preprocess::DataView::default(),
         model: ModelConfig {
             arch: opt_stages::model::Arch::Cnn6,
             width: cfg.width,
@@ -140,5 +141,90 @@ pub fn time_map(map: OrthMap, d: usize, reps: usize, device: DeviceChoice) -> Re
         forward_ms: median(fwd),
         forward_backward_ms: median(both),
         orth_error: orthogonality_error(&q)?,
+    })
+}
+
+/// Data-path throughput: the decoded dataset loaded from a preprocess artifact (safetensors),
+/// then per batch the training path — sampling, symmetric pad + random crop + flip,
+/// normalisation and the batch tensor — on the CPU.
+#[derive(Debug, Clone)]
+pub struct DataBenchConfig {
+    pub images: usize,
+    pub input: (usize, usize, usize),
+    pub batch: usize,
+    pub batches: usize,
+    pub augment: opt_stages::augment::AugmentConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataBenchResult {
+    /// Loading the artifact and applying the view, once per run.
+    pub load_ms: f64,
+    pub images_per_sec: f64,
+    pub ms_per_batch: f64,
+}
+
+pub fn data(cfg: &DataBenchConfig) -> Result<DataBenchResult> {
+    use opt_stages::batches::Sampler;
+    use opt_stages::dataset::Split;
+    use opt_stages::preprocess::{self, DataView};
+    let (c, h, w) = cfg.input;
+    // A decoded artifact as preprocess writes it; pixel values from a fixed generator (the
+    // data path's cost does not depend on them).
+    let mut rng = opt_core::Rng::seed(1);
+    let n = cfg.images;
+    let split = |n: usize, rng: &mut opt_core::Rng| Split {
+        images: (0..n * c * h * w).map(|_| rng.below(256) as u8).collect(),
+        labels: (0..n as u32).map(|i| i % 10).collect(),
+        shape: (c, h, w),
+    };
+    let train = split(n, &mut rng);
+    let test = split(cfg.batch, &mut rng);
+    let dir = tempfile::tempdir()?;
+    let (ti, tl) = train.to_tensors(&candle_core::Device::Cpu)?;
+    let (vi, vl) = test.to_tensors(&candle_core::Device::Cpu)?;
+    let tensors: std::collections::HashMap<String, Tensor> = [
+        ("train_images".to_string(), ti),
+        ("train_labels".to_string(), tl),
+        ("test_images".to_string(), vi),
+        ("test_labels".to_string(), vl),
+    ]
+    .into();
+    candle_core::safetensors::save(&tensors, dir.path().join(preprocess::DATA_FILE))?;
+    let stats = preprocess::DatasetStats {
+        dataset: "synthetic".into(),
+        classes: 10,
+        class_names: (0..10).map(|i| i.to_string()).collect(),
+        shape: (c, h, w),
+        train_count: n,
+        test_count: cfg.batch,
+        channel_mean: vec![0.5; c],
+        channel_std: vec![0.29; c],
+        train_label_counts: vec![n / 10; 10],
+        test_label_counts: vec![cfg.batch / 10; 10],
+    };
+    std::fs::write(
+        dir.path().join(preprocess::STATS_FILE),
+        serde_json::to_string(&stats)?,
+    )?;
+    drop((train, test));
+
+    let t = Instant::now();
+    let data = preprocess::load(dir.path(), &DataView::default())?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut sampler = Sampler::new(data.train.len(), cfg.batch, opt_core::Rng::seed(2))?;
+    let device = candle_core::Device::Cpu;
+    // One warm-up batch (first-touch page faults, allocator), then the timed ones.
+    sampler.batch(0, &data.train, &cfg.augment, &data.normalizer, &device)?;
+    let t = Instant::now();
+    for i in 1..=cfg.batches as u64 {
+        let (x, _) = sampler.batch(i, &data.train, &cfg.augment, &data.normalizer, &device)?;
+        std::hint::black_box(&x);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(DataBenchResult {
+        load_ms,
+        images_per_sec: (cfg.batches * cfg.batch) as f64 / secs,
+        ms_per_batch: 1e3 * secs / cfg.batches as f64,
     })
 }

@@ -4,6 +4,7 @@
 //! these.
 
 pub mod bench;
+pub mod datasets;
 pub mod grid;
 pub mod plan;
 pub mod progress;

@@ -4,12 +4,12 @@
 //! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
-use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection, SourceKind};
+use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection};
 use opt_stages::augment::AugmentConfig;
 use opt_stages::evaluate::{self, EvaluateConfig};
-use opt_stages::fetch::{self, FetchConfig, Source};
+use opt_stages::fetch::{self, FetchConfig};
 use opt_stages::model::ModelConfig;
-use opt_stages::preprocess::{self, PreprocessConfig};
+use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub struct Keys {
     pub evaluate: String,
 }
 
-fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
+pub(crate) fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
     let meta = loaded.figment.find_metadata(key);
     let origin = if meta.is_some() {
         origin(meta)
@@ -97,40 +97,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
     };
 
     let d = &r.dataset;
-    let source = match d.source {
-        SourceKind::Embedded => {
-            if d.path.is_some() {
-                return Err(invalid(
-                    loaded,
-                    "dataset.path",
-                    "only used with dataset.source = \"local\"",
-                ));
-            }
-            Source::Embedded
-        }
-        SourceKind::Local => {
-            let path = d.path.clone().ok_or_else(|| {
-                invalid(
-                    loaded,
-                    "dataset.path",
-                    "dataset.source = \"local\" needs a directory path",
-                )
-            })?;
-            // Datasets this version cannot read stop at fetch, with the explanation there.
-            let path = if d.name.is_idx() {
-                path.canonicalize().map_err(|e| {
-                    invalid(
-                        loaded,
-                        "dataset.path",
-                        format!("cannot open {}: {e}", path.display()),
-                    )
-                })?
-            } else {
-                path
-            };
-            Source::Local { path }
-        }
-    };
+    let (source, format) = crate::datasets::resolve_source(loaded, d)?;
     for (key, v) in [
         ("dataset.train_limit", d.train_limit),
         ("dataset.test_limit", d.test_limit),
@@ -238,6 +205,13 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
     }
 
     let train = TrainConfig {
+        data: DataView {
+            normalization: d.normalization,
+            train_limit: d.train_limit,
+            test_limit: d.test_limit,
+            validation: d.validation,
+            validation_seed: d.validation_seed,
+        },
         model: ModelConfig {
             arch: m.arch,
             width: m.width,
@@ -280,9 +254,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         },
         preprocess: PreprocessConfig {
             dataset: d.name,
-            normalization: d.normalization,
-            train_limit: d.train_limit,
-            test_limit: d.test_limit,
+            format,
+            label: d.label,
         },
         train,
         evaluate: EvaluateConfig {

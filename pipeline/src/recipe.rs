@@ -12,7 +12,7 @@ use figment::{Figment, Metadata, Provider, Source};
 use opt_stages::device::DeviceChoice;
 use opt_stages::fetch::DatasetName;
 use opt_stages::model::{Arch, MethodConfig};
-use opt_stages::preprocess::Normalization;
+use opt_stages::preprocess::{DataFormat, LabelChoice, Normalization};
 use opt_stages::train::LossName;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -58,8 +58,14 @@ pub struct Recipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
+    /// The Fashion-MNIST subset compiled into the binary.
     Embedded,
+    /// A file or directory on disk (`path`), read in place.
     Local,
+    /// HTTP(S) download (`url` + `md5`; defaults: the official files).
+    Url,
+    /// A Hugging Face dataset repository (`repo`, `revision`, `files`; defaults for CIFAR).
+    Hub,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,14 +73,37 @@ pub enum SourceKind {
 pub struct DatasetSection {
     pub name: DatasetName,
     pub source: SourceKind,
-    /// Directory of the IDX files for `source = "local"`, relative to the recipe declaring it.
+    /// File or directory for `source = "local"`, relative to the recipe declaring it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// How the files are laid out (default: from the dataset and source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// CIFAR-100: `fine` (100 classes) or `coarse` (20 superclasses).
+    pub label: LabelChoice,
+    /// `source = "url"`: the file to download and its published MD5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// `source = "hub"`: dataset repository, revision and files (defaults for CIFAR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    /// Hub endpoint (default: `HF_ENDPOINT`, else https://huggingface.co).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub normalization: Normalization,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_limit: Option<usize>,
+    /// Images moved from train to a validation split (0 = none), drawn with `validation_seed`.
+    pub validation: usize,
+    pub validation_seed: u64,
 }
 
 impl Default for DatasetSection {
@@ -83,9 +112,19 @@ impl Default for DatasetSection {
             name: DatasetName::FashionMnist,
             source: SourceKind::Embedded,
             path: None,
+            format: None,
+            label: LabelChoice::Fine,
+            url: None,
+            md5: None,
+            repo: None,
+            revision: None,
+            files: None,
+            endpoint: None,
             normalization: Normalization::Official,
             train_limit: None,
             test_limit: None,
+            validation: 0,
+            validation_seed: 0,
         }
     }
 }

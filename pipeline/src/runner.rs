@@ -74,7 +74,8 @@ pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
             format_version: fetch::FORMAT_VERSION,
             config: &plan.fetch,
             inputs: vec![],
-            resumable: false,
+            // Keeps a cut download's `.part` file for the next run to resume.
+            resumable: true,
         },
         |out| Ok(fetch::run(&plan.fetch, out, p)?),
     )?;

@@ -37,7 +37,7 @@ fn toml_and_yaml_resolve_to_the_same_recipe() {
     // Spot-check that values arrived (not just equal defaults).
     assert_eq!(a.train.schedule.lr, 0.05);
     assert_eq!(a.train.model.width, 4);
-    assert_eq!(a.preprocess.train_limit, Some(256));
+    assert_eq!(a.train.data.train_limit, Some(256));
 }
 
 #[test]

@@ -119,4 +119,52 @@ mod tests {
         }
         assert_eq!(r1, r2);
     }
+
+    #[test]
+    fn every_crop_of_a_tiny_image_is_a_window_of_numpy_symmetric_padding() {
+        // np.pad([[1,2,3],[4,5,6],[7,8,9]], 2, 'symmetric'), written out by hand.
+        let padded: [[u8; 7]; 7] = [
+            [5, 4, 4, 5, 6, 6, 5],
+            [2, 1, 1, 2, 3, 3, 2],
+            [2, 1, 1, 2, 3, 3, 2],
+            [5, 4, 4, 5, 6, 6, 5],
+            [8, 7, 7, 8, 9, 9, 8],
+            [8, 7, 7, 8, 9, 9, 8],
+            [5, 4, 4, 5, 6, 6, 5],
+        ];
+        let window = |oy: usize, ox: usize, flip: bool| -> Vec<f32> {
+            let mut v = Vec::new();
+            for i in 0..3 {
+                for j in 0..3 {
+                    let j = if flip { 2 - j } else { j };
+                    v.push(padded[oy + i][ox + j] as f32);
+                }
+            }
+            v
+        };
+        let norm = Normalizer {
+            scale: vec![1.0],
+            shift: vec![0.0],
+        };
+        let src = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        let cfg = AugmentConfig { pad: 2, flip: true };
+        let mut rng = Rng::seed(11);
+        let key = |v: &[f32]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        let windows: std::collections::BTreeSet<Vec<u8>> = (0..5)
+            .flat_map(|oy| (0..5).flat_map(move |ox| [(oy, ox, false), (oy, ox, true)]))
+            .map(|(oy, ox, f)| key(&window(oy, ox, f)))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let mut out = vec![0f32; 9];
+            augment_into(&src, (1, 3, 3), &cfg, &norm, &mut rng, &mut out);
+            assert!(
+                windows.contains(&key(&out)),
+                "{out:?} is no window of the padded image"
+            );
+            seen.insert(key(&out));
+        }
+        // Every window (all offsets in 0..=2·pad, flipped or not) occurs.
+        assert_eq!(seen, windows);
+    }
 }

@@ -94,4 +94,32 @@ mod tests {
         assert_ne!(first, s.permutation, "a new pass reshuffles");
         assert!(Sampler::new(2, 3, Rng::seed(1)).is_err());
     }
+
+    #[test]
+    fn augmented_batches_follow_the_seed() {
+        let split = Split {
+            images: (0..20 * 2 * 4 * 4).map(|i| (i * 37 % 251) as u8).collect(),
+            labels: (0..20).collect(),
+            shape: (2, 4, 4),
+        };
+        let norm = Normalizer {
+            scale: vec![1.0, 0.5],
+            shift: vec![0.0, 1.0],
+        };
+        let aug = AugmentConfig { pad: 2, flip: true };
+        let batches = |seed: u64| -> Vec<(Vec<f32>, Vec<u32>)> {
+            let mut s = Sampler::new(20, 8, Rng::seed(seed)).unwrap();
+            (0..5)
+                .map(|i| {
+                    let (x, y) = s.batch(i, &split, &aug, &norm, &Device::Cpu).unwrap();
+                    (
+                        x.flatten_all().unwrap().to_vec1().unwrap(),
+                        y.to_vec1().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(batches(4), batches(4), "same seed, same batches");
+        assert_ne!(batches(4), batches(5), "another seed, other batches");
+    }
 }

@@ -42,6 +42,19 @@ impl Split {
         }
     }
 
+    /// The images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Split {
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Split {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            shape: self.shape,
+        }
+    }
+
     pub fn to_tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
         let (c, h, w) = self.shape;
         let images = Tensor::from_slice(&self.images, (self.len(), c, h, w), device)?;
@@ -96,4 +109,12 @@ impl Normalizer {
         }
         Ok(Tensor::from_vec(out, (range.len(), c, h, w), device)?)
     }
+}
+
+/// A dataset as a format reader returns it: both splits and the class names (index order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub train: Split,
+    pub test: Split,
+    pub class_names: Vec<String>,
 }

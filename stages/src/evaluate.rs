@@ -64,6 +64,9 @@ pub struct EvaluateConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub final_metrics: EvalMetrics,
+    /// On the validation split carved from train, when the recipe asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<EvalMetrics>,
     /// Final per-layer hyperspherical energy and orthogonality error.
     pub layers: Vec<crate::metrics::LayerMetrics>,
     pub best_top1: f64,
@@ -79,8 +82,8 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<EvalReport> {
     progress.begin("evaluate", 0);
-    let data = preprocess::load(prepared_dir)?;
     let tcfg: TrainConfig = read_json(&train_dir.join(train::CONFIG_FILE))?;
+    let data = preprocess::load(prepared_dir, &tcfg.data)?;
     let summary: TrainSummary = read_json(&train_dir.join(train::SUMMARY_FILE))?;
     let mut curves: Curves = read_json(&train_dir.join(train::CURVES_FILE))?;
     let device = tcfg.device.open()?;
@@ -89,17 +92,36 @@ pub fn run(
     let m = evaluate(
         &model,
         &data.test,
-        &data.stats.normalizer,
+        &data.normalizer,
         tcfg.loss.kind(),
         cfg.batch_size,
         &device,
     )?;
+    let validation = match &data.validation {
+        Some(v) => {
+            let vm = evaluate(
+                &model,
+                v,
+                &data.normalizer,
+                tcfg.loss.kind(),
+                cfg.batch_size,
+                &device,
+            )?;
+            progress.note(&format!(
+                "validation loss {:.4}, top-1 {:.4}, top-5 {:.4} on {} images",
+                vm.loss, vm.top1, vm.top5, vm.count
+            ));
+            Some(vm)
+        }
+        None => None,
+    };
     let layers = crate::metrics::layer_metrics(&model)?;
     curves.push_eval(summary.iterations, m, layers.clone());
     let (best_iteration, best_top1) = curves.best_top1().unwrap_or((summary.iterations, m.top1));
     curves.write_csv(&out.join(CURVES_FILE))?;
     let report = EvalReport {
         final_metrics: m,
+        validation,
         layers,
         best_top1,
         best_iteration,

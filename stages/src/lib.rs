@@ -7,15 +7,20 @@
 
 pub mod augment;
 pub mod batches;
+pub mod bundle;
 pub mod checkpoint;
+pub mod cifar;
 pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod fetch;
 pub mod idx;
+pub mod image_folder;
 pub mod metrics;
 pub mod model;
+pub mod parquet_images;
+pub mod pickle;
 pub mod preprocess;
 pub mod progress;
 pub mod report;

@@ -1,20 +1,26 @@
 //! Preprocess: decode the fetched files once into uint8 tensors (safetensors), check them, and
-//! record dataset statistics and the normalisation the recipe names.
+//! record dataset statistics (`stats.json`).
 //!
-//! Images stay uint8 in the artifact (4× smaller than f32); the normalisation is an exact
-//! per-channel affine map stored beside them and applied when batches are assembled.
+//! The artifact depends only on what was fetched, its format and the label choice — never on a
+//! recipe's normalisation, limits or validation split — so every recipe on the same dataset
+//! shares one decoded copy. Those per-recipe choices are a [`DataView`], applied cheaply when the
+//! artifact is loaded ([`load`]): limits and the validation split select images, and the
+//! normalisation is an exact per-channel affine map applied when batches are assembled.
 
-use crate::dataset::{Normalizer, Split};
+use crate::bundle::Bundle;
+use crate::cifar::{self, Cifar};
+use crate::dataset::{Decoded, Normalizer, Split};
 use crate::error::{format_err, read_json, write_json};
-use crate::fetch::{artifact_file, DatasetName, IDX_FILES};
+use crate::fetch::{self, DatasetName, IDX_FILES};
 use crate::progress::Progress;
-use crate::{idx, Result, StageError};
+use crate::{idx, image_folder, parquet_images, Result, StageError};
 use candle_core::{Device, Tensor};
+use opt_core::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const DATA_FILE: &str = "data.safetensors";
 pub const STATS_FILE: &str = "stats.json";
 
@@ -30,13 +36,66 @@ pub enum Normalization {
     UnitRange,
 }
 
+/// How the fetched files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// MNIST-style IDX files (raw or gzip).
+    Idx,
+    /// The CIFAR "binary version" (`*.bin` records), loose or in a tarball.
+    CifarBinary,
+    /// The CIFAR "python version" (pickled dicts), loose or in a tarball.
+    CifarPython,
+    /// Hugging Face parquet files (`train-*.parquet`, `test-*.parquet`, PNG images).
+    Parquet,
+    /// `train/<class>/<image>` and `test/<class>/<image>`, loose or in a tarball.
+    ImageFolder,
+}
+
+/// Which CIFAR-100 labels become the classes (CIFAR-10 has one kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelChoice {
+    /// The 100 classes.
+    #[default]
+    Fine,
+    /// The 20 superclasses.
+    Coarse,
+}
+
+/// Everything that determines the decoded artifact (hashed into its key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreprocessConfig {
     pub dataset: DatasetName,
+    pub format: DataFormat,
+    pub label: LabelChoice,
+}
+
+/// A recipe's selection and normalisation of a decoded dataset; applied at load time, so it is
+/// part of the *train* key, not the preprocess key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataView {
     pub normalization: Normalization,
-    /// Keep only the first N training / test images (tiny test recipes, quick looks).
+    /// Keep only the first N training / test images (tiny test recipes, quick looks); applied
+    /// before the validation split is carved.
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    /// Images moved from train to a validation split (0 = none), chosen by `validation_seed`.
+    pub validation: usize,
+    pub validation_seed: u64,
+}
+
+impl Default for DataView {
+    fn default() -> Self {
+        Self {
+            normalization: Normalization::Official,
+            train_limit: None,
+            test_limit: None,
+            validation: 0,
+            validation_seed: 0,
+        }
+    }
 }
 
 /// What preprocess records about the data (`stats.json`).
@@ -44,22 +103,22 @@ pub struct PreprocessConfig {
 pub struct DatasetStats {
     pub dataset: String,
     pub classes: usize,
+    /// Class names in label order (sorted folder names for image folders).
+    pub class_names: Vec<String>,
     /// `(channels, height, width)`.
     pub shape: (usize, usize, usize),
     pub train_count: usize,
     pub test_count: usize,
-    /// Per-channel mean and (population) standard deviation of training pixels, in [0, 1].
+    /// Per-channel mean and (population) standard deviation of all training pixels, in [0, 1].
     pub channel_mean: Vec<f64>,
     pub channel_std: Vec<f64>,
     pub train_label_counts: Vec<usize>,
     pub test_label_counts: Vec<usize>,
-    pub normalization: Normalization,
-    pub normalizer: Normalizer,
 }
 
 fn read_split(dir: &Path, images_stem: &str, labels_stem: &str, classes: usize) -> Result<Split> {
-    let ipath = artifact_file(dir, images_stem)?;
-    let lpath = artifact_file(dir, labels_stem)?;
+    let ipath = fetch::locate(dir, images_stem)?;
+    let lpath = fetch::locate(dir, labels_stem)?;
     let images = idx::read(&ipath)?;
     let labels = idx::read(&lpath)?;
     let (n, h, w) = match images.dims[..] {
@@ -156,46 +215,106 @@ pub fn normalizer(kind: Normalization, mean: &[f64], std: &[f64]) -> Result<Norm
     })
 }
 
+/// Decodes the fetched files in `root` per `cfg`.
+pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
+    let cifar = match cfg.dataset {
+        DatasetName::Cifar10 => Some(Cifar::Ten),
+        DatasetName::Cifar100 => Some(Cifar::Hundred),
+        _ => None,
+    };
+    let needs_cifar = || {
+        cifar.ok_or_else(|| {
+            StageError::Config(format!(
+                "format {:?} holds CIFAR; dataset `{}` needs another format",
+                cfg.format,
+                cfg.dataset.as_str()
+            ))
+        })
+    };
+    if cfg.label == LabelChoice::Coarse && cfg.dataset != DatasetName::Cifar100 {
+        return Err(StageError::Config(format!(
+            "label = \"coarse\" exists only for CIFAR-100, not `{}`",
+            cfg.dataset.as_str()
+        )));
+    }
+    match cfg.format {
+        DataFormat::Idx => {
+            let classes = 10;
+            let train = read_split(root, IDX_FILES[0], IDX_FILES[1], classes)?;
+            let test = read_split(root, IDX_FILES[2], IDX_FILES[3], classes)?;
+            Ok(Decoded {
+                train,
+                test,
+                class_names: (0..classes).map(|i| i.to_string()).collect(),
+            })
+        }
+        DataFormat::CifarBinary => {
+            cifar::read_binary(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+        }
+        DataFormat::CifarPython => {
+            cifar::read_python(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+        }
+        DataFormat::Parquet => {
+            let (label, classes) = match (cfg.dataset, cfg.label) {
+                (DatasetName::Cifar100, LabelChoice::Fine) => ("fine_label", 100),
+                (DatasetName::Cifar100, LabelChoice::Coarse) => ("coarse_label", 20),
+                (DatasetName::ImageFolder, _) => {
+                    return Err(StageError::Config(
+                        "parquet files hold a named dataset (cifar-10, cifar-100, mnist, \
+                         fashion-mnist), not an image folder"
+                            .into(),
+                    ))
+                }
+                _ => ("label", 10),
+            };
+            parquet_images::read(
+                &Bundle::load(root)?,
+                &parquet_images::Columns { label, classes },
+            )
+        }
+        DataFormat::ImageFolder => image_folder::read(&Bundle::load(root)?),
+    }
+}
+
 pub fn run(
     cfg: &PreprocessConfig,
     fetched: &Path,
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<DatasetStats> {
-    progress.begin("preprocess", 3);
-    let classes = cfg.dataset.classes();
-    let mut train = read_split(fetched, IDX_FILES[0], IDX_FILES[1], classes)?;
-    progress.update(1, "train decoded");
-    let mut test = read_split(fetched, IDX_FILES[2], IDX_FILES[3], classes)?;
-    progress.update(2, "test decoded");
+    progress.begin("preprocess", 2);
+    let root = fetch::data_root(fetched)?;
+    let Decoded {
+        train,
+        test,
+        class_names,
+    } = decode(cfg, &root)?;
+    progress.update(1, "decoded");
     if train.shape != test.shape {
         return Err(StageError::Config(format!(
-            "train images are {:?} but test images are {:?}",
-            train.shape, test.shape
+            "{}: train images are {:?} but test images are {:?}",
+            root.display(),
+            train.shape,
+            test.shape
         )));
     }
-    if let Some(n) = cfg.train_limit {
-        train.truncate(n);
-    }
-    if let Some(n) = cfg.test_limit {
-        test.truncate(n);
-    }
     if train.is_empty() || test.is_empty() {
-        return Err(StageError::Config(
-            "a dataset split is empty after limits".into(),
-        ));
+        return Err(StageError::Config(format!(
+            "{}: a dataset split is empty",
+            root.display()
+        )));
     }
+    let classes = class_names.len();
     let (mean, std) = channel_stats(&train);
     let stats = DatasetStats {
         dataset: cfg.dataset.as_str().into(),
         classes,
+        class_names,
         shape: train.shape,
         train_count: train.len(),
         test_count: test.len(),
         train_label_counts: label_counts(&train, classes),
         test_label_counts: label_counts(&test, classes),
-        normalization: cfg.normalization,
-        normalizer: normalizer(cfg.normalization, &mean, &std)?,
         channel_mean: mean,
         channel_std: std,
     };
@@ -212,19 +331,25 @@ pub fn run(
     let data_path = out.join(DATA_FILE);
     candle_core::safetensors::save(&tensors, &data_path)?;
     write_json(&out.join(STATS_FILE), &stats)?;
-    progress.update(3, "written");
+    progress.update(2, "written");
     progress.end();
     Ok(stats)
 }
 
-/// A preprocessed dataset loaded back from its artifact.
+/// A preprocessed dataset loaded back from its artifact, with a recipe's view applied.
 pub struct Prepared {
     pub train: Split,
+    /// Carved from train when the view asks for it.
+    pub validation: Option<Split>,
     pub test: Split,
+    /// Statistics of the whole decoded dataset (the artifact's `stats.json`).
     pub stats: DatasetStats,
+    /// The view's normalisation; per-channel statistics come from the view's training images.
+    pub normalizer: Normalizer,
 }
 
-pub fn load(dir: &Path) -> Result<Prepared> {
+/// Loads the decoded splits without a view.
+pub fn load_decoded(dir: &Path) -> Result<(Split, Split, DatasetStats)> {
     let stats: DatasetStats = read_json(&dir.join(STATS_FILE))?;
     let path = dir.join(DATA_FILE);
     if !path.is_file() {
@@ -244,7 +369,64 @@ pub fn load(dir: &Path) -> Result<Prepared> {
     };
     let train = Split::from_tensors(get("train_images")?, get("train_labels")?, &path)?;
     let test = Split::from_tensors(get("test_images")?, get("test_labels")?, &path)?;
-    Ok(Prepared { train, test, stats })
+    Ok((train, test, stats))
+}
+
+/// Applies a view: limits (first N), then the validation split — `validation` images drawn
+/// without replacement by `validation_seed`, kept in their original order, the rest staying in
+/// train in theirs — then the normalisation fitted on the remaining training images.
+pub fn apply_view(
+    mut train: Split,
+    mut test: Split,
+    view: &DataView,
+) -> Result<(Split, Option<Split>, Split, Normalizer)> {
+    if let Some(n) = view.train_limit {
+        train.truncate(n);
+    }
+    if let Some(n) = view.test_limit {
+        test.truncate(n);
+    }
+    let validation = if view.validation > 0 {
+        if view.validation >= train.len() {
+            return Err(StageError::Config(format!(
+                "dataset.validation = {} leaves no training images (train has {})",
+                view.validation,
+                train.len()
+            )));
+        }
+        let mut order: Vec<u32> = (0..train.len() as u32).collect();
+        Rng::fork(view.validation_seed, "validation").shuffle(&mut order);
+        let mut chosen = vec![false; train.len()];
+        for &i in &order[..view.validation] {
+            chosen[i as usize] = true;
+        }
+        let (keep, val): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|&i| !chosen[i]);
+        let val_split = train.select(&val);
+        train = train.select(&keep);
+        Some(val_split)
+    } else {
+        None
+    };
+    if train.is_empty() || test.is_empty() {
+        return Err(StageError::Config(
+            "a dataset split is empty after limits".into(),
+        ));
+    }
+    let (mean, std) = channel_stats(&train);
+    let norm = normalizer(view.normalization, &mean, &std)?;
+    Ok((train, validation, test, norm))
+}
+
+pub fn load(dir: &Path, view: &DataView) -> Result<Prepared> {
+    let (train, test, stats) = load_decoded(dir)?;
+    let (train, validation, test, normalizer) = apply_view(train, test, view)?;
+    Ok(Prepared {
+        train,
+        validation,
+        test,
+        stats,
+        normalizer,
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::error::{read_json, write_json, IoContext};
 use crate::evaluate::{evaluate, EvalMetrics};
 use crate::metrics::{layer_metrics, summarize, LayerMetrics};
 use crate::model::{build, MethodConfig, ModelConfig};
-use crate::preprocess::{self, DatasetStats};
+use crate::preprocess::{self, DataView, DatasetStats};
 use crate::progress::Progress;
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
@@ -106,6 +106,8 @@ impl LossConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Which decoded images train on and how they are normalised.
+    pub data: DataView,
     pub model: ModelConfig,
     pub method: MethodConfig,
     pub schedule: ScheduleConfig,
@@ -430,7 +432,7 @@ pub fn run(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<TrainOutcome> {
-    let data = preprocess::load(prepared_dir)?;
+    let data = preprocess::load(prepared_dir, &cfg.data)?;
     let device = cfg.device.open()?;
     let (model, store) = build_model(cfg, &data.stats, &device)?;
     let s = &cfg.schedule;
@@ -500,7 +502,7 @@ pub fn run(
             data_iteration,
             &data.train,
             &cfg.augment,
-            &data.stats.normalizer,
+            &data.normalizer,
             &device,
         )?;
         let (loss_v, correct) = step(&model, &mut optimizers, loss_kind, &x, &y, lr, i)?;
@@ -523,7 +525,7 @@ pub fn run(
             let m = evaluate(
                 &model,
                 &data.test,
-                &data.stats.normalizer,
+                &data.normalizer,
                 loss_kind,
                 opts.eval_batch,
                 &device,

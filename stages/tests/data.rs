@@ -2,17 +2,16 @@
 
 use opt_stages::fetch::{self, DatasetName, FetchConfig, Source, IDX_FILES};
 use opt_stages::idx::encode;
-use opt_stages::preprocess::{self, Normalization, PreprocessConfig};
+use opt_stages::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
 use opt_stages::progress::Silent;
 use std::io::Write;
 use std::path::Path;
 
-fn pre(limit: Option<usize>) -> PreprocessConfig {
+fn pre() -> PreprocessConfig {
     PreprocessConfig {
         dataset: DatasetName::FashionMnist,
-        normalization: Normalization::Official,
-        train_limit: limit,
-        test_limit: limit,
+        format: DataFormat::Idx,
+        label: LabelChoice::Fine,
     }
 }
 
@@ -48,7 +47,7 @@ fn fetch_and_preprocess(src: &Path, work: &Path) -> opt_stages::Result<preproces
         },
     };
     fetch::run(&cfg, &f, &Silent)?;
-    preprocess::run(&pre(None), &f, &p, &Silent)
+    preprocess::run(&pre(), &f, &p, &Silent)
 }
 
 #[test]
@@ -67,7 +66,7 @@ fn raw_and_gzip_idx_decode_to_the_same_pixels_and_statistics() {
         // Mean of pixel values (i·7 mod 256)/255 for i in 0..18, computed independently.
         let mean: f64 = (0..18).map(|i| (i * 7 % 256) as f64 / 255.0).sum::<f64>() / 18.0;
         assert!((stats.channel_mean[0] - mean).abs() < 1e-12);
-        let data = preprocess::load(&tmp.path().join("p")).unwrap();
+        let data = preprocess::load(&tmp.path().join("p"), &DataView::default()).unwrap();
         assert_eq!(data.train.image(1), &[42, 49, 56, 63, 70, 77]);
         assert_eq!(data.test.labels, vec![0, 9, 4]);
     }
@@ -125,8 +124,8 @@ fn broken_inputs_give_errors_naming_the_file() {
     );
 
     // Missing file: says where it looked and how to get the data.
-    let tmp = tempfile::tempdir().unwrap();
-    let e = fetch_and_preprocess(tmp.path(), &tmp.path().join("w"))
+    let (empty, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let e = fetch_and_preprocess(empty.path(), work.path())
         .unwrap_err()
         .to_string();
     assert!(
@@ -146,7 +145,7 @@ fn the_embedded_subset_is_the_documented_real_data() {
         source: Source::Embedded,
     };
     fetch::run(&cfg, &f, &Silent).unwrap();
-    let stats = preprocess::run(&pre(None), &f, &p, &Silent).unwrap();
+    let stats = preprocess::run(&pre(), &f, &p, &Silent).unwrap();
     assert_eq!(
         (stats.train_count, stats.test_count, stats.shape),
         (6000, 1000, (1, 28, 28))
