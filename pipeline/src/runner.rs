@@ -178,6 +178,7 @@ pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
         best_iteration: rep.best_iteration,
         test_top5: m.top5,
         test_loss: m.loss,
+        val_acc: rep.validation.map(|v| v.top1),
         energy_s1: energy_s1.unwrap_or(f64::NAN),
         orth_error,
         layers: rep

@@ -96,6 +96,11 @@ eval_batch = 32
     assert_eq!(eval.final_metrics.count, 24);
     assert_eq!(eval.train.iterations, 4);
     assert_eq!(eval.validation.map(|v| v.count), Some(16));
+    // The validation accuracy reaches the result table.
+    let runs = opt_pipeline::runner::collect_runs(&tmp.path().join("run")).unwrap();
+    assert_eq!(runs[0].row.val_acc, eval.validation.map(|v| v.top1));
+    let csv = std::fs::read_to_string(tmp.path().join("run/results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains(",val_acc,"), "{csv}");
     let stats: opt_stages::preprocess::DatasetStats = serde_json::from_str(
         &std::fs::read_to_string(
             cache

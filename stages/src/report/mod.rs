@@ -78,6 +78,9 @@ pub struct ResultRow {
     pub best_iteration: u64,
     pub test_top5: f64,
     pub test_loss: f64,
+    /// Final top-1 accuracy on the validation split, when the recipe carves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     /// Mean over the OPT-able layers of the s = 1 hyperspherical energy (final weights).
     pub energy_s1: f64,
     /// Largest `‖RRᵀ − I‖_F` over the rotations; `None` for plain training.

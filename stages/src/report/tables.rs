@@ -76,6 +76,7 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             "best_iteration",
             "test_top5",
             "test_loss",
+            "val_acc",
             "energy_s1",
             "orth_error",
         ]
@@ -121,6 +122,7 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             r.best_iteration.to_string(),
             r.test_top5.to_string(),
             r.test_loss.to_string(),
+            opt_num(r.val_acc),
             r.energy_s1.to_string(),
             opt_num(r.orth_error),
         ]);
@@ -424,12 +426,14 @@ fn short(s: &str) -> &str {
 /// One line per run (also what `opt run` prints).
 pub fn runs_table(rows: &[ResultRow]) -> String {
     let mut s = String::new();
-    s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | energy s=1 | orth err | train s | images/s | device |\n");
-    s.push_str("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | val acc | energy s=1 | orth err | train s | images/s | device |\n");
+    s.push_str(
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {:.4} | {} | {:.1} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {} | {:.4} | {} | {:.1} | {:.0} | {} |",
             r.cell,
             r.seed,
             r.dataset,
@@ -442,6 +446,7 @@ pub fn runs_table(rows: &[ResultRow]) -> String {
             r.best_iteration,
             r.test_top5,
             r.test_loss,
+            r.val_acc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
             r.energy_s1,
             r.orth_error.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into()),
             r.train_seconds,
