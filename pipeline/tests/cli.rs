@@ -2,26 +2,10 @@
 
 mod common;
 
-use common::{write, TINY};
+use common::{opt, run_ok, write, TINY};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn opt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opt"));
-    c.env("RUST_LOG", "info").env_remove("OPT_SCHEDULE__LR");
-    c
-}
-
-fn run_ok(args: &[&str]) -> (String, String) {
-    let out = opt().args(args).output().unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    );
-    assert!(out.status.success(), "opt {args:?} failed:\n{se}");
-    (so, se)
-}
 
 #[test]
 fn run_prints_the_table_and_a_second_run_says_nothing_was_trained() {

@@ -30,3 +30,34 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// The `opt` binary with logs on and the caller's overrides out of the way.
+pub fn opt() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_opt"));
+    c.env("RUST_LOG", "info")
+        .env_remove("OPT_SCHEDULE__LR")
+        .env_remove("SLURM_ARRAY_TASK_ID");
+    c
+}
+
+/// Runs `opt` and returns (stdout, stderr), failing the test with stderr if it fails.
+pub fn run_ok(args: &[&str]) -> (String, String) {
+    let out = opt().args(args).output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "opt {args:?} failed:\n{se}");
+    (so, se)
+}
+
+/// Finished artifacts (those with a manifest) of `stage` in `cache`.
+pub fn count_artifacts(cache: &Path, stage: &str) -> usize {
+    std::fs::read_dir(cache.join(stage))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{write, TINY};
+use common::{count_artifacts, write, TINY};
 use opt_pipeline::grid::GridEntry;
 use opt_pipeline::plan::{resolve, Plan};
 use opt_pipeline::recipe::load;
@@ -30,16 +30,6 @@ fn finished(r: RunResult) -> (Vec<ResultRow>, bool) {
         RunResult::Finished { row, trained } => (vec![*row], trained),
         RunResult::Stopped { iteration } => panic!("stopped at {iteration}"),
     }
-}
-
-fn count_artifacts(cache: &Path, stage: &str) -> usize {
-    std::fs::read_dir(cache.join(stage))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("manifest.json").is_file())
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -3,42 +3,14 @@
 
 mod common;
 
-use common::{write, TINY};
+use common::{count_artifacts, opt, run_ok, write, TINY};
 use opt_pipeline::grid::expand;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn opt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opt"));
-    c.env("RUST_LOG", "info")
-        .env_remove("OPT_SCHEDULE__LR")
-        .env_remove("SLURM_ARRAY_TASK_ID");
-    c
-}
-
-fn run_ok(args: &[&str]) -> (String, String) {
-    let out = opt().args(args).output().unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    );
-    assert!(out.status.success(), "opt {args:?} failed:\n{se}");
-    (so, se)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn count_artifacts(cache: &Path, stage: &str) -> usize {
-    std::fs::read_dir(cache.join(stage))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("manifest.json").is_file())
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// Data rows of a CSV file, as (cell, seed) pairs.
