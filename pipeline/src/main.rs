@@ -435,13 +435,29 @@ fn report_cmd(dirs: Vec<PathBuf>, out: Option<PathBuf>, title: Option<String>) -
     } else {
         dirs
     };
-    let mut runs = Vec::new();
+    let mut runs: Vec<RunRecord> = Vec::new();
     for d in &dirs {
         let found = runner::collect_runs(d)?;
         if found.is_empty() {
             eprintln!("warning: no finished runs under {}", d.display());
         }
-        runs.extend(found);
+        // One row per (recipe, cell, seed), even when directories overlap or repeat.
+        for run in found {
+            let id = |r: &RunRecord| (r.row.cell_id(), r.row.seed);
+            match runs.iter().find(|r| id(r) == id(&run)) {
+                None => runs.push(run),
+                Some(kept)
+                    if kept.row.provenance.evaluate_key != run.row.provenance.evaluate_key =>
+                {
+                    eprintln!(
+                        "warning: {} / {} seed {} appears twice with different results; \
+                         keeping the first (from an earlier directory)",
+                        run.row.recipe, run.row.cell, run.row.seed
+                    )
+                }
+                Some(_) => {}
+            }
+        }
     }
     if runs.is_empty() {
         anyhow::bail!(

@@ -373,6 +373,11 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
     let other = tmp.path().join("elsewhere");
     run_ok(&["report", s(&out), s(&out), "--out", s(&other)]);
     assert!(other.join("results.md").is_file());
+    assert_eq!(
+        csv_cells(&other.join("results.csv")).len(),
+        3,
+        "no duplicate rows"
+    );
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let o = opt().args(["report", s(&empty)]).output().unwrap();
