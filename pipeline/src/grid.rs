@@ -60,7 +60,8 @@ pub struct Grid {
     pub axes: Vec<Axis>,
     pub seeds: Vec<u64>,
     pub entries: Vec<GridEntry>,
-    /// The base recipe's plan: what a run without the grid would do.
+    /// The base recipe's plan (what a run without the grid would do), or the first cell's when
+    /// the base is only valid through its cells' values.
     pub base: Plan,
 }
 
@@ -177,11 +178,18 @@ fn seed_of(loaded: &Loaded, v: &Value, key: &str) -> Result<u64, RecipeError> {
 /// one cell named after the recipe.
 pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
     let loaded = recipe::load(file, overrides)?;
-    let base = plan::resolve(&loaded)?;
     let mut flat = Vec::new();
     if let Some(grid) = &loaded.recipe.grid {
         flatten(&loaded, "", grid, &mut flat)?;
     }
+    // The base recipe need not be valid on its own when every cell overrides what makes it
+    // invalid (a budget sweep past the base's default, say): then its cells speak for it.
+    let varies = flat.iter().any(|(k, _)| k != "seeds" && k != "run.seed");
+    let base = match plan::resolve(&loaded) {
+        Ok(plan) => Some(plan),
+        Err(_) if varies => None,
+        Err(e) => return Err(e),
+    };
 
     let mut seeds: Option<Vec<u64>> = None;
     let mut axes_raw = Vec::new();
@@ -244,7 +252,7 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
         }
         axes_raw.push((key, values));
     }
-    let seeds = seeds.unwrap_or_else(|| vec![base.train.seed]);
+    let seeds = seeds.unwrap_or_else(|| vec![loaded.recipe.run.seed]);
 
     // Short labels unless two axes end in the same segment.
     let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
@@ -288,7 +296,7 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             .zip(combo)
             .map(|(a, &i)| (a.key.clone(), render(&a.values[i])))
             .collect();
-        let cell = if axes.is_empty() {
+        let cell = if let (true, Some(base)) = (axes.is_empty(), &base) {
             base.name.clone()
         } else {
             axes.iter()
@@ -314,8 +322,10 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             let cell_loaded = recipe::load_cell(file, overrides, &cell, &values)?;
             let mut plan = plan::resolve(&cell_loaded)?;
             // Every cell shares the base recipe's name and run directory.
-            plan.name = base.name.clone();
-            plan.out_dir = base.out_dir.clone();
+            if let Some(base) = &base {
+                plan.name = base.name.clone();
+                plan.out_dir = base.out_dir.clone();
+            }
             entries.push(GridEntry {
                 index: entries.len(),
                 cell: cell.clone(),
@@ -325,6 +335,11 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             });
         }
     }
+    let base = match base {
+        Some(base) => base,
+        // `varies`: at least one axis, so at least one entry.
+        None => entries[0].plan.clone(),
+    };
     Ok(Grid {
         name: base.name.clone(),
         axes,

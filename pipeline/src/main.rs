@@ -5,7 +5,6 @@ use clap::{Args, Parser, Subcommand};
 use opt_core::orth::OrthMap;
 use opt_pipeline::bench::{self, BenchConfig};
 use opt_pipeline::grid;
-use opt_pipeline::plan::{self, Plan};
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
 use opt_pipeline::recipe;
 use opt_pipeline::runner::{self, RunContext, RunResult};
@@ -152,11 +151,6 @@ fn set_threads(n: usize) {
         // Read by rayon and candle's gemm when their pools start; nothing has started yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-}
-
-fn load_plan(args: &RecipeArgs) -> Result<Plan> {
-    let loaded = recipe::load(&args.recipe, &args.set)?;
-    Ok(plan::resolve(&loaded)?)
 }
 
 /// Quotes a command-line word for a POSIX shell when it needs it.
@@ -496,9 +490,11 @@ fn report_cmd(dirs: Vec<PathBuf>, out: Option<PathBuf>, title: Option<String>) -
 }
 
 fn show(args: RecipeArgs) -> Result<()> {
-    let plan = load_plan(&args)?;
+    let grid = grid::expand(&args.recipe, &args.set)?;
+    let plan = &grid.base;
     let keys = plan.keys()?;
-    let mut recipe = plan.recipe.clone();
+    // The recipe as written (with its grid), resolved; the stage configurations are the base's.
+    let mut recipe = recipe::load(&args.recipe, &args.set)?.recipe;
     recipe.name = Some(plan.name.clone());
     println!("# resolved recipe: {}", plan.recipe_file.display());
     println!(
@@ -513,11 +509,11 @@ fn show(args: RecipeArgs) -> Result<()> {
         "evaluate": plan.evaluate,
     });
     println!("{}", serde_json::to_string_pretty(&resolved)?);
-    if plan.recipe.grid.is_some() {
-        let grid = grid::expand(&args.recipe, &args.set)?;
+    if grid.is_grid() {
         println!(
-            "\n# grid: {} entries; the keys below are the base recipe's, `opt plan` lists every \
-             entry's",
+            "\n# grid: {} entries; the configurations and keys here are the base recipe's (the \
+             first cell's where the base is valid only through its cells); `opt plan` lists \
+             every entry's",
             grid.entries.len()
         );
     }

@@ -8,7 +8,7 @@ use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection};
 use opt_stages::augment::AugmentConfig;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
-use opt_stages::model::ModelConfig;
+use opt_stages::model::{MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
 use serde::Serialize;
@@ -134,6 +134,26 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             "model.fc6_width",
             "expected a positive width, found 0",
         ));
+    }
+    // S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
+    // so the budget must fit the narrowest input; caught here, before any cell trains.
+    if let MethodConfig::Sopt {
+        budget_channels, ..
+    } = &r.method
+    {
+        let narrowest = m
+            .widths
+            .map_or(m.width, |w| w.into_iter().min().unwrap_or(0));
+        if *budget_channels == 0 || *budget_channels > narrowest {
+            return Err(invalid(
+                loaded,
+                "method.budget_channels",
+                format!(
+                    "expected 1 to {narrowest} (the narrowest layer's input channels), found \
+                     {budget_channels}"
+                ),
+            ));
+        }
     }
 
     let s = &r.schedule;

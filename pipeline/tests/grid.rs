@@ -133,6 +133,36 @@ fn bad_grids_are_rejected_with_the_key_and_what_was_expected() {
         let err = expand(&recipe, &sets).unwrap_err().to_string();
         assert!(err.contains(expected), "case {i}: {err}");
     }
+    // A cell that cannot be built is refused before anything runs, naming the cell; a base
+    // recipe valid only through its cells' values is fine (S-OPT's default budget of 16
+    // channels does not fit width 4, budgets 2 and 4 do).
+    let sopt = format!("{TINY}\n[method]\nname = \"sopt\"\n");
+    let recipe = write(
+        tmp.path(),
+        "budget.toml",
+        &format!("{sopt}[grid]\nmethod.budget_channels = [2, 4, 8]\n"),
+    );
+    let err = expand(&recipe, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("grid cell `budget_channels=8`") && err.contains("expected 1 to 4"),
+        "{err}"
+    );
+    let recipe = write(
+        tmp.path(),
+        "budget_ok.toml",
+        &format!("{sopt}[grid]\nmethod.budget_channels = [2, 4]\n"),
+    );
+    let g = expand(&recipe, &[]).unwrap();
+    assert_eq!(g.entries.len(), 2);
+    assert_eq!(g.name, "tiny");
+    // Without a grid the same recipe is an error at its default.
+    let recipe = write(tmp.path(), "budget_bad.toml", &sopt);
+    let err = expand(&recipe, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("method.budget_channels") && err.contains("found 16"),
+        "{err}"
+    );
+
     // Two cells with the same name.
     let recipe = write(
         tmp.path(),
