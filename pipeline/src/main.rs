@@ -85,6 +85,9 @@ enum Command {
     Plan {
         #[command(flatten)]
         recipe: RecipeArgs,
+        /// Run directory to check for recorded entries (default as for `opt run`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Gather finished runs into results.csv, summary.csv, results.md and SVG plots.
     Report {
@@ -350,9 +353,13 @@ fn stage_status(store: &ArtifactStore, stage: &str, key: &str) -> &'static str {
     }
 }
 
-fn plan_cmd(args: RecipeArgs) -> Result<()> {
+fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
     let grid = grid::expand(&args.recipe, &args.set)?;
     let store = ArtifactStore::new(&args.cache);
+    let run_dir = out
+        .clone()
+        .or_else(|| grid.base.out_dir.clone())
+        .unwrap_or_else(|| runner::default_run_dir(&grid.name));
     let n = grid.entries.len();
     println!("# {} ({})", grid.name, args.recipe.display());
     if grid.axes.is_empty() {
@@ -368,9 +375,14 @@ fn plan_cmd(args: RecipeArgs) -> Result<()> {
         n / grid.seeds.len().max(1),
         grid.seeds.len()
     );
-    println!("cache {}\n", store.root().display());
-    println!("| # | cell | seed | fetch | preprocess | train | evaluate |");
-    println!("|---:|---|---:|---|---|---|---|");
+    println!(
+        "cache {}; run directory {}\n",
+        store.root().display(),
+        run_dir.display()
+    );
+    println!("| # | cell | seed | fetch | preprocess | train | evaluate | recorded |");
+    println!("|---:|---|---:|---|---|---|---|---|");
+    let mut recorded = 0;
     // Where an earlier entry of this plan computes the same artifact, this one re-uses it.
     let mut first_user: std::collections::HashMap<String, usize> = Default::default();
     let mut counts = [0usize; 4];
@@ -402,16 +414,20 @@ fn plan_cmd(args: RecipeArgs) -> Result<()> {
             };
             cols.push(format!("{text} {}", &key[..8]));
         }
+        let done = runner::finished(&run_dir, e).is_some();
+        recorded += usize::from(done);
         println!(
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             e.index,
             e.cell,
             e.seed,
-            cols.join(" | ")
+            cols.join(" | "),
+            if done { "yes" } else { "no" }
         );
     }
     println!(
-        "\nto compute: {} fetch, {} preprocess, {} train, {} evaluate",
+        "\nto compute: {} fetch, {} preprocess, {} train, {} evaluate; {recorded} of {n} entries \
+         recorded in the run directory",
         counts[0], counts[1], counts[2], counts[3]
     );
     println!(
@@ -592,7 +608,7 @@ fn main() -> ExitCode {
             cell,
         } => run(recipe, out, stop_after, cell, cli.quiet),
         Command::Show { recipe } => show(recipe),
-        Command::Plan { recipe } => plan_cmd(recipe),
+        Command::Plan { recipe, out } => plan_cmd(recipe, out),
         Command::Report { dirs, out, title } => report_cmd(dirs, out, title),
         Command::BenchData {
             images,

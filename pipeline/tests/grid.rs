@@ -204,11 +204,11 @@ fn cells_share_fetch_and_preprocess_and_a_rerun_skips_finished_cells() {
     );
     let (cache, out) = (tmp.path().join("c"), tmp.path().join("o"));
 
-    let (plan, _) = run_ok(&["plan", s(&recipe), "--cache", s(&cache)]);
+    let (plan, _) = run_ok(&["plan", s(&recipe), "--cache", s(&cache), "--out", s(&out)]);
     assert!(plan.contains("2 cells × 2 seeds = 4 entries"), "{plan}");
     assert!(plan.contains("| 3 | name=gs | 2 | re-use #0"), "{plan}");
     assert!(
-        plan.contains("to compute: 1 fetch, 1 preprocess, 4 train, 4 evaluate"),
+        plan.contains("to compute: 1 fetch, 1 preprocess, 4 train, 4 evaluate; 0 of 4"),
         "{plan}"
     );
     assert!(plan.contains("sbatch --array=0-3"), "{plan}");
@@ -246,11 +246,9 @@ fn cells_share_fetch_and_preprocess_and_a_rerun_skips_finished_cells() {
     let log = std::fs::read_to_string(out.join("opt.log")).unwrap();
     assert_eq!(log.matches("finished earlier, skipped").count(), 4, "{log}");
     assert_eq!(csv_cells(&out.join("results.csv")), expected);
-    assert_eq!(plan_after(&recipe, &cache).matches("cached").count(), 16);
-}
-
-fn plan_after(recipe: &Path, cache: &Path) -> String {
-    run_ok(&["plan", s(recipe), "--cache", s(cache)]).0
+    let plan = run_ok(&["plan", s(&recipe), "--cache", s(&cache), "--out", s(&out)]).0;
+    assert_eq!(plan.matches("cached").count(), 16, "{plan}");
+    assert!(plan.contains("4 of 4 entries recorded"), "{plan}");
 }
 
 fn csv_cells_summary(path: &Path) -> Vec<String> {
