@@ -236,7 +236,11 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             ));
         }
         for text in overrides {
-            let set_key = text.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+            // Malformed overrides were refused by `recipe::load` above.
+            let set_key = recipe::parse_override(text)
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            let set_key = set_key.as_str();
             let overlaps = set_key == key
                 || set_key.starts_with(&format!("{key}."))
                 || key.starts_with(&format!("{set_key}."));

@@ -8,7 +8,7 @@ use opt_pipeline::grid;
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
 use opt_pipeline::recipe;
 use opt_pipeline::runner::{self, RunContext, RunResult};
-use opt_pipeline::store::ArtifactStore;
+use opt_pipeline::store::{ArtifactState, ArtifactStore};
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::MethodConfig;
 use opt_stages::report::{self, RunRecord};
@@ -230,10 +230,7 @@ fn run(
     let grid = grid::expand(&args.recipe, &args.set)?;
     let plan = &grid.base;
     set_threads(plan.threads);
-    let run_dir = out
-        .clone()
-        .or_else(|| plan.out_dir.clone())
-        .unwrap_or_else(|| runner::default_run_dir(&grid.name));
+    let run_dir = run_dir_of(out.clone(), &grid);
     let only = cell
         .map(|c| cell_index(&c, grid.entries.len()))
         .transpose()?;
@@ -277,7 +274,8 @@ fn run(
     };
     let total = grid.entries.len();
     let mut trained_any = false;
-    let mut rows = Vec::new();
+    // This grid's entries, each once: exactly what the report covers.
+    let mut runs: Vec<RunRecord> = Vec::new();
     for entry in &grid.entries {
         if only.is_some_and(|i| i != entry.index) {
             continue;
@@ -288,9 +286,9 @@ fn run(
             entry.cell,
             entry.seed
         );
-        if let Some(row) = runner::finished(&run_dir, entry) {
+        if let Some(record) = runner::finished(&run_dir, entry) {
             tracing::info!("{what}: finished earlier, skipped");
-            rows.push(row);
+            runs.push(record);
             continue;
         }
         if grid.is_grid() {
@@ -306,7 +304,11 @@ fn run(
             }
             RunResult::Finished { row, trained } => {
                 trained_any |= trained;
-                rows.push(*row);
+                let curves = runner::entry_dir(&run_dir, entry).join(report::CURVES_CSV);
+                runs.push(RunRecord {
+                    row: *row,
+                    curve: report::read_curve(&curves)?,
+                });
             }
         }
     }
@@ -324,16 +326,11 @@ fn run(
         );
         return Ok(());
     }
-    // The report covers exactly this grid's entries, each once.
-    let runs: Vec<RunRecord> = grid
-        .entries
-        .iter()
-        .map(|e| report::read_run(&runner::entry_dir(&run_dir, e)))
-        .collect::<std::result::Result<_, _>>()?;
     report::write(&run_dir, &grid.name, &runs)
         .with_context(|| format!("writing the report into {}", run_dir.display()))?;
     tracing::info!("report: {}", run_dir.join(report::RESULTS_MD).display());
     if plan.print_table {
+        let rows: Vec<_> = runs.iter().map(|r| r.row.clone()).collect();
         println!("{}", report::runs_table(&rows));
         if grid.is_grid() {
             println!("{}", report::paper_table(&report::summarize(&rows)));
@@ -343,23 +340,16 @@ fn run(
     Ok(())
 }
 
-fn stage_status(store: &ArtifactStore, stage: &str, key: &str) -> &'static str {
-    if store.lookup(stage, key).is_some() {
-        "cached"
-    } else if store.staging_dir(stage, key).exists() {
-        "partial"
-    } else {
-        "compute"
-    }
+/// `--out`, else the recipe's `report.out_dir`, else `outputs/runs/<name>`.
+fn run_dir_of(out: Option<PathBuf>, grid: &grid::Grid) -> PathBuf {
+    out.or_else(|| grid.base.out_dir.clone())
+        .unwrap_or_else(|| runner::default_run_dir(&grid.name))
 }
 
 fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
     let grid = grid::expand(&args.recipe, &args.set)?;
     let store = ArtifactStore::new(&args.cache);
-    let run_dir = out
-        .clone()
-        .or_else(|| grid.base.out_dir.clone())
-        .unwrap_or_else(|| runner::default_run_dir(&grid.name));
+    let run_dir = run_dir_of(out, &grid);
     let n = grid.entries.len();
     println!("# {} ({})", grid.name, args.recipe.display());
     if grid.axes.is_empty() {
@@ -389,26 +379,17 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
     for e in &grid.entries {
         let keys = e.plan.keys()?;
         let mut cols = Vec::new();
-        for (s, (stage, key)) in [
-            ("fetch", &keys.fetch),
-            ("preprocess", &keys.preprocess),
-            ("train", &keys.train),
-            ("evaluate", &keys.evaluate),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let status = stage_status(&store, stage, key);
-            let text = match first_user.get(key) {
-                Some(&i) if status != "cached" => format!("re-use #{i}"),
-                _ => {
-                    first_user.insert(key.clone(), e.index);
-                    if status != "cached" {
-                        counts[s] += 1;
-                    }
-                    match status {
-                        "partial" => "resume".to_string(),
-                        other => other.to_string(),
+        for (s, (stage, key)) in keys.by_stage().into_iter().enumerate() {
+            let state = store.state(stage, key);
+            let text = match (first_user.get(key), state) {
+                (_, ArtifactState::Cached) => "cached".to_string(),
+                (Some(&i), _) => format!("re-use #{i}"),
+                (None, _) => {
+                    first_user.insert(key.to_string(), e.index);
+                    counts[s] += 1;
+                    match state {
+                        ArtifactState::Partial => "resume".to_string(),
+                        _ => "compute".to_string(),
                     }
                 }
             };
@@ -430,11 +411,10 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
          recorded in the run directory",
         counts[0], counts[1], counts[2], counts[3]
     );
+    let command = rerun_command(&args, None);
     println!(
-        "one process: {}\ncluster: sbatch --array=0-{} (each job: {} --cell)",
-        rerun_command(&args, None),
-        n.saturating_sub(1),
-        rerun_command(&args, None)
+        "one process: {command}\ncluster: sbatch --array=0-{} (each job: {command} --cell)",
+        n.saturating_sub(1)
     );
     Ok(())
 }
@@ -535,18 +515,11 @@ fn show(args: RecipeArgs) -> Result<()> {
     }
     println!("\n# stage cache keys ({})", args.cache.display());
     let store = ArtifactStore::new(&args.cache);
-    for (stage, key) in [
-        ("fetch", &keys.fetch),
-        ("preprocess", &keys.preprocess),
-        ("train", &keys.train),
-        ("evaluate", &keys.evaluate),
-    ] {
-        let status = if store.lookup(stage, key).is_some() {
-            "cached"
-        } else if store.staging_dir(stage, key).exists() {
-            "partial (will resume)"
-        } else {
-            "to compute"
+    for (stage, key) in keys.by_stage() {
+        let status = match store.state(stage, key) {
+            ArtifactState::Cached => "cached",
+            ArtifactState::Partial => "partial (will resume)",
+            ArtifactState::Missing => "to compute",
         };
         println!("{stage:<11} {key}  {status}");
     }

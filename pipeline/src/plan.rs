@@ -39,6 +39,18 @@ pub struct Keys {
     pub evaluate: String,
 }
 
+impl Keys {
+    /// `(stage, key)` in pipeline order.
+    pub fn by_stage(&self) -> [(&'static str, &str); 4] {
+        [
+            ("fetch", &self.fetch),
+            ("preprocess", &self.preprocess),
+            ("train", &self.train),
+            ("evaluate", &self.evaluate),
+        ]
+    }
+}
+
 pub(crate) fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
     let meta = loaded.figment.find_metadata(key);
     let origin = if meta.is_some() {

@@ -232,12 +232,12 @@ pub const CELLS_DIR: &str = "cells";
 
 /// The run recorded in `entry`'s directory, if it is there and was computed from exactly the
 /// artifacts this plan would use.
-pub fn finished(run_dir: &Path, entry: &GridEntry) -> Option<ResultRow> {
+pub fn finished(run_dir: &Path, entry: &GridEntry) -> Option<RunRecord> {
     let keys = entry.plan.keys().ok()?;
     let record = report::read_run(&entry_dir(run_dir, entry)).ok()?;
     (record.row.provenance.train_key == keys.train
         && record.row.provenance.evaluate_key == keys.evaluate)
-        .then_some(record.row)
+        .then_some(record)
 }
 
 /// Every finished run under `dir` (a run directory, or a directory of run directories), in
@@ -275,18 +275,9 @@ pub fn collect_runs(dir: &Path) -> Result<Vec<RunRecord>> {
 /// `git rev-parse HEAD` of the working directory, `-dirty` when tracked files changed;
 /// `unknown` outside a repository or without git.
 pub fn git_commit() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "HEAD"]) {
-        Some(head) if !head.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+    match crate::store::git_commit() {
+        Some(head) => {
+            let dirty = crate::store::git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{head}-dirty")
@@ -294,7 +285,7 @@ pub fn git_commit() -> String {
                 head
             }
         }
-        _ => "unknown".into(),
+        None => "unknown".into(),
     }
 }
 

@@ -101,16 +101,29 @@ fn list_files(dir: &Path, base: &Path, out: &mut Vec<FileEntry>) -> Result<()> {
     Ok(())
 }
 
-/// The current git commit, when run inside a work tree.
-pub fn git_commit() -> Option<String> {
+/// See [`ArtifactStore::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactState {
+    Cached,
+    Partial,
+    Missing,
+}
+
+/// The trimmed output of a successful `git` command in the working directory.
+pub fn git(args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
+        .args(args)
+        .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
+}
+
+/// The current git commit, when run inside a work tree.
+pub fn git_commit() -> Option<String> {
+    git(&["rev-parse", "HEAD"]).filter(|s| !s.is_empty())
 }
 
 impl ArtifactStore {
@@ -128,6 +141,18 @@ impl ArtifactStore {
 
     pub fn staging_dir(&self, stage: &str, key: &str) -> PathBuf {
         self.root.join(stage).join(format!("{key}.staging"))
+    }
+
+    /// Whether an artifact is finished, started (a staging directory a run will resume), or
+    /// absent.
+    pub fn state(&self, stage: &str, key: &str) -> ArtifactState {
+        if self.lookup(stage, key).is_some() {
+            ArtifactState::Cached
+        } else if self.staging_dir(stage, key).exists() {
+            ArtifactState::Partial
+        } else {
+            ArtifactState::Missing
+        }
     }
 
     /// The manifest of a finished artifact, if there is one.

@@ -208,10 +208,7 @@ impl FetchConfig {
     /// invalidates the cache. Downloads are pinned by their checksums, already in the config.
     pub fn fingerprint(&self) -> Result<Vec<String>> {
         match &self.source {
-            Source::Embedded => Ok(EMBEDDED
-                .iter()
-                .map(|(name, bytes)| format!("{name}:{}:{:08x}", bytes.len(), crc(bytes)))
-                .collect()),
+            Source::Embedded => Ok(embedded_fingerprint().to_vec()),
             Source::Local { path } => {
                 if !path.exists() {
                     return Err(StageError::Config(format!(
@@ -224,6 +221,18 @@ impl FetchConfig {
             Source::Url { .. } | Source::Hub { .. } => Ok(vec![]),
         }
     }
+}
+
+/// The embedded files' fingerprint: constant for a build, so checksummed once per process
+/// (every cell of a grid asks for it when computing its keys).
+fn embedded_fingerprint() -> &'static [String] {
+    static FINGERPRINT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FINGERPRINT.get_or_init(|| {
+        EMBEDDED
+            .iter()
+            .map(|(name, bytes)| format!("{name}:{}:{:08x}", bytes.len(), crc(bytes)))
+            .collect()
+    })
 }
 
 /// A cheap checksum of the embedded bytes (Adler-style; only distinguishes builds).

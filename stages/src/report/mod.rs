@@ -14,7 +14,7 @@ pub use plots::{write_plots, PLOTS_DIR};
 pub use summary::{mean_std, summarize, CellSummary};
 pub use tables::{markdown, paper_table, results_csv, runs_table, summary_csv};
 
-use crate::error::{read_json, write_json, IoContext};
+use crate::error::{read_json, IoContext};
 use crate::{Result, StageError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -178,9 +178,12 @@ pub fn write_run(dir: &Path, row: &ResultRow, curves_csv: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     let curves = std::fs::read(curves_csv).at(curves_csv)?;
     write_atomic(&dir.join(CURVES_CSV), &curves)?;
-    let tmp = dir.join(format!(".{ROW_FILE}.{}.tmp", std::process::id()));
-    write_json(&tmp, row)?;
-    std::fs::rename(&tmp, dir.join(ROW_FILE)).at(dir)
+    let path = dir.join(ROW_FILE);
+    let json = serde_json::to_vec_pretty(row).map_err(|source| StageError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomic(&path, &json)
 }
 
 /// Reads a run recorded by [`write_run`].

@@ -12,6 +12,9 @@ use std::path::Path;
 pub const PLOTS_DIR: &str = "plots";
 const SIZE: (u32, u32) = (900, 560);
 
+/// Which number of a curve point a line plot shows.
+type CurveValue = fn(&CurvePoint) -> Option<f64>;
+
 /// A cell's curve: per iteration, the mean over the seeds that evaluated there.
 fn mean_curve(runs: &[&RunRecord], value: fn(&CurvePoint) -> Option<f64>) -> Vec<(f64, f64)> {
     let mut iterations: Vec<u64> = runs
@@ -120,7 +123,7 @@ fn bar_plot(path: &Path, cells: &[CellSummary], runs: &[RunRecord]) -> Result<St
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let seed_values = |c: &CellSummary| -> Vec<f64> {
             runs.iter()
-                .filter(|r| r.row.cell_id() == (c.recipe.clone(), c.cell.clone()))
+                .filter(|r| c.contains(&r.row))
                 .map(|r| r.row.test_err)
                 .collect()
         };
@@ -201,43 +204,33 @@ pub fn write_plots(dir: &Path, runs: &[RunRecord], cells: &[CellSummary]) -> Res
     }
     std::fs::create_dir_all(dir).map_err(|e| format_err(dir, e.to_string()))?;
     let of_cell = |c: &CellSummary| -> Vec<&RunRecord> {
-        runs.iter()
-            .filter(|r| r.row.cell_id() == (c.recipe.clone(), c.cell.clone()))
-            .collect()
+        runs.iter().filter(|r| c.contains(&r.row)).collect()
     };
     let mut written = Vec::new();
-    let err_series: Vec<(String, Vec<(f64, f64)>)> = cells
-        .iter()
-        .map(|c| {
-            (
-                c.label.clone(),
-                mean_curve(&of_cell(c), |p| Some(p.test_err)),
-            )
-        })
-        .collect();
-    let path = dir.join("test_error.svg");
-    let svg = line_plot(
-        &path,
-        "Test error vs iteration",
-        "test error (%)",
-        &err_series,
-    )?;
-    super::write_atomic(&path, svg.as_bytes())?;
-    written.push("test_error.svg".to_string());
-
-    let energy_series: Vec<(String, Vec<(f64, f64)>)> = cells
-        .iter()
-        .map(|c| (c.label.clone(), mean_curve(&of_cell(c), |p| p.energy_s1)))
-        .collect();
-    let path = dir.join("energy.svg");
-    let svg = line_plot(
-        &path,
-        "Hyperspherical energy vs iteration",
-        "energy (s = 1, mean over layers)",
-        &energy_series,
-    )?;
-    super::write_atomic(&path, svg.as_bytes())?;
-    written.push("energy.svg".to_string());
+    let lines: [(&str, &str, &str, CurveValue); 2] = [
+        (
+            "test_error.svg",
+            "Test error vs iteration",
+            "test error (%)",
+            |p| Some(p.test_err),
+        ),
+        (
+            "energy.svg",
+            "Hyperspherical energy vs iteration",
+            "energy (s = 1, mean over layers)",
+            |p| p.energy_s1,
+        ),
+    ];
+    for (file, title, y_desc, value) in lines {
+        let series: Vec<(String, Vec<(f64, f64)>)> = cells
+            .iter()
+            .map(|c| (c.label.clone(), mean_curve(&of_cell(c), value)))
+            .collect();
+        let path = dir.join(file);
+        let svg = line_plot(&path, title, y_desc, &series)?;
+        super::write_atomic(&path, svg.as_bytes())?;
+        written.push(file.to_string());
+    }
 
     let path = dir.join("final_error.svg");
     let svg = bar_plot(&path, cells, runs)?;

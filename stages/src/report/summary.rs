@@ -41,6 +41,13 @@ pub struct CellSummary {
     pub train_seconds: f64,
 }
 
+impl CellSummary {
+    /// Whether `row` is one of this cell's runs.
+    pub fn contains(&self, row: &ResultRow) -> bool {
+        row.recipe == self.recipe && row.cell == self.cell
+    }
+}
+
 /// Groups `rows` by cell, in order of first appearance, and summarises each over its seeds.
 pub fn summarize(rows: &[ResultRow]) -> Vec<CellSummary> {
     let mut order: Vec<(String, String)> = Vec::new();

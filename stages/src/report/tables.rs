@@ -9,16 +9,19 @@ fn csv_error(source: csv::Error) -> StageError {
 }
 
 /// Keys in order of first appearance over `lists`.
-fn union<'a>(lists: impl Iterator<Item = Vec<&'a str>>) -> Vec<String> {
+fn union<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for list in lists {
-        for k in list {
-            if !out.iter().any(|o| o == k) {
-                out.push(k.to_string());
-            }
+    for k in items {
+        if !out.iter().any(|o| o == k) {
+            out.push(k.to_string());
         }
     }
     out
+}
+
+/// The varied keys of `params` lists, in order of first appearance.
+fn varied_keys<'a>(params: impl Iterator<Item = &'a [(String, String)]>) -> Vec<String> {
+    union(params.flat_map(|p| p.iter().map(|(k, _)| k.as_str())))
 }
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
@@ -47,13 +50,10 @@ fn opt_num(v: Option<f64>) -> String {
 /// One row per run: the varied keys as columns, results, per-layer energy and orthogonality
 /// error, speed, device and provenance.
 pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
-    let keys = union(
-        rows.iter()
-            .map(|r| r.params.iter().map(|(k, _)| k.as_str()).collect()),
-    );
+    let keys = varied_keys(rows.iter().map(|r| r.params.as_slice()));
     let layers = union(
         rows.iter()
-            .map(|r| r.layers.iter().map(|l| l.layer.as_str()).collect()),
+            .flat_map(|r| r.layers.iter().map(|l| l.layer.as_str())),
     );
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = vec![
@@ -159,11 +159,7 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
 
 /// One row per cell: mean and sample standard deviation over its seeds.
 pub fn summary_csv(cells: &[CellSummary]) -> Result<Vec<u8>> {
-    let keys = union(
-        cells
-            .iter()
-            .map(|c| c.params.iter().map(|(k, _)| k.as_str()).collect()),
-    );
+    let keys = varied_keys(cells.iter().map(|c| c.params.as_slice()));
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = vec!["recipe".into(), "cell".into()];
     header.extend(keys.iter().map(|k| column_name(k)));
@@ -258,8 +254,7 @@ fn shown_elsewhere(key: &str) -> bool {
 /// Methods (and any other varied settings) as rows, dataset and architecture as columns,
 /// `error % ± std`, the best entry of each column in bold.
 pub fn paper_table(cells: &[CellSummary]) -> String {
-    let column = |c: &CellSummary| format!("{} {}", c.dataset, c.model);
-    let mut row_of = |c: &CellSummary| {
+    let row_label = |c: &CellSummary| {
         let extra: Vec<String> = c
             .params
             .iter()
@@ -272,48 +267,33 @@ pub fn paper_table(cells: &[CellSummary]) -> String {
             format!("{} ({})", c.method_label, extra.join(", "))
         }
     };
-    let mut rows: Vec<String> = cells.iter().map(&mut row_of).collect();
-    let columns = union(std::iter::once(
-        cells
-            .iter()
-            .map(column)
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    ));
+    // Each cell's table entry: (row, column).
+    let cols: Vec<String> = cells
+        .iter()
+        .map(|c| format!("{} {}", c.dataset, c.model))
+        .collect();
+    let mut rows: Vec<String> = cells.iter().map(row_label).collect();
     // Two cells landing in one table entry: name rows by cell instead.
     let mut seen = std::collections::HashSet::new();
-    if !cells
-        .iter()
-        .zip(&rows)
-        .all(|(c, r)| seen.insert((r.clone(), column(c))))
-    {
+    if !rows.iter().zip(&cols).all(|entry| seen.insert(entry)) {
         rows = cells.iter().map(|c| c.label.clone()).collect();
     }
-    let row_names = union(std::iter::once(rows.iter().map(String::as_str).collect()));
-    let entry = |row: &str, col: &str| {
-        cells
-            .iter()
-            .zip(&rows)
-            .position(|(c, r)| r == row && column(c) == col)
-    };
+    let in_order = |items: &[String]| union(items.iter().map(String::as_str));
+    let (columns, row_names) = (in_order(&cols), in_order(&rows));
     let mut s = String::new();
     let _ = writeln!(s, "| method | {} |", columns.join(" | "));
     let _ = writeln!(s, "|---|{}", "---:|".repeat(columns.len()));
     let best_in: Vec<Option<usize>> = columns
         .iter()
         .map(|col| {
-            let members: Vec<usize> = (0..cells.len())
-                .filter(|&i| column(&cells[i]) == *col)
-                .collect();
+            let members: Vec<usize> = (0..cells.len()).filter(|&i| cols[i] == *col).collect();
             best(members.iter().map(|&i| cells[i].test_err.0)).map(|k| members[k])
         })
         .collect();
     for row in &row_names {
         let mut line = format!("| {row} |");
         for (col, b) in columns.iter().zip(&best_in) {
-            let text = match entry(row, col) {
+            let text = match (0..cells.len()).find(|&i| rows[i] == *row && cols[i] == *col) {
                 Some(i) => bold_if(pm(cells[i].test_err, 2), *b == Some(i)),
                 None => "–".into(),
             };
@@ -331,11 +311,7 @@ pub fn markdown(
     cells: &[CellSummary],
     plots: &[String],
 ) -> String {
-    let keys = union(
-        cells
-            .iter()
-            .map(|c| c.params.iter().map(|(k, _)| k.as_str()).collect()),
-    );
+    let keys = varied_keys(cells.iter().map(|c| c.params.as_slice()));
     let mut s = String::new();
     let _ = writeln!(s, "# Results: {title}\n");
     let _ = writeln!(
