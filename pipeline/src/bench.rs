@@ -181,16 +181,6 @@ pub fn data(cfg: &DataBenchConfig) -> Result<DataBenchResult> {
     let train = split(n, &mut rng);
     let test = split(cfg.batch, &mut rng);
     let dir = tempfile::tempdir()?;
-    let (ti, tl) = train.to_tensors(&candle_core::Device::Cpu)?;
-    let (vi, vl) = test.to_tensors(&candle_core::Device::Cpu)?;
-    let tensors: std::collections::HashMap<String, Tensor> = [
-        ("train_images".to_string(), ti),
-        ("train_labels".to_string(), tl),
-        ("test_images".to_string(), vi),
-        ("test_labels".to_string(), vl),
-    ]
-    .into();
-    candle_core::safetensors::save(&tensors, dir.path().join(preprocess::DATA_FILE))?;
     let stats = preprocess::DatasetStats {
         dataset: "synthetic".into(),
         classes: 10,
@@ -203,10 +193,7 @@ pub fn data(cfg: &DataBenchConfig) -> Result<DataBenchResult> {
         train_label_counts: vec![n / 10; 10],
         test_label_counts: vec![cfg.batch / 10; 10],
     };
-    std::fs::write(
-        dir.path().join(preprocess::STATS_FILE),
-        serde_json::to_string(&stats)?,
-    )?;
+    preprocess::write_artifact(dir.path(), &train, &test, &stats)?;
     drop((train, test));
 
     let t = Instant::now();

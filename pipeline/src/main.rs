@@ -286,7 +286,8 @@ fn run(
             entry.cell,
             entry.seed
         );
-        if let Some(record) = runner::finished(&run_dir, entry) {
+        let keys = entry.plan.keys()?;
+        if let Some(record) = runner::finished(&run_dir, entry, &keys) {
             tracing::info!("{what}: finished earlier, skipped");
             runs.push(record);
             continue;
@@ -294,7 +295,7 @@ fn run(
         if grid.is_grid() {
             tracing::info!("{what}");
         }
-        match runner::run(entry, &ctx)? {
+        match runner::run_with_keys(entry, &keys, &ctx)? {
             RunResult::Stopped { iteration } => {
                 eprintln!(
                     "stopped {what} after iteration {iteration}; run the same command again to \
@@ -395,7 +396,7 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
             };
             cols.push(format!("{text} {}", &key[..8]));
         }
-        let done = runner::finished(&run_dir, e).is_some();
+        let done = runner::finished(&run_dir, e, &keys).is_some();
         recorded += usize::from(done);
         println!(
             "| {} | {} | {} | {} | {} |",

@@ -62,8 +62,13 @@ fn log_outcome<T>(stage: &str, key: &str, outcome: &Outcome<T>) {
 
 /// Runs one (cell, seed) entry through every stage and records it in its directory.
 pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
+    run_with_keys(entry, &entry.plan.keys()?, ctx)
+}
+
+/// [`run`] with the entry's keys already computed (they fingerprint local data: a walk of
+/// its files).
+pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Result<RunResult> {
     let plan = &entry.plan;
-    let keys: Keys = plan.keys()?;
     let store = ctx.store;
     let p = ctx.progress;
 
@@ -232,8 +237,7 @@ pub const CELLS_DIR: &str = "cells";
 
 /// The run recorded in `entry`'s directory, if it is there and was computed from exactly the
 /// artifacts this plan would use.
-pub fn finished(run_dir: &Path, entry: &GridEntry) -> Option<RunRecord> {
-    let keys = entry.plan.keys().ok()?;
+pub fn finished(run_dir: &Path, entry: &GridEntry, keys: &Keys) -> Option<RunRecord> {
     let record = report::read_run(&entry_dir(run_dir, entry)).ok()?;
     (record.row.provenance.train_key == keys.train
         && record.row.provenance.evaluate_key == keys.evaluate)

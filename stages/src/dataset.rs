@@ -118,3 +118,17 @@ pub struct Decoded {
     pub test: Split,
     pub class_names: Vec<String>,
 }
+
+/// Appends a decoded image's pixels in the artifacts' layout: one plane for grayscale, else
+/// RGB planes (HWC → CHW), so every image format decodes to the same tensors.
+pub fn push_chw(img: &image::DynamicImage, gray: bool, out: &mut Vec<u8>) {
+    if gray {
+        out.extend_from_slice(img.to_luma8().as_raw());
+    } else {
+        let rgb = img.to_rgb8();
+        let raw = rgb.as_raw();
+        for ch in 0..3 {
+            out.extend(raw.iter().skip(ch).step_by(3));
+        }
+    }
+}

@@ -61,11 +61,6 @@ impl DatasetName {
             DatasetName::ImageFolder => "image-folder",
         }
     }
-
-    /// Stored as MNIST-style IDX files.
-    pub fn is_idx(self) -> bool {
-        matches!(self, DatasetName::FashionMnist | DatasetName::Mnist)
-    }
 }
 
 /// One file to download.
@@ -364,14 +359,14 @@ fn md5_file(path: &Path) -> Result<String> {
 /// How many times one download is re-tried after a cut connection.
 const ATTEMPTS: usize = 4;
 
-/// One attempt: requests the rest of the file after the bytes already in `part`. `Ok(true)`
-/// when the server says the file is complete.
+/// One attempt: requests the rest of the file after the bytes already in `part`. `Ok` when
+/// the server says the file is complete.
 fn attempt(
     agent: &ureq::Agent,
     d: &Download,
     part: &Path,
     progress: &dyn Progress,
-) -> std::result::Result<bool, String> {
+) -> std::result::Result<(), String> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = agent.get(&d.url);
     if have > 0 {
@@ -380,7 +375,7 @@ fn attempt(
     let resp = match req.call() {
         Ok(r) => r,
         // Range starts at the end: everything is there already.
-        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(true),
+        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
         Err(ureq::Error::Status(code, r)) => {
             return Err(format!("HTTP {code} {}", r.status_text()));
         }
@@ -430,7 +425,7 @@ fn attempt(
         .map_err(|e| format!("{}: {e}", part.display()))?;
     match total {
         Some(t) if done < t => Err(format!("connection cut after {done} of {t} bytes")),
-        _ => Ok(true),
+        _ => Ok(()),
     }
 }
 
@@ -451,7 +446,7 @@ fn download(agent: &ureq::Agent, d: &Download, dir: &Path, progress: &dyn Progre
             std::thread::sleep(Duration::from_millis(200 * n as u64));
         }
         match attempt(agent, d, &part, progress) {
-            Ok(_) => {
+            Ok(()) => {
                 complete = true;
                 break;
             }

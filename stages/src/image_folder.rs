@@ -5,7 +5,7 @@
 //! image must have the same size; the data are RGB unless every image is grayscale.
 
 use crate::bundle::{Bundle, Entry};
-use crate::dataset::{Decoded, Split};
+use crate::dataset::{push_chw, Decoded, Split};
 use crate::error::format_err;
 use crate::{Result, StageError};
 use image::DynamicImage;
@@ -92,16 +92,7 @@ pub fn read(bundle: &Bundle) -> Result<Decoded> {
         })?;
         let dst = if *s == "train" { &mut train } else { &mut test };
         dst.labels.push(label as u32);
-        if gray {
-            dst.images.extend_from_slice(img.to_luma8().as_raw());
-        } else {
-            // HWC → CHW planes.
-            let rgb = img.to_rgb8();
-            let raw = rgb.as_raw();
-            for ch in 0..3 {
-                dst.images.extend(raw.iter().skip(ch).step_by(3));
-            }
-        }
+        push_chw(img, gray, &mut dst.images);
     }
     Ok(Decoded {
         train,

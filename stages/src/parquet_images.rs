@@ -8,7 +8,7 @@
 //! Class names come from the `huggingface` key of the file metadata when present.
 
 use crate::bundle::{Bundle, Entry};
-use crate::dataset::{Decoded, Split};
+use crate::dataset::{push_chw, Decoded, Split};
 use crate::error::format_err;
 use crate::{Result, StageError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -120,15 +120,7 @@ fn read_file(
                 shape, s.shape
             )));
         }
-        if gray {
-            s.images.extend_from_slice(decoded.to_luma8().as_raw());
-        } else {
-            let rgb = decoded.to_rgb8();
-            let raw = rgb.as_raw();
-            for ch in 0..3 {
-                s.images.extend(raw.iter().skip(ch).step_by(3));
-            }
-        }
+        push_chw(&decoded, gray, &mut s.images);
         s.labels.push(label as u32);
     }
     Ok(())

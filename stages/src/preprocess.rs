@@ -318,6 +318,15 @@ pub fn run(
         channel_mean: mean,
         channel_std: std,
     };
+    write_artifact(out, &train, &test, &stats)?;
+    progress.update(2, "written");
+    progress.end();
+    Ok(stats)
+}
+
+/// Writes a decoded dataset in the artifact layout [`load`] reads: the four uint8 tensors
+/// (`data.safetensors`) and `stats.json`.
+pub fn write_artifact(out: &Path, train: &Split, test: &Split, stats: &DatasetStats) -> Result<()> {
     let dev = Device::Cpu;
     let (ti, tl) = train.to_tensors(&dev)?;
     let (vi, vl) = test.to_tensors(&dev)?;
@@ -328,12 +337,8 @@ pub fn run(
         ("test_labels".to_string(), vl),
     ]
     .into();
-    let data_path = out.join(DATA_FILE);
-    candle_core::safetensors::save(&tensors, &data_path)?;
-    write_json(&out.join(STATS_FILE), &stats)?;
-    progress.update(2, "written");
-    progress.end();
-    Ok(stats)
+    candle_core::safetensors::save(&tensors, out.join(DATA_FILE))?;
+    write_json(&out.join(STATS_FILE), stats)
 }
 
 /// A preprocessed dataset loaded back from its artifact, with a recipe's view applied.
@@ -412,7 +417,11 @@ pub fn apply_view(
             "a dataset split is empty after limits".into(),
         ));
     }
-    let (mean, std) = channel_stats(&train);
+    // Only the per-channel normaliser reads the statistics: skip the pass over every pixel.
+    let (mean, std) = match view.normalization {
+        Normalization::PerChannel => channel_stats(&train),
+        _ => (vec![0.0; train.shape.0], vec![0.0; train.shape.0]),
+    };
     let norm = normalizer(view.normalization, &mean, &std)?;
     Ok((train, validation, test, norm))
 }
