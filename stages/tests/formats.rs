@@ -672,7 +672,9 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
             .flat_map(|&k| (ch * 1024..(ch + 1) * 1024).map(move |j| pixel(k, j) as f64 / 255.0))
             .collect();
         let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let std = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
         assert!((stats.channel_mean[ch] - mean).abs() < 1e-9);
+        assert!((stats.channel_std[ch] - std).abs() < 1e-9);
     }
 
     // Views: a validation split drawn by its seed, disjoint from train, same images overall.
@@ -707,6 +709,36 @@ fn a_local_archive_is_fetched_in_place_and_preprocessed_with_views() {
     let mut want: Vec<Vec<u8>> = train.iter().map(|&k| image(k)).collect();
     want.sort();
     assert_eq!(all, want);
+    // Per-channel normalisation is fitted on the training images the view keeps, never on
+    // the validation ones: x ↦ (x/255 − mean)/std with the kept images' population statistics.
+    let per_channel = preprocess::load(
+        &p,
+        &DataView {
+            normalization: preprocess::Normalization::PerChannel,
+            ..view.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        per_channel.train, a.train,
+        "normalisation does not change the split"
+    );
+    for ch in 0..3 {
+        let vals: Vec<f64> = (0..a.train.len())
+            .flat_map(|i| a.train.image(i)[ch * 1024..(ch + 1) * 1024].to_vec())
+            .map(|x| x as f64 / 255.0)
+            .collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let std = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
+        for x in [0u8, 77, 255] {
+            let want = (x as f64 / 255.0 - mean) / std;
+            let got = per_channel.normalizer.apply(ch, x) as f64;
+            assert!(
+                (got - want).abs() < 1e-4,
+                "channel {ch}, pixel {x}: {got} vs {want}"
+            );
+        }
+    }
     assert!(preprocess::load(
         &p,
         &DataView {
