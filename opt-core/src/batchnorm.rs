@@ -125,6 +125,7 @@ impl BatchNorm {
             eps: self.cfg.eps,
             relu,
             stats: stats.clone(),
+            batch: Mutex::new(None),
         };
         let y = x
             .contiguous()?
@@ -179,6 +180,9 @@ struct FusedBnTrain {
     /// Apply `max(0, ·)` to the output (and mask the gradient by the output's sign).
     relu: bool,
     stats: Stats,
+    /// The forward's f64 batch mean and variance, kept for the backward (which otherwise makes
+    /// two more passes over x to recompute them).
+    batch: Mutex<Option<(Vec<f64>, Vec<f64>)>>,
 }
 
 fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -282,6 +286,9 @@ impl CustomOp3 for FusedBnTrain {
                 var.iter().map(|&v| v as f32).collect(),
             ));
         }
+        if let Ok(mut b) = self.batch.lock() {
+            *b = Some((mean, var));
+        }
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -293,11 +300,11 @@ impl CustomOp3 for FusedBnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Statistics are recomputed from x: the forward's copy was handed to the EMA update.
         let op = FusedBnBackward {
             eps: self.eps,
             relu: self.relu,
             gamma: gamma.to_vec1()?,
+            batch: self.batch.lock().ok().and_then(|b| b.clone()),
         };
         let packed =
             x.contiguous()?
@@ -318,6 +325,8 @@ struct FusedBnBackward {
     eps: f64,
     relu: bool,
     gamma: Vec<f32>,
+    /// The forward's batch mean and variance; recomputed from x when absent.
+    batch: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl CustomOp3 for FusedBnBackward {
@@ -338,26 +347,26 @@ impl CustomOp3 for FusedBnBackward {
         let x = contiguous_f32(xs, xl, "batchnorm backward")?;
         let dy = contiguous_f32(gs, gl, "batchnorm backward")?;
         let y = contiguous_f32(ys, yl, "batchnorm backward")?;
-        let masked: Vec<f32>;
-        let dy = if self.relu {
-            masked = dy
-                .iter()
-                .zip(y)
-                .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-                .collect();
-            &masked[..]
-        } else {
-            dy
-        };
+        // g = dy, masked by the ReLU's output sign where the forward applied one.
+        let relu = self.relu;
+        let g_at = |i: usize| if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
         let m = (n * hw) as f64;
-        let (mean, var) = batch_stats(x, n, c, hw);
+        let recomputed;
+        let (mean, var) = match &self.batch {
+            Some((mean, var)) => (mean, var),
+            None => {
+                recomputed = batch_stats(x, n, c, hw);
+                (&recomputed.0, &recomputed.1)
+            }
+        };
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let (dbeta, dgamma) = channel_sums(n, c, hw, |o, ch| {
             let mut a = 0f64;
             let mut b = 0f64;
-            for (&v, &g) in x[o..o + hw].iter().zip(&dy[o..o + hw]) {
-                a += g as f64;
-                b += g as f64 * (v as f64 - mean[ch]) * inv_std[ch];
+            for (i, &v) in (o..o + hw).zip(&x[o..o + hw]) {
+                let g = g_at(i) as f64;
+                a += g;
+                b += g * (v as f64 - mean[ch]) * inv_std[ch];
             }
             (a, b)
         });
@@ -370,9 +379,9 @@ impl CustomOp3 for FusedBnBackward {
                 let off = first * c * hw + k * hw;
                 let k1 = self.gamma[ch] as f64 * inv_std[ch];
                 let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
-                for ((d, &v), &g) in o.iter_mut().zip(&x[off..off + hw]).zip(&dy[off..off + hw]) {
+                for ((d, &v), i) in o.iter_mut().zip(&x[off..off + hw]).zip(off..) {
                     let xhat = (v as f64 - mean[ch]) * inv_std[ch];
-                    *d = (k1 * (g as f64 - mb - xhat * mg)) as f32;
+                    *d = (k1 * (g_at(i) as f64 - mb - xhat * mg)) as f32;
                 }
             }
         });

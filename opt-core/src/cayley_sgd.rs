@@ -33,10 +33,6 @@ impl CayleySgd {
         Ok(Self { momentum, slots })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// One step with learning rate `lr` on the gradients of the data loss.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for (_, x, m) in &self.slots {
@@ -80,18 +76,7 @@ impl CayleySgd {
 
     pub fn load_state(&self, state: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for (name, _, m) in &self.slots {
-            let key = format!("{prefix}{name}");
-            let t = state
-                .get(&key)
-                .ok_or_else(|| Error::MissingTensor(key.clone()))?;
-            if t.dims() != m.dims() {
-                return Err(Error::ShapeMismatch {
-                    name: key,
-                    expected: m.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            m.set(&t.to_device(m.device())?)?;
+            crate::params::load_var(state, &format!("{prefix}{name}"), m)?;
         }
         Ok(())
     }

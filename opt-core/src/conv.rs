@@ -103,10 +103,6 @@ impl CustomOp1 for Im2Col {
             Shape::from((p.n * p.rows_per_image(), p.cols())),
         ))
     }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Col2Im(self.0))?))
-    }
 }
 
 impl CustomOp1 for Col2Im {
@@ -126,10 +122,6 @@ impl CustomOp1 for Col2Im {
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((p.n, p.c, p.h, p.w))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Im2Col(self.0))?))
     }
 }
 

@@ -122,7 +122,9 @@ pub struct Conv {
 impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.source.kernel()?;
-        if x.device().is_cpu() {
+        // The im2col op is f32-only (as the fused BN and pooling paths); other dtypes and
+        // devices take candle's convolution.
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             Ok(crate::conv::conv2d_im2col(x, &k, self.padding)?)
         } else {
             Ok(x.conv2d(&k, self.padding, 1, 1, 1)?)

@@ -93,18 +93,7 @@ impl MomentumSgd {
 
     pub fn load_state(&self, state: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for s in &self.slots {
-            let key = format!("{prefix}{}", s.name);
-            let t = state
-                .get(&key)
-                .ok_or_else(|| Error::MissingTensor(key.clone()))?;
-            if t.dims() != s.accum.dims() {
-                return Err(Error::ShapeMismatch {
-                    name: key,
-                    expected: s.accum.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            s.accum.set(&t.to_device(s.accum.device())?)?;
+            crate::params::load_var(state, &format!("{prefix}{}", s.name), &s.accum)?;
         }
         Ok(())
     }

@@ -117,20 +117,25 @@ impl ParamStore {
     /// `prefix` is prepended to look-up names (checkpoints keep other state beside the model).
     pub fn load(&self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for e in &self.entries {
-            let key = format!("{prefix}{}", e.name);
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| Error::MissingTensor(key.clone()))?;
-            if t.dims() != e.var.dims() {
-                return Err(Error::ShapeMismatch {
-                    name: key,
-                    expected: e.var.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            e.var
-                .set(&t.to_device(&self.device)?.to_dtype(e.var.dtype())?)?;
+            load_var(tensors, &format!("{prefix}{}", e.name), &e.var)?;
         }
         Ok(())
     }
+}
+
+/// Sets `var` from the tensor named `key` in `state` (a checkpoint), moved to `var`'s device
+/// and dtype; a missing tensor or another shape is an error naming it.
+pub(crate) fn load_var(state: &HashMap<String, Tensor>, key: &str, var: &Var) -> Result<()> {
+    let t = state
+        .get(key)
+        .ok_or_else(|| Error::MissingTensor(key.to_string()))?;
+    if t.dims() != var.dims() {
+        return Err(Error::ShapeMismatch {
+            name: key.to_string(),
+            expected: var.dims().to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    Ok(())
 }

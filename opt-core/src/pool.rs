@@ -110,6 +110,7 @@ pub fn max_pool2x2_reduce(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Against the reshape-and-reduce formulation (candle's reduction backward), on even and
@@ -130,19 +131,10 @@ mod tests {
             )?;
             let ours = max_pool2x2(&x)?;
             let theirs = max_pool2x2_reduce(&x)?;
-            let d = (&ours - &theirs)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            assert_eq!(d, 0.0);
+            assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
             let go = (ours * &weights)?.sum_all()?.backward()?;
             let gt = (theirs * &weights)?.sum_all()?.backward()?;
-            let d = (go.get(&x).unwrap() - gt.get(&x).unwrap())?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let d = max_abs_diff(go.get(&x).unwrap(), gt.get(&x).unwrap());
             assert!(d < 1e-6, "gradient differs by {d}");
         }
         Ok(())
