@@ -13,6 +13,9 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A value that must be finite is not (a diverged network).
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     #[error("invalid configuration: {0}")]
     Config(String),
 }

@@ -20,9 +20,22 @@ pub const CURVES_FILE: &str = "curves.csv";
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
     pub loss: f64,
+    /// Expected fraction correct with ties broken at random (a collapsed net scores chance).
     pub top1: f64,
-    pub top5: f64,
+    /// `None` with fewer than 5 classes, where top-5 would be trivially 1.
+    pub top5: Option<f64>,
     pub count: usize,
+}
+
+impl EvalMetrics {
+    /// `loss …, top-1 …[, top-5 …] on N images`.
+    pub fn describe(&self) -> String {
+        let top5 = self.top5.map(|t| format!(", top-5 {t:.4}")).unwrap_or_default();
+        format!(
+            "loss {:.4}, top-1 {:.4}{top5} on {} images",
+            self.loss, self.top1, self.count
+        )
+    }
 }
 
 /// Evaluates `model` on `split` in batches of `batch`.
@@ -34,7 +47,8 @@ pub fn evaluate(
     batch: usize,
     device: &Device,
 ) -> Result<EvalMetrics> {
-    let (mut loss_sum, mut top1, mut top5) = (0.0, 0usize, 0usize);
+    let (mut loss_sum, mut top1, mut top5) = (0.0, 0.0, 0.0);
+    let mut classes = 0;
     let n = split.len();
     let mut start = 0;
     while start < n {
@@ -43,14 +57,17 @@ pub fn evaluate(
         let y = candle_core::Tensor::from_slice(&split.labels[start..end], end - start, device)?;
         let logits = model.forward(&x, false)?;
         loss_sum += loss(kind, &logits, &y)?.to_scalar::<f32>()? as f64 * (end - start) as f64;
+        classes = logits.dim(1)?;
         top1 += topk_correct(&logits, &y, 1)?;
-        top5 += topk_correct(&logits, &y, 5)?;
+        if classes >= 5 {
+            top5 += topk_correct(&logits, &y, 5)?;
+        }
         start = end;
     }
     Ok(EvalMetrics {
         loss: loss_sum / n as f64,
-        top1: top1 as f64 / n as f64,
-        top5: top5 as f64 / n as f64,
+        top1: top1 / n as f64,
+        top5: (classes >= 5).then(|| top5 / n as f64),
         count: n,
     })
 }
@@ -107,10 +124,7 @@ pub fn run(
                 cfg.batch_size,
                 &device,
             )?;
-            progress.note(&format!(
-                "validation loss {:.4}, top-1 {:.4}, top-5 {:.4} on {} images",
-                vm.loss, vm.top1, vm.top5, vm.count
-            ));
+            progress.note(&format!("validation {}", vm.describe()));
             Some(vm)
         }
         None => None,
@@ -128,10 +142,7 @@ pub fn run(
         train: summary,
     };
     write_json(&out.join(METRICS_FILE), &report)?;
-    progress.note(&format!(
-        "test loss {:.4}, top-1 {:.4}, top-5 {:.4} on {} images",
-        m.loss, m.top1, m.top5, m.count
-    ));
+    progress.note(&format!("test {}", m.describe()));
     progress.end();
     Ok(report)
 }

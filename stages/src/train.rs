@@ -151,7 +151,9 @@ pub struct EvalPoint {
     pub iteration: u64,
     pub loss: f64,
     pub top1: f64,
-    pub top5: f64,
+    /// `None` with fewer than 5 classes.
+    #[serde(default)]
+    pub top5: Option<f64>,
     /// Hyperspherical energy and orthogonality error per weight layer.
     #[serde(default)]
     pub layers: Vec<LayerMetrics>,
@@ -229,7 +231,7 @@ impl Curves {
                     row.extend([
                         format!("{:.6}", e.loss),
                         format!("{:.6}", e.top1),
-                        format!("{:.6}", e.top5),
+                        e.top5.map(|t| format!("{t:.6}")).unwrap_or_default(),
                         energy.map(|v| format!("{v:.6}")).unwrap_or_default(),
                         orth.map(|v| format!("{v:.3e}")).unwrap_or_default(),
                     ]);
@@ -342,8 +344,8 @@ impl Optimizers {
 }
 
 /// One training step: forward in training mode, backward, optimizer update.
-/// Returns the batch loss (data loss plus any method penalty) and the number of correct
-/// top-1 predictions (before the update).
+/// Returns the batch loss (data loss plus any method penalty) and the expected number of
+/// correct top-1 predictions (before the update; ties count their share).
 pub fn step(
     model: &Cnn6,
     optimizers: &mut Optimizers,
@@ -352,7 +354,7 @@ pub fn step(
     y: &Tensor,
     lr: f64,
     iteration: u64,
-) -> Result<(f64, usize)> {
+) -> Result<(f64, f64)> {
     let logits = model.forward(x, true)?;
     let mut l = loss(loss_kind, &logits, y)?;
     if let Some(p) = model.penalty()? {
@@ -506,7 +508,7 @@ pub fn run(
             &device,
         )?;
         let (loss_v, correct) = step(&model, &mut optimizers, loss_kind, &x, &y, lr, i)?;
-        let acc = correct as f64 / s.batch_size as f64;
+        let acc = correct / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
         if !loss_v.is_finite() {
             return Err(StageError::Config(format!(
@@ -533,10 +535,7 @@ pub fn run(
             let layers = layer_metrics(&model)?;
             meta.eval_seconds += t1.elapsed().as_secs_f64();
             meta.curves.push_eval(done, m, layers);
-            progress.note(&format!(
-                "iteration {done}: test loss {:.4} top-1 {:.4} top-5 {:.4}",
-                m.loss, m.top1, m.top5
-            ));
+            progress.note(&format!("iteration {done}: test {}", m.describe()));
         }
         if let Some(ep) = sopt_episode {
             if done % ep == 0 && done < iterations {

@@ -28,7 +28,7 @@ fn row(cell: &str, index: usize, method: &str, label: &str, seed: u64, err: f64)
         best_test_acc: acc + 0.01,
         best_test_err: err - 1.0,
         best_iteration: 900,
-        test_top5: 0.75,
+        test_top5: Some(0.75),
         test_loss: 1.5,
         // A validation split in the first cell only: the column is empty elsewhere.
         val_acc: (method == "baseline").then_some(acc - 0.02),

@@ -76,7 +76,8 @@ pub struct ResultRow {
     pub best_test_acc: f64,
     pub best_test_err: f64,
     pub best_iteration: u64,
-    pub test_top5: f64,
+    /// Final top-5 test accuracy; `None` with fewer than 5 classes.
+    pub test_top5: Option<f64>,
     pub test_loss: f64,
     /// Final top-1 accuracy on the validation split, when the recipe carves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

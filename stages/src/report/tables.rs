@@ -120,7 +120,7 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             r.best_test_acc.to_string(),
             r.best_test_err.to_string(),
             r.best_iteration.to_string(),
-            r.test_top5.to_string(),
+            opt_num(r.test_top5),
             r.test_loss.to_string(),
             opt_num(r.val_acc),
             r.energy_s1.to_string(),
@@ -409,7 +409,7 @@ pub fn runs_table(rows: &[ResultRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {:.4} | {:.4} | {} | {:.4} | {} | {:.1} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {} | {:.4} | {} | {:.4} | {} | {:.1} | {:.0} | {} |",
             r.cell,
             r.seed,
             r.dataset,
@@ -420,7 +420,7 @@ pub fn runs_table(rows: &[ResultRow]) -> String {
             r.test_err,
             r.best_test_acc,
             r.best_iteration,
-            r.test_top5,
+            r.test_top5.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
             r.test_loss,
             r.val_acc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
             r.energy_s1,
