@@ -16,7 +16,7 @@ show recipe *args:
 
 # The whole test suite (CPU only).
 test:
-    cargo test --workspace
+    cargo test --workspace --release
 
 # Lints as CI runs them.
 lint:

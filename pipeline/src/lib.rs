@@ -10,4 +10,5 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod runner;
+pub mod signals;
 pub mod store;

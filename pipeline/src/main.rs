@@ -8,8 +8,10 @@ use opt_pipeline::grid;
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
 use opt_pipeline::recipe;
 use opt_pipeline::runner::{self, RunContext, RunResult};
+use opt_pipeline::signals;
 use opt_pipeline::store::{ArtifactState, ArtifactStore};
 use opt_stages::device::DeviceChoice;
+use opt_stages::interrupt::Interrupt;
 use opt_stages::model::MethodConfig;
 use opt_stages::report::{self, RunRecord};
 use std::path::{Path, PathBuf};
@@ -75,6 +77,10 @@ enum Command {
         /// a value, I is read from SLURM_ARRAY_TASK_ID. Gather the results with `opt report`.
         #[arg(long, value_name = "I", num_args = 0..=1, default_missing_value = "slurm")]
         cell: Option<String>,
+        /// Train and evaluate again even where the cache and the run directory hold a result
+        /// (fetch and preprocess are still re-used).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the fully resolved recipe and each stage's cache key and status.
     Show {
@@ -220,17 +226,27 @@ fn cell_index(cell: &str, count: usize) -> Result<usize> {
     Ok(i)
 }
 
-fn run(
-    args: RecipeArgs,
+/// How `opt run` is asked to behave, beyond the recipe.
+struct RunFlags {
     out: Option<PathBuf>,
     stop_after: Option<u64>,
     cell: Option<String>,
+    force: bool,
     quiet: bool,
-) -> Result<()> {
+}
+
+fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
+    let RunFlags {
+        out,
+        stop_after,
+        cell,
+        force,
+        quiet,
+    } = flags;
     let grid = grid::expand(&args.recipe, &args.set)?;
     let plan = &grid.base;
     set_threads(plan.threads);
-    let run_dir = run_dir_of(out.clone(), &grid);
+    let run_dir = run_dir_of(out.clone(), &grid, &args.set)?;
     let only = cell
         .map(|c| cell_index(&c, grid.entries.len()))
         .transpose()?;
@@ -262,8 +278,17 @@ fn run(
             String::new()
         }
     );
+    if out.is_none() && grid.base.out_dir.is_none() && run_dir != runner::default_run_dir(&grid.name)
+    {
+        eprintln!(
+            "results of this variant (--set / OPT_* overrides) go to {}",
+            run_dir.display()
+        );
+    }
     let store = ArtifactStore::new(&args.cache);
     let bars = Bars::new(&term);
+    let interrupt = Interrupt::default();
+    signals::install(&interrupt)?;
     let ctx = RunContext {
         store: &store,
         run_dir: run_dir.clone(),
@@ -271,6 +296,7 @@ fn run(
         stop_after,
         git_commit: runner::git_commit(),
         command: rerun_command(&args, out.as_ref()),
+        interrupt,
     };
     let total = grid.entries.len();
     let mut trained_any = false;
@@ -287,8 +313,14 @@ fn run(
             entry.seed
         );
         let keys = entry.plan.keys()?;
-        if let Some(record) = runner::finished(&run_dir, entry, &keys) {
-            tracing::info!("{what}: finished earlier, skipped");
+        if force {
+            for (stage, key) in [("train", &keys.train), ("evaluate", &keys.evaluate)] {
+                if store.remove(stage, key)? {
+                    tracing::info!("--force: removed the cached {stage} artifact {}", &key[..12]);
+                }
+            }
+        } else if let Some(record) = runner::finished(&run_dir, entry, &keys, &store) {
+            tracing::info!("{what}: finished earlier, skipped (`--force` runs it again)");
             runs.push(record);
             continue;
         }
@@ -301,7 +333,17 @@ fn run(
                     "stopped {what} after iteration {iteration}; run the same command again to \
                      resume"
                 );
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
+            }
+            RunResult::Interrupted { iteration, signal } => {
+                let at = iteration
+                    .map(|i| format!(" at iteration {i} (checkpoint written)"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "{}: interrupted {what}{at}; run the same command to resume",
+                    signals::name(signal)
+                );
+                return Ok(ExitCode::from(signals::exit_status(signal)));
             }
             RunResult::Finished { row, trained } => {
                 trained_any |= trained;
@@ -325,7 +367,7 @@ fn run(
             run_dir.join(runner::CELLS_DIR).display(),
             run_dir.display()
         );
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     report::write(&run_dir, &grid.name, &runs)
         .with_context(|| format!("writing the report into {}", run_dir.display()))?;
@@ -338,19 +380,27 @@ fn run(
         }
     }
     eprintln!("results: {}", run_dir.join(report::RESULTS_MD).display());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `--out`, else the recipe's `report.out_dir`, else `outputs/runs/<name>`.
-fn run_dir_of(out: Option<PathBuf>, grid: &grid::Grid) -> PathBuf {
-    out.or_else(|| grid.base.out_dir.clone())
-        .unwrap_or_else(|| runner::default_run_dir(&grid.name))
+/// `--out`, else the recipe's `report.out_dir`, else `outputs/runs/<name>`; a variant of the
+/// recipe (`--set` or `OPT_*` overrides) gets `outputs/runs/<name>-set-<hash>` so it never
+/// replaces the plain recipe's results.
+fn run_dir_of(out: Option<PathBuf>, grid: &grid::Grid, overrides: &[String]) -> Result<PathBuf> {
+    if let Some(dir) = out.or_else(|| grid.base.out_dir.clone()) {
+        return Ok(dir);
+    }
+    let name = match recipe::variant_hash(overrides)? {
+        Some(hash) => format!("{}-set-{hash}", grid.name),
+        None => grid.name.clone(),
+    };
+    Ok(runner::default_run_dir(&name))
 }
 
 fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
     let grid = grid::expand(&args.recipe, &args.set)?;
     let store = ArtifactStore::new(&args.cache);
-    let run_dir = run_dir_of(out, &grid);
+    let run_dir = run_dir_of(out.clone(), &grid, &args.set)?;
     let n = grid.entries.len();
     println!("# {} ({})", grid.name, args.recipe.display());
     if grid.axes.is_empty() {
@@ -396,7 +446,7 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
             };
             cols.push(format!("{text} {}", &key[..8]));
         }
-        let done = runner::finished(&run_dir, e, &keys).is_some();
+        let done = runner::finished(&run_dir, e, &keys, &store).is_some();
         recorded += usize::from(done);
         println!(
             "| {} | {} | {} | {} | {} |",
@@ -412,7 +462,7 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
          recorded in the run directory",
         counts[0], counts[1], counts[2], counts[3]
     );
-    let command = rerun_command(&args, None);
+    let command = rerun_command(&args, out.as_ref());
     println!(
         "one process: {command}\ncluster: sbatch --array=0-{} (each job: {command} --cell)",
         n.saturating_sub(1)
@@ -580,7 +630,17 @@ fn main() -> ExitCode {
             out,
             stop_after,
             cell,
-        } => run(recipe, out, stop_after, cell, cli.quiet),
+            force,
+        } => {
+            let flags = RunFlags {
+                out,
+                stop_after,
+                cell,
+                force,
+                quiet: cli.quiet,
+            };
+            return finish(run(recipe, flags));
+        }
         Command::Show { recipe } => show(recipe),
         Command::Plan { recipe, out } => plan_cmd(recipe, out),
         Command::Report { dirs, out, title } => report_cmd(dirs, out, title),
@@ -668,8 +728,12 @@ fn main() -> ExitCode {
             Ok(())
         })(),
     };
+    finish(result.map(|()| ExitCode::SUCCESS))
+}
+
+fn finish(result: Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -11,6 +11,10 @@ use opt_stages::fetch::{self, FetchConfig};
 use opt_stages::model::{MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
+use figment::Figment;
+use opt_stages::device::DeviceChoice;
+use opt_stages::model::{available_memory, check_step_memory, step_memory};
+use opt_stages::StageError;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -28,6 +32,15 @@ pub struct Plan {
     pub threads: usize,
     pub out_dir: Option<PathBuf>,
     pub print_table: bool,
+    /// Where each value came from, for errors found after resolution (by a stage).
+    pub figment: Figment,
+}
+
+impl Plan {
+    /// An error about recipe key `key`, naming the file, variable or override that set it.
+    pub fn invalid(&self, key: &str, message: impl Into<String>) -> RecipeError {
+        located(&self.figment, &self.recipe_file, key, message)
+    }
 }
 
 /// Stage keys (64 hex digits, blake3).
@@ -52,11 +65,20 @@ impl Keys {
 }
 
 pub(crate) fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
-    let meta = loaded.figment.find_metadata(key);
+    located(&loaded.figment, &loaded.file, key, message)
+}
+
+fn located(
+    figment: &Figment,
+    file: &std::path::Path,
+    key: &str,
+    message: impl Into<String>,
+) -> RecipeError {
+    let meta = figment.find_metadata(key);
     let origin = if meta.is_some() {
         origin(meta)
     } else {
-        format!("{} (default)", loaded.file.display())
+        format!("{} (default)", file.display())
     };
     RecipeError::Value {
         origin,
@@ -276,6 +298,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         device: r.run.device.resolve(),
     };
 
+    check_device(loaded, train.device)?;
+    check_memory(loaded, &train)?;
     Ok(Plan {
         name,
         recipe: r.clone(),
@@ -297,11 +321,54 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             checkpoint_every: r.run.checkpoint_every,
             eval_batch: r.run.eval_batch,
             stop_after: None,
+            memory_check: r.run.memory_check,
+            interrupt: Default::default(),
         },
         threads: r.run.threads,
         out_dir: r.report.out_dir.clone(),
         print_table: r.report.print_table,
+        figment: loaded.figment.clone(),
     })
+}
+
+/// A device this build cannot open is refused now, before anything is downloaded.
+fn check_device(loaded: &Loaded, device: DeviceChoice) -> Result<(), RecipeError> {
+    match device {
+        DeviceChoice::Cuda(n) if !candle_core::utils::cuda_is_available() => Err(invalid(
+            loaded,
+            "run.device",
+            format!(
+                "\"cuda:{n}\" needs a build with CUDA support, and this one has none (the \
+                 cargo feature `cuda`); use \"cpu\" or \"auto\""
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses, before any stage runs, a training step that cannot fit in this machine's memory
+/// (when the dataset's image shape is known without decoding it; the train stage checks the
+/// others). `run.memory_check = false` lets it try anyway.
+fn check_memory(loaded: &Loaded, train: &TrainConfig) -> Result<(), RecipeError> {
+    let r = &loaded.recipe;
+    let shape = preprocess::known_shape(r.dataset.name, r.dataset.label);
+    let (Some((input, classes)), Some(available)) = (shape, available_memory()) else {
+        return Ok(());
+    };
+    if !r.run.memory_check || train.device != DeviceChoice::Cpu {
+        return Ok(());
+    }
+    let need = step_memory(
+        &train.model,
+        &train.method,
+        input,
+        classes,
+        train.schedule.batch_size,
+    );
+    match check_step_memory(need, available) {
+        Err(StageError::Setting { field, message }) => Err(invalid(loaded, field, message)),
+        _ => Ok(()),
+    }
 }
 
 /// `blake3(stage, version, canonical config JSON, input keys, extra)`.

@@ -3,7 +3,7 @@
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opt_stages::progress::Progress;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tracing_subscriber::layer::SubscriberExt;
@@ -45,7 +45,9 @@ pub fn init_logging(term: &Terminal, log_file: Option<&Path>) -> anyhow::Result<
     let level = if term.quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let multi = term.multi.clone();
+    // Colours only for a terminal: a redirected log or a Slurm output file gets plain text.
     let stderr_layer = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .with_writer(move || TermWriter(multi.clone()))
@@ -149,6 +151,10 @@ impl Progress for Bars {
 
     fn note(&self, line: &str) {
         tracing::info!("{line}");
+    }
+
+    fn warn(&self, line: &str) {
+        tracing::warn!("{line}");
     }
 
     fn end(&self) {

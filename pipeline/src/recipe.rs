@@ -6,7 +6,7 @@
 //! typed, validated stage configurations ([`crate::plan::Plan`]). Every error names the file (or
 //! variable / override) a value came from, the key path, and what was expected.
 
-use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::{Figment, Metadata, Provider, Source};
 use opt_stages::device::DeviceChoice;
@@ -17,7 +17,7 @@ use opt_stages::train::LossName;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Top-level sections; environment variables outside them are ignored.
+/// Top-level sections (and what `OPT_<SECTION>__…` variables may name).
 pub const SECTIONS: [&str; 10] = [
     "dataset", "model", "method", "schedule", "loss", "augment", "run", "report", "name", "grid",
 ];
@@ -243,6 +243,8 @@ pub struct RunSection {
     pub threads: usize,
     pub checkpoint_every: u64,
     pub eval_batch: usize,
+    /// Refuse a training step whose estimated memory exceeds what the machine has.
+    pub memory_check: bool,
 }
 
 impl Default for RunSection {
@@ -253,6 +255,7 @@ impl Default for RunSection {
             threads: 0,
             checkpoint_every: 500,
             eval_batch: 500,
+            memory_check: true,
         }
     }
 }
@@ -336,11 +339,109 @@ pub fn parse_override(text: &str) -> Result<(String, Value), RecipeError> {
             ),
         });
     }
-    let value: Value = value
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| Value::from(value.trim().to_string()));
-    Ok((key.to_string(), value))
+    Ok((key.to_string(), parse_value(value)))
+}
+
+/// A value from `--set` or the environment, read as a TOML value is in a file (`1e-3`, `1E2`,
+/// `[4, 8]`, `true`, `"quoted"`), else taken as a bare string (`gs`, `/data/cifar`).
+pub fn parse_value(text: &str) -> Value {
+    let text = text.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"))
+        .and_then(|v| Value::serialize(v).ok());
+    parsed.unwrap_or_else(|| Value::from(text.to_string()))
+}
+
+/// One `OPT_SECTION__KEY` environment variable, as a provider naming itself in errors.
+struct EnvOverride {
+    variable: String,
+    key: String,
+    value: Value,
+    /// The value as written in the environment.
+    text: String,
+}
+
+impl Provider for EnvOverride {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable `{}`", self.variable))
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::default(&self.key, &self.value).data()
+    }
+}
+
+/// The `OPT_*` variables of the environment, sorted by name. A variable whose name starts
+/// with a section but is not `OPT_SECTION__KEY` (`OPT_SCHEDULE_LR`, one underscore) is an
+/// error, not ignored; variables that name no section at all (`OPT_LEVEL`) belong to other
+/// tools and are left alone, with a note.
+fn env_overrides() -> Result<Vec<EnvOverride>, RecipeError> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OPT_"))
+        .collect();
+    vars.sort();
+    let mut out = Vec::new();
+    for (variable, text) in vars {
+        let path: Vec<String> = variable["OPT_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let section = path[0].as_str();
+        if SECTIONS.contains(&section) && path.iter().all(|p| !p.is_empty()) {
+            out.push(EnvOverride {
+                key: path.join("."),
+                value: parse_value(&text),
+                variable,
+                text,
+            });
+        } else if SECTIONS.iter().any(|s| section.starts_with(s)) || path.len() > 1 {
+            return Err(RecipeError::File {
+                file: format!("environment variable `{variable}`"),
+                message: format!(
+                    "names no recipe key: recipe variables are OPT_<SECTION>__<KEY>, with two \
+                     underscores between levels (e.g. OPT_SCHEDULE__LR=0.05); sections are {}",
+                    SECTIONS.join(", ")
+                ),
+            });
+        } else {
+            note_ignored_variable(&variable);
+        }
+    }
+    Ok(out)
+}
+
+/// A short hash of what `--set` and `OPT_*` variables change (8 hex digits), `None` when
+/// nothing does: names the run directory of a variant of a recipe.
+pub fn variant_hash(overrides: &[String]) -> Result<Option<String>, RecipeError> {
+    let mut parts: Vec<String> = overrides.iter().map(|o| o.trim().to_string()).collect();
+    parts.extend(
+        env_overrides()?
+            .into_iter()
+            .map(|e| format!("{}={}", e.key, e.text.trim())),
+    );
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    parts.sort();
+    let hash = blake3::hash(parts.join("\0").as_bytes()).to_hex();
+    Ok(Some(hash[..8].to_string()))
+}
+
+/// Says once per process that an `OPT_*` variable outside the recipe's sections is ignored.
+fn note_ignored_variable(variable: &str) {
+    static NOTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if let Ok(mut noted) = NOTED.lock() {
+        if !noted.iter().any(|v| v == variable) {
+            eprintln!(
+                "note: environment variable {variable} is not a recipe key (those are \
+                 OPT_<SECTION>__<KEY>); ignored"
+            );
+            noted.push(variable.to_string());
+        }
+    }
 }
 
 fn provider_for(path: &Path) -> Result<Box<dyn Provider>, RecipeError> {
@@ -408,19 +509,20 @@ fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
 /// The `extends` chain of `file`, root first.
 fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
     let mut out: Vec<PathBuf> = Vec::new();
-    let mut current = Some(file.to_path_buf());
-    while let Some(path) = current.take() {
-        let canonical = path.canonicalize().map_err(|e| RecipeError::File {
-            file: path.display().to_string(),
-            message: format!("cannot read recipe: {e}"),
-        })?;
+    let given = file.canonicalize().map_err(|e| RecipeError::File {
+        file: file.display().to_string(),
+        message: format!("cannot read recipe: {e}"),
+    })?;
+    let mut current = Some(given);
+    while let Some(canonical) = current.take() {
         if out.contains(&canonical) {
-            let mut names: Vec<String> =
-                out.iter().rev().map(|p| p.display().to_string()).collect();
+            // The chain as followed: the given file first, then each parent, back to the repeat.
+            let mut names: Vec<String> = out.iter().map(|p| p.display().to_string()).collect();
             names.push(canonical.display().to_string());
             return Err(RecipeError::Cycle(names.join(" → ")));
         }
         let fig = Figment::from(provider_for_boxed(&canonical)?);
+        refuse_empty(&canonical, &fig)?;
         // A file that does not parse has no readable `extends`; the full extraction below
         // reports its syntax error with the file name.
         let parent = match fig.find_value("extends") {
@@ -431,11 +533,52 @@ fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
             })?),
             Err(_) => None,
         };
-        out.push(canonical.clone());
-        current = parent.map(|p| canonical.parent().unwrap_or(Path::new(".")).join(p));
+        current = match parent {
+            Some(p) => Some(parent_file(&canonical, &p)?),
+            None => None,
+        };
+        out.push(canonical);
     }
     out.reverse();
     Ok(out)
+}
+
+/// The file `extends = "<target>"` in `child` names; a missing or unreadable target is an
+/// error of the child's `extends` key.
+fn parent_file(child: &Path, target: &str) -> Result<PathBuf, RecipeError> {
+    let path = child.parent().unwrap_or(Path::new(".")).join(target);
+    let problem = match path.canonicalize() {
+        Ok(p) if p.is_file() => return Ok(p),
+        Ok(_) => "is not a file".to_string(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(RecipeError::Value {
+        origin: child.display().to_string(),
+        key: "extends".into(),
+        message: format!(
+            "the parent recipe `{target}` ({}) {problem}",
+            path.display()
+        ),
+    })
+}
+
+/// An empty recipe would silently run every default (the full 75 000-iteration schedule).
+fn refuse_empty(path: &Path, fig: &Figment) -> Result<(), RecipeError> {
+    let empty = match fig.data() {
+        Ok(profiles) => profiles.values().all(|d| d.is_empty()),
+        // A syntax error: the full extraction reports it with the file name.
+        Err(_) => false,
+    };
+    if empty {
+        return Err(RecipeError::File {
+            file: path.display().to_string(),
+            message: "the recipe is empty; give at least the keys that differ from the \
+                      defaults (the defaults alone are the official 75 000-iteration schedule), \
+                      or `extends = \"other.toml\"` to start from another recipe"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn provider_for_boxed(path: &Path) -> Result<ProviderBox, RecipeError> {
@@ -458,6 +601,8 @@ impl Provider for ProviderBox {
 
 /// One grid cell's value for a key, merged above the files and environment.
 struct CellValue<'a> {
+    /// The recipe whose `[grid]` declares the key.
+    file: &'a Path,
     key: &'a str,
     value: &'a Value,
     cell: &'a str,
@@ -465,12 +610,56 @@ struct CellValue<'a> {
 
 impl Provider for CellValue<'_> {
     fn metadata(&self) -> Metadata {
-        Metadata::named(format!("grid cell `{}` (key `{}`)", self.cell, self.key))
+        Metadata::named(format!(
+            "{} (grid cell `{}`, grid.{})",
+            self.file.display(),
+            self.cell,
+            self.key
+        ))
     }
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         Serialized::default(self.key, self.value).data()
+    }
+}
+
+/// Which of `schedule.iterations` and `schedule.epochs` the strongest layer that sets one of
+/// them chose. A child recipe (or an override) that sets one replaces a parent's other: a TOML
+/// file cannot write `iterations = null` the way YAML can.
+#[derive(Default)]
+struct LengthChoice {
+    /// `(iterations, epochs)` set by the last layer that set either.
+    last: Option<(bool, bool)>,
+}
+
+impl LengthChoice {
+    fn see(&mut self, provider: &dyn Provider) {
+        let Ok(data) = provider.data() else { return };
+        let set = |key: &str| {
+            data.values().any(|dict| {
+                let schedule = match dict.get("schedule") {
+                    Some(Value::Dict(_, d)) => d,
+                    _ => return false,
+                };
+                schedule
+                    .get(key)
+                    .is_some_and(|v| !matches!(v, Value::Empty(..)))
+            })
+        };
+        let (iterations, epochs) = (set("iterations"), set("epochs"));
+        if iterations || epochs {
+            self.last = Some((iterations, epochs));
+        }
+    }
+
+    fn apply(&self, schedule: &mut ScheduleSection) {
+        match self.last {
+            Some((true, false)) => schedule.epochs = None,
+            Some((false, true)) => schedule.iterations = None,
+            // Both in one layer: `plan::resolve` refuses that, naming the key.
+            _ => {}
+        }
     }
 }
 
@@ -490,32 +679,39 @@ pub fn load_cell(
 ) -> Result<Loaded, RecipeError> {
     let chain = chain(file)?;
     let mut fig = Figment::new();
+    let mut length = LengthChoice::default();
     for f in &chain {
-        fig = fig.merge(provider_for_boxed(f)?);
+        let provider = provider_for_boxed(f)?;
+        length.see(&provider);
+        fig = fig.merge(provider);
     }
-    let env = Env::prefixed("OPT_").split("__").filter(|k| {
-        let section = k
-            .as_str()
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        SECTIONS.contains(&section.as_str())
-    });
-    fig = fig.merge(env);
+    for env in env_overrides()? {
+        length.see(&env);
+        fig = fig.merge(env);
+    }
     for (key, value) in values {
-        fig = fig.merge(CellValue { key, value, cell });
+        let provider = CellValue {
+            file,
+            key,
+            value,
+            cell,
+        };
+        length.see(&provider);
+        fig = fig.merge(provider);
     }
     for text in overrides {
         let (key, value) = parse_override(text)?;
-        fig = fig.merge(CliOverride {
+        let provider = CliOverride {
             key,
             value,
             text: text.clone(),
-        });
+        };
+        length.see(&provider);
+        fig = fig.merge(provider);
     }
     let fallback = chain.last().cloned().unwrap_or_else(|| file.to_path_buf());
     let mut recipe: Recipe = fig.extract().map_err(|e| figment_errors(e, &fallback))?;
+    length.apply(&mut recipe.schedule);
     if !values.is_empty() {
         recipe.grid = None;
     }

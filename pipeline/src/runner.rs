@@ -8,8 +8,9 @@ use crate::store::{ArtifactStore, Outcome, StageSpec};
 use anyhow::{bail, Context, Result};
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, LayerSummary, Provenance, ResultRow, RunRecord};
+use opt_stages::interrupt::Interrupt;
 use opt_stages::train::TrainOutcome;
-use opt_stages::{evaluate, fetch, preprocess, train};
+use opt_stages::{evaluate, fetch, preprocess, train, StageError};
 use std::path::{Path, PathBuf};
 
 pub struct RunContext<'a> {
@@ -22,6 +23,8 @@ pub struct RunContext<'a> {
     pub git_commit: String,
     /// The command that runs the recipe, without `--cell` (provenance of each row).
     pub command: String,
+    /// Raised by SIGINT/SIGTERM: training checkpoints and the run stops between stages.
+    pub interrupt: Interrupt,
 }
 
 impl<'a> RunContext<'a> {
@@ -34,6 +37,7 @@ impl<'a> RunContext<'a> {
             stop_after: None,
             git_commit: git_commit(),
             command: "opt run".into(),
+            interrupt: Interrupt::default(),
         }
     }
 
@@ -45,6 +49,8 @@ impl<'a> RunContext<'a> {
 pub enum RunResult {
     Finished { row: Box<ResultRow>, trained: bool },
     Stopped { iteration: u64 },
+    /// A signal asked to stop; training (if it ran) checkpointed at `iteration`.
+    Interrupted { iteration: Option<u64>, signal: i32 },
 }
 
 fn short(key: &str) -> &str {
@@ -99,9 +105,17 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
     )?;
     log_outcome("preprocess", &keys.preprocess, &prepared);
 
+    if let Some(signal) = ctx.interrupt.requested() {
+        return Ok(RunResult::Interrupted {
+            iteration: None,
+            signal,
+        });
+    }
     let mut options = plan.train_options.clone();
     options.stop_after = ctx.stop_after;
+    options.interrupt = ctx.interrupt.clone();
     let mut stopped = None;
+    let mut interrupted = None;
     let trained = store.get_or_build(
         StageSpec {
             stage: "train",
@@ -117,6 +131,10 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
                 stopped = Some(i);
                 bail!("stopped")
             }
+            TrainOutcome::Interrupted { iteration, signal } => {
+                interrupted = Some((iteration, signal));
+                bail!("interrupted")
+            }
         },
     );
     if let Some(iteration) = stopped {
@@ -125,11 +143,23 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         );
         return Ok(RunResult::Stopped { iteration });
     }
-    let trained = trained?;
+    if let Some((iteration, signal)) = interrupted {
+        return Ok(RunResult::Interrupted {
+            iteration: Some(iteration),
+            signal,
+        });
+    }
+    let trained = trained.map_err(|e| setting_error(e, plan))?;
+    if let Some(signal) = ctx.interrupt.requested() {
+        return Ok(RunResult::Interrupted {
+            iteration: None,
+            signal,
+        });
+    }
     let did_train = matches!(trained, Outcome::Built(..));
     match &trained {
         Outcome::Cached(_) => tracing::info!(
-            "train: cached artifact {} re-used — nothing to train (delete it or change the recipe to retrain)",
+            "train: cached artifact {} re-used — nothing to train (`--force` retrains)",
             short(&keys.train)
         ),
         Outcome::Built(_, s) => tracing::info!(
@@ -211,12 +241,31 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         },
     };
     let dir = entry_dir(&ctx.run_dir, entry);
+    warn_if_replacing_another_recipe(&dir, &row);
     report::write_run(&dir, &row, &evaluated.dir().join(evaluate::CURVES_FILE))
         .with_context(|| format!("recording the run in {}", dir.display()))?;
     Ok(RunResult::Finished {
         row: Box::new(row),
         trained: did_train,
     })
+}
+
+/// A run directory shared by two different resolved recipes (an explicit `--out`, an edited
+/// recipe) would have one's row silently replace the other's: say so.
+fn warn_if_replacing_another_recipe(dir: &Path, row: &ResultRow) {
+    let Ok(old) = report::read_run(dir) else {
+        return;
+    };
+    let (before, now) = (&old.row.provenance.recipe_hash, &row.provenance.recipe_hash);
+    if before != now {
+        tracing::warn!(
+            "{}: replacing the recorded run of a different resolved recipe (recipe hash {} → {}); \
+             give each variant its own --out to keep both",
+            dir.display(),
+            &before[..12.min(before.len())],
+            &now[..12.min(now.len())]
+        );
+    }
 }
 
 /// blake3 of the cell's fully resolved recipe.
@@ -235,13 +284,41 @@ pub fn entry_dir(run_dir: &Path, entry: &GridEntry) -> PathBuf {
 
 pub const CELLS_DIR: &str = "cells";
 
-/// The run recorded in `entry`'s directory, if it is there and was computed from exactly the
-/// artifacts this plan would use.
-pub fn finished(run_dir: &Path, entry: &GridEntry, keys: &Keys) -> Option<RunRecord> {
+/// The run recorded in `entry`'s directory, if it is there, was computed from exactly the
+/// artifacts this plan would use, and those artifacts are still in `store` (a deleted train
+/// artifact means "train again", not "skip").
+pub fn finished(
+    run_dir: &Path,
+    entry: &GridEntry,
+    keys: &Keys,
+    store: &ArtifactStore,
+) -> Option<RunRecord> {
     let record = report::read_run(&entry_dir(run_dir, entry)).ok()?;
-    (record.row.provenance.train_key == keys.train
-        && record.row.provenance.evaluate_key == keys.evaluate)
-        .then_some(record)
+    let same_keys = record.row.provenance.train_key == keys.train
+        && record.row.provenance.evaluate_key == keys.evaluate;
+    let artifacts_there = store.lookup("train", &keys.train).is_some()
+        && store.lookup("evaluate", &keys.evaluate).is_some();
+    (same_keys && artifacts_there).then_some(record)
+}
+
+/// Turns a stage's complaint about one of its settings into an error naming the recipe key
+/// and the file (or variable, or override) the value came from.
+fn setting_error(error: anyhow::Error, plan: &Plan) -> anyhow::Error {
+    match error.downcast_ref::<StageError>() {
+        Some(StageError::Setting { field, message }) => {
+            let key = recipe_key_of(field);
+            anyhow::Error::new(plan.invalid(&key, message.clone()))
+        }
+        _ => error,
+    }
+}
+
+/// The recipe key of a stage configuration field (`data.validation` → `dataset.validation`).
+fn recipe_key_of(field: &str) -> String {
+    match field.strip_prefix("data.") {
+        Some(rest) => format!("dataset.{rest}"),
+        None => field.to_string(),
+    }
 }
 
 /// Every finished run under `dir` (a run directory, or a directory of run directories), in

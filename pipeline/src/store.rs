@@ -164,6 +164,40 @@ impl ArtifactStore {
             .filter(|m| m.key == key && m.stage == stage)
     }
 
+    /// Takes the artifact's exclusive lock (flock-style; released when the file closes). Its
+    /// stage directory must exist.
+    fn lock(&self, stage: &str, key: &str) -> Result<std::fs::File> {
+        let lock_path = self.root.join(stage).join(format!("{key}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("{}: cannot open lock file", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+        Ok(lock)
+    }
+
+    /// Deletes an artifact and its staging directory (`--force`), under the artifact's lock so
+    /// no other process is building it meanwhile. Returns whether anything was there.
+    pub fn remove(&self, stage: &str, key: &str) -> Result<bool> {
+        let stage_dir = self.root.join(stage);
+        if !stage_dir.is_dir() {
+            return Ok(false);
+        }
+        let _lock = self.lock(stage, key)?;
+        let mut removed = false;
+        for dir in [self.dir(stage, key), self.staging_dir(stage, key)] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("{}: cannot remove", dir.display()))?;
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Returns the cached artifact, or runs `build` in a staging directory and commits it.
     pub fn get_or_build<C: Serialize, T>(
         &self,
@@ -179,15 +213,7 @@ impl ArtifactStore {
         let stage_dir = self.root.join(spec.stage);
         std::fs::create_dir_all(&stage_dir)
             .with_context(|| format!("{}: cannot create", stage_dir.display()))?;
-        let lock_path = stage_dir.join(format!("{}.lock", spec.key));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("{}: cannot open lock file", lock_path.display()))?;
-        lock.lock()
-            .with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+        let lock = self.lock(spec.stage, spec.key)?;
         if self.lookup(spec.stage, spec.key).is_some() {
             return Ok(Outcome::Cached(final_dir));
         }
@@ -209,7 +235,17 @@ impl ArtifactStore {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("{}: cannot create", staging.display()))?;
         let started = Instant::now();
-        let value = build(&staging)?;
+        let value = match build(&staging) {
+            Ok(v) => v,
+            Err(e) => {
+                // A failed stage leaves no litter, unless its staging directory is how it
+                // resumes (a train checkpoint, a partial download).
+                if !spec.resumable {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                return Err(e);
+            }
+        };
         let mut files = Vec::new();
         list_files(&staging, &staging, &mut files)?;
         let manifest = Manifest {

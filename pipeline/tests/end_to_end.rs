@@ -29,6 +29,7 @@ fn finished(r: RunResult) -> (Vec<ResultRow>, bool) {
     match r {
         RunResult::Finished { row, trained } => (vec![*row], trained),
         RunResult::Stopped { iteration } => panic!("stopped at {iteration}"),
+        RunResult::Interrupted { signal, .. } => panic!("interrupted by signal {signal}"),
     }
 }
 
@@ -122,7 +123,9 @@ fn resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run() {
 
     match run_to_end(&p, &b, &tmp.path().join("rb"), Some(4)) {
         RunResult::Stopped { iteration } => assert_eq!(iteration, 4),
-        RunResult::Finished { .. } => panic!("should have stopped"),
+        RunResult::Finished { .. } | RunResult::Interrupted { .. } => {
+            panic!("should have stopped")
+        }
     }
     let store = ArtifactStore::new(&b);
     assert!(

@@ -97,7 +97,10 @@ fn grids_expand_into_named_cells_with_seeds_innermost() {
     );
     // `loss.lr` is not a key of the loss section: the cell's recipe names the origin.
     let err = g.unwrap_err().to_string();
-    assert!(err.contains("grid cell") && err.contains("lr"), "{err}");
+    assert!(
+        err.contains("c.toml") && err.contains("grid cell") && err.contains("lr"),
+        "{err}"
+    );
     let text = format!("{TINY}\n[grid]\nschedule.lr = [0.05]\n");
     let g = expand(
         &write(tmp.path(), "d.toml", &text),
@@ -411,4 +414,20 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
     let o = opt().args(["report", s(&empty)]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no finished runs"));
+}
+
+/// Grid values from `--set` parse as TOML values do in a file: integers label cells as written
+/// and seeds are accepted.
+#[test]
+fn grid_values_from_the_command_line_are_typed_like_file_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = write(tmp.path(), "g.toml", TINY);
+    let sets = ["grid.model.width=[4, 8]".to_string(), "grid.seeds=[0, 5]".into()];
+    let g = expand(&recipe, &sets).unwrap();
+    let cells: Vec<&str> = g.entries.iter().map(|e| e.cell.as_str()).collect();
+    assert_eq!(cells, ["width=4", "width=4", "width=8", "width=8"]);
+    let seeds: Vec<u64> = g.entries.iter().map(|e| e.seed).collect();
+    assert_eq!(seeds, [0, 5, 0, 5]);
+    assert_eq!(g.entries[2].plan.train.model.width, 8);
+    assert_eq!(g.entries[2].params, [("model.width".to_string(), "8".to_string())]);
 }

@@ -56,7 +56,9 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
         let entry = GridEntry::single(plan);
         let r = match run(&entry, &ctx).unwrap() {
             RunResult::Finished { row, .. } => row,
-            RunResult::Stopped { .. } => unreachable!(),
+            RunResult::Stopped { .. } | RunResult::Interrupted { .. } => {
+                panic!("{method}: the run stopped before finishing")
+            }
         };
         assert_eq!(r.method, method);
         // 10 classes: chance is 0.1.

@@ -78,7 +78,7 @@ fn extends_chains_override_parents_and_resolve_relative_paths() {
 }
 
 #[test]
-fn extends_cycles_are_rejected() {
+fn extends_cycles_are_rejected_in_the_order_followed() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
     let b = write(dir.path(), "b.toml", "extends = \"a.toml\"\n");
@@ -86,10 +86,153 @@ fn extends_cycles_are_rejected() {
         .err()
         .expect("cycle must be rejected")
         .to_string();
+    assert!(e.contains("cycle"), "{e}");
+    // b extends a, which extends b again: b → a → b.
+    let (first_b, a, last_b) = (
+        e.find("b.toml").unwrap(),
+        e.find("a.toml").unwrap(),
+        e.rfind("b.toml").unwrap(),
+    );
+    assert!(first_b < a && a < last_b, "{e}");
+}
+
+#[test]
+fn a_missing_or_directory_parent_is_an_error_of_the_extending_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("folder.toml")).unwrap();
+    for target in ["missing.toml", "folder.toml"] {
+        let child = write(
+            dir.path(),
+            "child.toml",
+            &format!("extends = \"{target}\"\n[run]\nseed = 1\n"),
+        );
+        let e = load(&child, &[]).err().unwrap().to_string();
+        assert!(
+            e.starts_with(&child.canonicalize().unwrap().display().to_string())
+                && e.contains("key `extends`")
+                && e.contains(target),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_recipe_is_an_error_unless_it_extends_another() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("empty.toml", ""), ("comments.toml", "# nothing\n"), ("empty.yaml", "")] {
+        let p = write(dir.path(), name, text);
+        let e = load(&p, &[]).err().unwrap().to_string();
+        assert!(e.contains(name) && e.contains("empty"), "{e}");
+    }
+    write(dir.path(), "base.toml", TINY);
+    let p = write(dir.path(), "child.toml", "extends = \"base.toml\"\n");
+    let plan = resolve(&load(&p, &[]).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule.lr, 0.05);
+}
+
+#[test]
+fn a_child_switches_its_parent_between_iterations_and_epochs() {
+    use opt_stages::train::Length;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "base.toml", TINY);
+    let child = write(
+        dir.path(),
+        "child.toml",
+        "extends = \"base.toml\"\n[schedule]\nepochs = 2.5\n",
+    );
+    let plan = resolve(&load(&child, &[]).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule.length, Length::Epochs(2.5));
+    // And back, from the command line.
+    let plan = resolve(&load(&child, &["schedule.iterations=9".into()]).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule.length, Length::Iterations(9));
+    // One layer setting both is still refused.
+    let both = write(
+        dir.path(),
+        "both.toml",
+        "extends = \"base.toml\"\n[schedule]\nepochs = 2.5\niterations = 3\n",
+    );
+    let e = resolve(&load(&both, &[]).unwrap()).err().unwrap().to_string();
+    assert!(e.contains("not both"), "{e}");
+}
+
+#[test]
+fn override_values_parse_as_toml_values_do_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "r.toml", TINY);
+    for (text, lr) in [("1e-3", 1e-3), ("1E2", 100.0), ("2.5e-2", 0.025), ("3", 3.0)] {
+        let plan = resolve(&load(&p, &[format!("schedule.lr={text}")]).unwrap()).unwrap();
+        assert_eq!(plan.train.schedule.lr, lr, "--set schedule.lr={text}");
+    }
+    let plan = resolve(&load(&p, &["method.name=gs".into()]).unwrap()).unwrap();
+    assert_eq!(plan.train.method.name(), "gs");
+    let plan = resolve(&load(&p, &["schedule.milestones=[2, 4]".into()]).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule.milestones, vec![2, 4]);
+    // Quoted, a number is a string, as in a file.
+    let e = load(&p, &["schedule.lr=\"0.1\"".into()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("schedule.lr") && e.contains("string"), "{e}");
+}
+
+#[test]
+fn options_given_to_a_method_without_options_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["baseline", "cp", "gs", "hr", "ls"] {
+        let text = format!("{TINY}\n[method]\nname = \"{name}\"\nweight = 0.5\n");
+        let e = err(dir.path(), &text, &[]);
+        assert!(e.contains("bad.toml") && e.contains("weight"), "{name}: {e}");
+    }
+    let p = write(dir.path(), "r.toml", TINY);
+    let e = load(&p, &["method.name=gs".into(), "method.weight=0.5".into()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("weight"), "{e}");
+}
+
+#[test]
+fn unknown_grid_keys_name_the_recipe_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "grid.toml",
+        &format!("{TINY}\n[grid]\nmodel.wdth = [4, 8]\n"),
+    );
+    let e = opt_pipeline::grid::expand(&p, &[]).err().unwrap().to_string();
+    assert!(e.contains("grid.toml") && e.contains("wdth"), "{e}");
+}
+
+#[test]
+fn a_device_this_build_lacks_is_refused_before_any_stage() {
+    if candle_core::utils::cuda_is_available() {
+        return; // a CUDA build can open it
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // An unreachable URL: were fetch attempted, the error would be a download's.
+    let text = TINY.replace("device = \"cpu\"", "device = \"cuda\"").replace(
+        "source = \"embedded\"",
+        "source = \"url\"\nurl = \"http://127.0.0.1:9/x.tar.gz\"\nmd5 = \"0123456789abcdef0123456789abcdef\"",
+    );
+    let e = err(dir.path(), &text, &[]);
     assert!(
-        e.contains("cycle") && e.contains("a.toml") && e.contains("b.toml"),
+        e.contains("bad.toml") && e.contains("run.device") && e.contains("CUDA"),
         "{e}"
     );
+}
+
+#[test]
+fn a_step_too_large_for_this_machine_is_refused_naming_the_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TINY.replace("width = 4", "width = 100000");
+    let e = err(dir.path(), &text, &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("model.width") && e.contains("GiB"),
+        "{e}"
+    );
+    // The explicit override lets it resolve (what happens next is the user's choice).
+    let p = write(dir.path(), "big.toml", &format!("{text}memory_check = false\n"));
+    assert!(resolve(&load(&p, &[]).unwrap()).is_ok());
 }
 
 #[test]
@@ -160,12 +303,12 @@ fn invalid_values_name_the_file_the_key_and_the_expectation() {
         e.contains("bad.toml") && e.contains("method") && e.contains("baseline"),
         "{e}"
     );
-    let e = err(dir.path(), "", &["schedule.lr=-3"]);
+    let e = err(dir.path(), "[run]\nseed = 0\n", &["schedule.lr=-3"]);
     assert!(
         e.contains("--set schedule.lr=-3") && e.contains("schedule.lr"),
         "{e}"
     );
-    let e = err(dir.path(), "", &["nonsense"]);
+    let e = err(dir.path(), "[run]\nseed = 0\n", &["nonsense"]);
     assert!(e.contains("KEY=VALUE"), "{e}");
 }
 

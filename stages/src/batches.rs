@@ -18,9 +18,13 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(n: usize, batch: usize, rng: Rng) -> Result<Self> {
         if batch == 0 || n < batch {
-            return Err(StageError::Config(format!(
-                "batch size {batch} needs at least that many training images (have {n})"
-            )));
+            return Err(StageError::Setting {
+                field: "schedule.batch_size",
+                message: format!(
+                    "a batch of {batch} needs at least that many training images; the training \
+                     split has {n}"
+                ),
+            });
         }
         Ok(Self {
             batch,

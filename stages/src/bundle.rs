@@ -45,6 +45,9 @@ impl Entry {
 pub struct Bundle {
     pub root: PathBuf,
     pub entries: Vec<Entry>,
+    /// Every directory, `/`-separated relative names (archive members included): readers that
+    /// give folders a meaning (image-folder classes) can see the empty ones.
+    pub dirs: Vec<String>,
 }
 
 fn is_archive(name: &str) -> bool {
@@ -52,8 +55,9 @@ fn is_archive(name: &str) -> bool {
     n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
 }
 
-/// Reads every regular file of a tar (optionally gzip-compressed) archive.
-fn expand(path: &Path, entries: &mut Vec<Entry>) -> Result<()> {
+/// Reads every regular file of a tar (optionally gzip-compressed) archive, and notes its
+/// directories.
+fn expand(path: &Path, entries: &mut Vec<Entry>, dirs: &mut Vec<String>) -> Result<()> {
     let file = std::fs::File::open(path).at(path)?;
     let lower = path.to_string_lossy().to_ascii_lowercase();
     let reader: Box<dyn Read> = if lower.ends_with(".tar") {
@@ -70,15 +74,20 @@ fn expand(path: &Path, entries: &mut Vec<Entry>) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
         let name = entry
             .path()
             .map_err(corrupt)?
             .to_string_lossy()
             .trim_start_matches("./")
+            .trim_end_matches('/')
             .to_string();
+        if entry.header().entry_type().is_dir() {
+            dirs.push(name);
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
         let mut data = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut data).map_err(corrupt)?;
         entries.push(Entry {
@@ -90,7 +99,7 @@ fn expand(path: &Path, entries: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
-fn walk(dir: &Path, rel: &str, entries: &mut Vec<Entry>) -> Result<()> {
+fn walk(dir: &Path, rel: &str, entries: &mut Vec<Entry>, dirs: &mut Vec<String>) -> Result<()> {
     let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
         .map(|e| e.map(|e| e.path()))
@@ -111,17 +120,23 @@ fn walk(dir: &Path, rel: &str, entries: &mut Vec<Entry>) -> Result<()> {
             format!("{rel}/{name}")
         };
         if p.is_dir() {
-            walk(&p, &rel, entries)?;
+            dirs.push(rel.clone());
+            walk(&p, &rel, entries, dirs)?;
         } else {
-            add_file(&p, rel, entries)?;
+            add_file(&p, rel, entries, dirs)?;
         }
     }
     Ok(())
 }
 
-fn add_file(path: &Path, rel: String, entries: &mut Vec<Entry>) -> Result<()> {
+fn add_file(
+    path: &Path,
+    rel: String,
+    entries: &mut Vec<Entry>,
+    dirs: &mut Vec<String>,
+) -> Result<()> {
     if is_archive(&rel) {
-        expand(path, entries)
+        expand(path, entries, dirs)
     } else {
         entries.push(Entry {
             name: rel,
@@ -135,19 +150,20 @@ fn add_file(path: &Path, rel: String, entries: &mut Vec<Entry>) -> Result<()> {
 impl Bundle {
     /// Loads `root`: a directory (recursively) or a single file; archives are expanded.
     pub fn load(root: &Path) -> Result<Self> {
-        let mut entries = Vec::new();
+        let (mut entries, mut dirs) = (Vec::new(), Vec::new());
         if root.is_dir() {
-            walk(root, "", &mut entries)?;
+            walk(root, "", &mut entries, &mut dirs)?;
         } else {
             let name = root
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            add_file(root, name, &mut entries)?;
+            add_file(root, name, &mut entries, &mut dirs)?;
         }
         Ok(Self {
             root: root.to_path_buf(),
             entries,
+            dirs,
         })
     }
 

@@ -14,11 +14,6 @@ use std::path::Path;
 
 pub const META_CURVES: &str = "curves";
 
-pub struct Restored {
-    pub iteration: u64,
-    pub metadata: HashMap<String, String>,
-}
-
 pub fn save(
     path: &Path,
     store: &ParamStore,
@@ -48,15 +43,32 @@ pub fn save(
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(&tensors, Some(metadata), &tmp)
         .map_err(|e| format_err(&tmp, format!("cannot write checkpoint: {e}")))?;
+    crate::files::sync(&tmp)?;
+    crate::files::honour_umask(&tmp)?;
+    // The last good checkpoint stays as `previous`, the fallback should the new one turn out
+    // unreadable (a disk that filled up, a crash the file system did not survive whole).
+    if path.is_file() {
+        let previous = previous_of(path);
+        std::fs::rename(path, &previous).at(&previous)?;
+    }
     std::fs::rename(&tmp, path).at(path)
 }
 
-pub fn load(
-    path: &Path,
-    store: &ParamStore,
-    optimizers: &Optimizers,
-    sampler: &mut Sampler,
-) -> Result<Restored> {
+/// The checkpoint before `path` (`last.safetensors` → `previous.safetensors`).
+pub fn previous_of(path: &Path) -> std::path::PathBuf {
+    path.with_file_name("previous.safetensors")
+}
+
+/// A checkpoint read and parsed, not yet applied: reading is where a truncated or corrupt file
+/// fails, before anything in the model changes.
+pub struct Snapshot {
+    path: std::path::PathBuf,
+    tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads and parses a checkpoint file.
+pub fn read(path: &Path) -> Result<Snapshot> {
     let bytes = std::fs::read(path).at(path)?;
     let bad = |m: String| format_err(path, format!("corrupt checkpoint: {m}"));
     let (_, meta) =
@@ -64,35 +76,50 @@ pub fn load(
     let metadata = meta.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| bad(e.to_string()))?;
-    store
-        .load(&tensors, "model.")
-        .map_err(|e| bad(e.to_string()))?;
-    optimizers
-        .load_state(&tensors)
-        .map_err(|e| bad(e.to_string()))?;
-    let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
-    let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;
-    let rng: [u64; 4] = rng
-        .iter()
-        .map(|&w| w as u64)
-        .collect::<Vec<_>>()
-        .try_into()
-        .map_err(|_| bad("rng_state must have 4 words".into()))?;
-    sampler.rng = Rng::from_state(rng);
-    let perm: Vec<u32> = get("permutation")?.to_vec1()?;
-    if perm.len() != sampler.permutation.len() {
-        return Err(bad(format!(
-            "permutation of {} images, dataset has {}",
-            perm.len(),
-            sampler.permutation.len()
-        )));
-    }
-    sampler.permutation = perm;
-    let iteration = get("iteration")?.to_vec1::<i64>()?[0] as u64;
-    Ok(Restored {
-        iteration,
+    Ok(Snapshot {
+        path: path.to_path_buf(),
+        tensors,
         metadata,
     })
+}
+
+impl Snapshot {
+    /// Restores the model, the optimizers and the data stream; returns the iteration.
+    pub fn apply(
+        &self,
+        store: &ParamStore,
+        optimizers: &Optimizers,
+        sampler: &mut Sampler,
+    ) -> Result<u64> {
+        let path = &self.path;
+        let tensors = &self.tensors;
+        let bad = |m: String| format_err(path, format!("corrupt checkpoint: {m}"));
+        store
+            .load(tensors, "model.")
+            .map_err(|e| bad(e.to_string()))?;
+        optimizers
+            .load_state(tensors)
+            .map_err(|e| bad(e.to_string()))?;
+        let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
+        let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;
+        let rng: [u64; 4] = rng
+            .iter()
+            .map(|&w| w as u64)
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| bad("rng_state must have 4 words".into()))?;
+        sampler.rng = Rng::from_state(rng);
+        let perm: Vec<u32> = get("permutation")?.to_vec1()?;
+        if perm.len() != sampler.permutation.len() {
+            return Err(bad(format!(
+                "permutation of {} images, dataset has {}",
+                perm.len(),
+                sampler.permutation.len()
+            )));
+        }
+        sampler.permutation = perm;
+        Ok(get("iteration")?.to_vec1::<i64>()?[0] as u64)
+    }
 }
 
 /// Saves only the model tensors (the train artifact's `model.safetensors`).
@@ -103,7 +130,8 @@ pub fn save_model(path: &Path, store: &ParamStore) -> Result<()> {
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&cpu)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    candle_core::safetensors::save(&tensors, path).map_err(|e| format_err(path, e.to_string()))
+    candle_core::safetensors::save(&tensors, path).map_err(|e| format_err(path, e.to_string()))?;
+    crate::files::honour_umask(path)
 }
 
 pub fn load_model(path: &Path, store: &ParamStore) -> Result<()> {

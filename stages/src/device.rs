@@ -72,8 +72,8 @@ impl DeviceChoice {
             Self::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(StageError::Config(format!(
-                        "run.device = \"cuda:{n}\" but this `opt` was built without CUDA support; \
-                         build with `just build-cuda` (cargo feature `cuda`) or set run.device = \"cpu\""
+                        "run.device = \"cuda:{n}\" but this `opt` was built without CUDA support \
+                         (the cargo feature `cuda`); set run.device = \"cpu\""
                     )));
                 }
                 Device::new_cuda(n)

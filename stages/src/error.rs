@@ -13,6 +13,14 @@ pub enum StageError {
     Format { path: PathBuf, message: String },
     #[error("{0}")]
     Config(String),
+    /// A configuration value that cannot work with this data or machine; `field` is its path
+    /// in the stage's configuration (`schedule.batch_size`, `data.validation`, `model.width`),
+    /// so the caller can name the setting it came from.
+    #[error("{field}: {message}")]
+    Setting {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Method(#[from] opt_core::Error),
     #[error(transparent)]

@@ -13,7 +13,7 @@ use opt_core::Cnn6;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const METRICS_FILE: &str = "metrics.json";
 pub const CURVES_FILE: &str = "curves.csv";
 

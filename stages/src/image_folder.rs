@@ -35,7 +35,54 @@ fn decode(entry: &Entry) -> Result<DynamicImage> {
         .map_err(|e| format_err(&entry.display(), format!("cannot decode image: {e}")))
 }
 
+/// `(split, class)` of a directory named `…/<split>/<class>`.
+fn class_dir(name: &str) -> Option<(&'static str, &str)> {
+    let (parent, class) = name.rsplit_once('/').unwrap_or(("", name));
+    let split = parent.rsplit('/').next().unwrap_or(parent);
+    match split {
+        "train" => Some(("train", class)),
+        "test" | "val" => Some(("test", class)),
+        _ => None,
+    }
+}
+
+/// Every file of a class folder must be an image, and every class folder must hold one:
+/// nothing in an image folder is dropped without a word.
+fn check_class_folders(bundle: &Bundle) -> Result<()> {
+    if let Some(e) = bundle
+        .entries
+        .iter()
+        .find(|e| place(&e.name).is_some() && !is_image(&e.name))
+    {
+        return Err(format_err(
+            &e.display(),
+            "not a PNG or JPEG image (class folders hold only images; move other files out)",
+        ));
+    }
+    for dir in &bundle.dirs {
+        let Some((split, class)) = class_dir(dir) else {
+            continue;
+        };
+        let prefix = format!("{dir}/");
+        let has_image = bundle
+            .entries
+            .iter()
+            .any(|e| e.name.starts_with(&prefix) && place(&e.name) == Some((split, class)));
+        if !has_image {
+            return Err(format_err(
+                &bundle.root.join(dir),
+                format!(
+                    "class folder `{class}` of the {split} split holds no images; remove it or \
+                     add its images"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn read(bundle: &Bundle) -> Result<Decoded> {
+    check_class_folders(bundle)?;
     let mut images: Vec<(&Entry, &'static str, &str)> = bundle
         .entries
         .iter()

@@ -98,20 +98,23 @@ impl BaseMap {
 
 /// The training method: what the seven weight layers of the network are (spec §2). Defaults
 /// are the official code's.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// The option-less methods are empty struct variants, not unit variants: serde ignores every
+/// other key of an internally tagged unit variant, so `method.weight = 0.5` under `gs` would
+/// be dropped without a word; as struct variants, `deny_unknown_fields` rejects it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MethodConfig {
     /// Standard training: every kernel is an ordinary trainable tensor.
-    #[default]
-    Baseline,
+    Baseline {},
     /// Cayley parameterization `R = (I+S)(I−S)⁻¹`, `S` from `triu(P)` (no ½).
-    Cp,
+    Cp {},
     /// Gram–Schmidt on the rows of `P`.
-    Gs,
+    Gs {},
     /// Householder reflections (QR of `P`, d−1 reflections).
-    Hr,
+    Hr {},
     /// Löwdin symmetric orthogonalization (polar factor of `P`).
-    Ls,
+    Ls {},
     /// Orthogonality-preserving gradient descent: `R` from the identity, updated by Cayley SGD.
     Ogd {
         /// Learning rate of the rotations (0.02).
@@ -161,14 +164,20 @@ pub enum MethodConfig {
     },
 }
 
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig::Baseline {}
+    }
+}
+
 impl MethodConfig {
     pub fn name(&self) -> &'static str {
         match self {
-            MethodConfig::Baseline => "baseline",
-            MethodConfig::Cp => "cp",
-            MethodConfig::Gs => "gs",
-            MethodConfig::Hr => "hr",
-            MethodConfig::Ls => "ls",
+            MethodConfig::Baseline {} => "baseline",
+            MethodConfig::Cp {} => "cp",
+            MethodConfig::Gs {} => "gs",
+            MethodConfig::Hr {} => "hr",
+            MethodConfig::Ls {} => "ls",
             MethodConfig::Ogd { .. } => "ogd",
             MethodConfig::Or { .. } => "or",
             MethodConfig::Upt { .. } => "upt",
@@ -179,11 +188,11 @@ impl MethodConfig {
     /// The method as the paper's tables name it (`OPT (GS)`, `S-OPT (GS, 16 ch)`).
     pub fn paper_name(&self) -> String {
         match self {
-            MethodConfig::Baseline => "Baseline".into(),
-            MethodConfig::Cp => "OPT (CP)".into(),
-            MethodConfig::Gs => "OPT (GS)".into(),
-            MethodConfig::Hr => "OPT (HR)".into(),
-            MethodConfig::Ls => "OPT (LS)".into(),
+            MethodConfig::Baseline {} => "Baseline".into(),
+            MethodConfig::Cp {} => "OPT (CP)".into(),
+            MethodConfig::Gs {} => "OPT (GS)".into(),
+            MethodConfig::Hr {} => "OPT (HR)".into(),
+            MethodConfig::Ls {} => "OPT (LS)".into(),
             MethodConfig::Ogd { .. } => "OPT (OGD)".into(),
             MethodConfig::Or { .. } => "OPT (OR)".into(),
             MethodConfig::Upt { learn_w0: false } => "UPT".into(),
@@ -219,11 +228,11 @@ impl MethodConfig {
             penalty: 0.0,
         };
         match self {
-            MethodConfig::Baseline => Box::new(PlainFactory),
-            MethodConfig::Cp => Box::new(OptFactory(exact(OrthMap::Cayley))),
-            MethodConfig::Gs => Box::new(OptFactory(exact(OrthMap::GramSchmidt))),
-            MethodConfig::Hr => Box::new(OptFactory(exact(OrthMap::Householder))),
-            MethodConfig::Ls => Box::new(OptFactory(exact(OrthMap::Lowdin))),
+            MethodConfig::Baseline {} => Box::new(PlainFactory),
+            MethodConfig::Cp {} => Box::new(OptFactory(exact(OrthMap::Cayley))),
+            MethodConfig::Gs {} => Box::new(OptFactory(exact(OrthMap::GramSchmidt))),
+            MethodConfig::Hr {} => Box::new(OptFactory(exact(OrthMap::Householder))),
+            MethodConfig::Ls {} => Box::new(OptFactory(exact(OrthMap::Lowdin))),
             MethodConfig::Ogd { .. } => Box::new(OptFactory(OptLayerConfig {
                 rotation: Rotation::Raw,
                 init: RotationInit::Identity,
@@ -290,4 +299,168 @@ pub fn build(
     let net = Cnn6::new(cfg, method.factory().as_ref(), &mut store, &mut rng)
         .map_err(|e| StageError::Config(format!("cannot build {}: {e}", model.describe())))?;
     Ok((net, store))
+}
+
+/// Estimated peak memory of one training step, in bytes: what [`check_step_memory`] compares
+/// with the machine. Deliberately simple (it must catch a width of 4096, not predict 1.4 GB to
+/// the megabyte): per weight layer, the im2col patch matrix twice (forward and its gradient),
+/// and four feature maps of the layer's output (convolution, BN+ReLU, and their gradients);
+/// per OPT layer, `P`, `R`, their gradients and momentum in f32 plus three f64 work copies
+/// of the `d×d` map; per plain layer, the kernel, its gradient and momentum. CNN-6 width 64
+/// on 3×32×32 at batch 128 comes to ≈ 1.45 GB (1.54 GB peak RSS measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMemory {
+    pub activations: u64,
+    pub parameters: u64,
+}
+
+impl StepMemory {
+    pub fn total(&self) -> u64 {
+        self.activations + self.parameters
+    }
+}
+
+pub fn step_memory(
+    model: &ModelConfig,
+    method: &MethodConfig,
+    input: (usize, usize, usize),
+    classes: usize,
+    batch: usize,
+) -> StepMemory {
+    let cfg = model.cnn6_config(input, classes);
+    let (mut h, mut w) = (input.1 as u64, input.2 as u64);
+    let (fh, fw) = cfg.final_map();
+    // (c_in, c_out, k_h·k_w, output pixels, from the factory)
+    let mut layers: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
+    let mut prev = input.0 as u64;
+    for i in 0..6 {
+        let c_out = cfg.widths[i / 2] as u64;
+        layers.push((prev, c_out, 9, h * w, true));
+        prev = c_out;
+        if i % 2 == 1 {
+            (h, w) = (h / 2, w / 2);
+        }
+    }
+    let fc6 = cfg.fc6_width as u64;
+    layers.push((prev, fc6, (fh * fw) as u64, 1, true));
+    layers.push((fc6, classes as u64, 1, 1, false));
+    let batch = batch as u64;
+    let mut mem = StepMemory {
+        activations: 0,
+        parameters: 0,
+    };
+    for (c_in, c_out, taps, pixels, opt_able) in layers {
+        let d = c_in * taps;
+        mem.activations += 4 * batch * pixels * (2 * d + 4 * c_out);
+        let rotated = match method {
+            _ if !opt_able => None,
+            MethodConfig::Baseline {} => None,
+            MethodConfig::Sopt {
+                budget_channels, ..
+            } => Some((taps * *budget_channels as u64).min(d)),
+            _ => Some(d),
+        };
+        mem.parameters += match rotated {
+            Some(r) => r * r * (4 * 4 + 8 * 3) + d * c_out * 4 * 2,
+            None => d * c_out * 4 * 3,
+        };
+    }
+    mem
+}
+
+/// Refuses a training step that cannot fit in `available` bytes, naming the setting to lower.
+pub fn check_step_memory(estimate: StepMemory, available: u64) -> Result<()> {
+    if estimate.total() <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(StageError::Setting {
+        field: "model.width",
+        message: format!(
+            "a training step needs about {:.1} GiB ({:.1} GiB of activations, {:.1} GiB of \
+             parameters and rotations), but this machine has {:.1} GiB available; lower \
+             model.width (or schedule.batch_size), or set run.memory_check = false to try anyway",
+            gib(estimate.total()),
+            gib(estimate.activations),
+            gib(estimate.parameters),
+            gib(available)
+        ),
+    })
+}
+
+/// Memory this process may still use: `MemAvailable` of `/proc/meminfo`, lowered to the
+/// cgroup's `memory.max` headroom where one is set (containers, Slurm). `None` where neither
+/// can be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)?;
+    let cgroup = || -> Option<u64> {
+        let max: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let current: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(max.saturating_sub(current))
+    };
+    Some(cgroup().map_or(available, |c| c.min(available)))
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    fn model(width: usize) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Cnn6,
+            width,
+            widths: None,
+            fc6_width: None,
+            bn_decay: 0.999,
+            bn_eps: 1e-3,
+        }
+    }
+
+    /// Hand count for CNN-6 width 64, 3×32×32, 100 classes, batch 128, baseline: activation
+    /// floats per image: conv1_0 1024·(2·27 + 256), conv1_1 1024·(2·576 + 256), conv2_* 2 ·
+    /// 256·(1152 + 256), conv3_* 2 · 64·(1152 + 256), fc6 (2·1024 + 256), score (2·64 + 400).
+    #[test]
+    fn matches_a_hand_count() {
+        let m = step_memory(&model(64), &MethodConfig::Baseline {}, (3, 32, 32), 100, 128);
+        let per_image: u64 = 1024 * (54 + 256)
+            + 1024 * (1152 + 256)
+            + 2 * 256 * (1152 + 256)
+            + 2 * 64 * (1152 + 256)
+            + (2 * 1024 + 256)
+            + (2 * 64 + 400);
+        assert_eq!(m.activations, 4 * 128 * per_image);
+        let kernels: u64 = 27 * 64 + 5 * 576 * 64 + 1024 * 64 + 64 * 100;
+        assert_eq!(m.parameters, 12 * kernels);
+        // OPT adds 40 bytes per entry of each d×d rotation (score stays plain).
+        let gs = step_memory(&model(64), &MethodConfig::Gs {}, (3, 32, 32), 100, 128);
+        let rotations: u64 = 27 * 27 + 5 * 576 * 576 + 1024 * 1024;
+        let opt_kernels: u64 = kernels - 64 * 100;
+        assert_eq!(
+            gs.parameters,
+            40 * rotations + 8 * opt_kernels + 12 * 64 * 100
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_fit_and_names_the_width() {
+        let huge = step_memory(&model(4096), &MethodConfig::Gs {}, (3, 32, 32), 100, 128);
+        assert!(huge.total() > 100 << 30, "{huge:?}");
+        let e = check_step_memory(huge, 24 << 30).unwrap_err().to_string();
+        assert!(e.starts_with("model.width: ") && e.contains("GiB"), "{e}");
+        let small = step_memory(&model(32), &MethodConfig::Gs {}, (1, 28, 28), 10, 128);
+        assert!(check_step_memory(small, 24 << 30).is_ok());
+    }
 }

@@ -52,6 +52,21 @@ pub enum DataFormat {
     ImageFolder,
 }
 
+/// Image shape `(C, H, W)` and class count of a named dataset, known without decoding it;
+/// `None` for image folders.
+pub fn known_shape(
+    dataset: DatasetName,
+    label: LabelChoice,
+) -> Option<((usize, usize, usize), usize)> {
+    match (dataset, label) {
+        (DatasetName::FashionMnist | DatasetName::Mnist, _) => Some(((1, 28, 28), 10)),
+        (DatasetName::Cifar10, _) => Some(((3, 32, 32), 10)),
+        (DatasetName::Cifar100, LabelChoice::Fine) => Some(((3, 32, 32), 100)),
+        (DatasetName::Cifar100, LabelChoice::Coarse) => Some(((3, 32, 32), 20)),
+        (DatasetName::ImageFolder, _) => None,
+    }
+}
+
 /// Which CIFAR-100 labels become the classes (CIFAR-10 has one kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -337,7 +352,10 @@ pub fn write_artifact(out: &Path, train: &Split, test: &Split, stats: &DatasetSt
         ("test_labels".to_string(), vl),
     ]
     .into();
-    candle_core::safetensors::save(&tensors, out.join(DATA_FILE))?;
+    let data_path = out.join(DATA_FILE);
+    candle_core::safetensors::save(&tensors, &data_path)
+        .map_err(|e| format_err(&data_path, format!("cannot write: {e}")))?;
+    crate::files::honour_umask(&data_path)?;
     write_json(&out.join(STATS_FILE), stats)
 }
 
@@ -393,11 +411,14 @@ pub fn apply_view(
     }
     let validation = if view.validation > 0 {
         if view.validation >= train.len() {
-            return Err(StageError::Config(format!(
-                "dataset.validation = {} leaves no training images (train has {})",
-                view.validation,
-                train.len()
-            )));
+            return Err(StageError::Setting {
+                field: "data.validation",
+                message: format!(
+                    "{} validation images leave no training images (the training split has {})",
+                    view.validation,
+                    train.len()
+                ),
+            });
         }
         let mut order: Vec<u32> = (0..train.len() as u32).collect();
         Rng::fork(view.validation_seed, "validation").shuffle(&mut order);

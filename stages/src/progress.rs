@@ -8,6 +8,10 @@ pub trait Progress: Send + Sync {
     fn update(&self, position: u64, status: &str);
     /// A line worth keeping in the log (evaluations, resumes).
     fn note(&self, line: &str);
+    /// Something the user must hear about (a fallback taken, a value left out).
+    fn warn(&self, line: &str) {
+        self.note(&format!("warning: {line}"));
+    }
     fn end(&self);
 }
 

@@ -12,8 +12,11 @@ use crate::checkpoint;
 use crate::device::DeviceChoice;
 use crate::error::{read_json, write_json, IoContext};
 use crate::evaluate::{evaluate, EvalMetrics};
+use crate::interrupt::Interrupt;
 use crate::metrics::{layer_metrics, summarize, LayerMetrics};
-use crate::model::{build, MethodConfig, ModelConfig};
+use crate::model::{
+    available_memory, build, check_step_memory, step_memory, MethodConfig, ModelConfig,
+};
 use crate::preprocess::{self, DataView, DatasetStats};
 use crate::progress::Progress;
 use crate::{Result, StageError};
@@ -28,7 +31,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const CONFIG_FILE: &str = "config.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -119,13 +122,17 @@ pub struct TrainConfig {
 }
 
 /// How to run, without changing what is computed (not part of the cache key).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TrainOptions {
     /// Write a checkpoint every this many iterations (0 = never).
     pub checkpoint_every: u64,
     pub eval_batch: usize,
     /// Checkpoint and stop after this many iterations (time-limited jobs); resumes next run.
     pub stop_after: Option<u64>,
+    /// Refuse to start when a step's estimated memory exceeds what the machine has (CPU).
+    pub memory_check: bool,
+    /// Raised (by a signal handler) to checkpoint at the end of the current step and stop.
+    pub interrupt: Interrupt,
 }
 
 impl Default for TrainOptions {
@@ -134,7 +141,26 @@ impl Default for TrainOptions {
             checkpoint_every: 500,
             eval_batch: 500,
             stop_after: None,
+            memory_check: true,
+            interrupt: Interrupt::default(),
         }
+    }
+}
+
+impl PartialEq for TrainOptions {
+    /// The interrupt is a channel, not a setting: options compare by their settings.
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.checkpoint_every,
+            self.eval_batch,
+            self.stop_after,
+            self.memory_check,
+        ) == (
+            other.checkpoint_every,
+            other.eval_batch,
+            other.stop_after,
+            other.memory_check,
+        )
     }
 }
 
@@ -263,8 +289,10 @@ pub struct TrainSummary {
 
 pub enum TrainOutcome {
     Finished(TrainSummary),
-    /// Stopped early on request, with a checkpoint at this iteration.
+    /// Stopped early on request (`stop_after`), with a checkpoint at this iteration.
     Stopped(u64),
+    /// Stopped by an interrupt `signal`, with a checkpoint at `iteration`.
+    Interrupted { iteration: u64, signal: i32 },
 }
 
 /// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,
@@ -436,6 +464,18 @@ pub fn run(
 ) -> Result<TrainOutcome> {
     let data = preprocess::load(prepared_dir, &cfg.data)?;
     let device = cfg.device.open()?;
+    if opts.memory_check && device.is_cpu() {
+        if let Some(available) = available_memory() {
+            let need = step_memory(
+                &cfg.model,
+                &cfg.method,
+                data.stats.shape,
+                data.stats.classes,
+                cfg.schedule.batch_size,
+            );
+            check_step_memory(need, available)?;
+        }
+    }
     let (model, store) = build_model(cfg, &data.stats, &device)?;
     let s = &cfg.schedule;
     let mut optimizers = Optimizers::new(cfg, &store)?;
@@ -463,17 +503,11 @@ pub fn run(
     };
     let mut start = 0;
     let mut resumed_from = None;
-    if ckpt.is_file() {
-        let restored = checkpoint::load(&ckpt, &store, &optimizers, &mut sampler)?;
-        let text = restored
-            .metadata
-            .get(checkpoint::META_CURVES)
-            .ok_or_else(|| crate::error::format_err(&ckpt, "checkpoint has no curves"))?;
-        meta = serde_json::from_str(text).map_err(|source| StageError::Json {
-            path: ckpt.clone(),
-            source,
-        })?;
-        start = restored.iteration;
+    if let Some((iteration, restored)) =
+        restore_checkpoint(&ckpt, &store, &optimizers, &mut sampler, progress)?
+    {
+        meta = restored;
+        start = iteration;
         resumed_from = Some(start);
         progress.note(&format!(
             "resuming from checkpoint at iteration {start}/{iterations}"
@@ -491,6 +525,7 @@ pub fn run(
 
     progress.begin("train", iterations);
     progress.update(start, "");
+    let _honoured = opts.interrupt.honoured_while();
     let session_train_start = meta.train_seconds;
     for i in start..iterations {
         let t0 = Instant::now();
@@ -559,6 +594,14 @@ pub fn run(
             ));
             return Ok(TrainOutcome::Stopped(done));
         }
+        if let Some(signal) = opts.interrupt.requested().filter(|_| done < iterations) {
+            save_checkpoint(&meta, &optimizers, &sampler, done)?;
+            progress.end();
+            return Ok(TrainOutcome::Interrupted {
+                iteration: done,
+                signal,
+            });
+        }
     }
     progress.end();
 
@@ -582,6 +625,63 @@ pub fn run(
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     std::fs::remove_dir_all(&ckpt_dir).at(&ckpt_dir)?;
     Ok(TrainOutcome::Finished(summary))
+}
+
+/// Restores the newest readable checkpoint (`last`, else `previous`) into the model, the
+/// optimizers and the sampler; `None` when there is none to resume from. An unreadable one is
+/// kept aside as `*.corrupt`, with a warning, and the next one tried: a truncated checkpoint
+/// must not block every later run.
+fn restore_checkpoint(
+    ckpt: &Path,
+    store: &ParamStore,
+    optimizers: &Optimizers,
+    sampler: &mut Sampler,
+    progress: &dyn Progress,
+) -> Result<Option<(u64, ResumeMeta)>> {
+    let candidates = [ckpt.to_path_buf(), checkpoint::previous_of(ckpt)];
+    let mut skipped = false;
+    for path in candidates.iter().filter(|p| p.is_file()) {
+        let read = checkpoint::read(path).and_then(|snapshot| {
+            let meta = resume_meta(path, &snapshot)?;
+            Ok((snapshot, meta))
+        });
+        match read {
+            Ok((snapshot, meta)) => {
+                let iteration = snapshot.apply(store, optimizers, sampler)?;
+                if skipped {
+                    progress.warn(&format!(
+                        "resuming from the previous checkpoint {} (iteration {iteration})",
+                        path.display()
+                    ));
+                }
+                return Ok(Some((iteration, meta)));
+            }
+            Err(e) => {
+                let aside = path.with_extension("safetensors.corrupt");
+                progress.warn(&format!(
+                    "{e}; kept aside as {} and not used",
+                    aside.display()
+                ));
+                std::fs::rename(path, &aside).at(&aside)?;
+                skipped = true;
+            }
+        }
+    }
+    if skipped {
+        progress.warn("no readable checkpoint left: training starts from iteration 0");
+    }
+    Ok(None)
+}
+
+fn resume_meta(path: &Path, snapshot: &checkpoint::Snapshot) -> Result<ResumeMeta> {
+    let text = snapshot
+        .metadata
+        .get(checkpoint::META_CURVES)
+        .ok_or_else(|| crate::error::format_err(path, "checkpoint has no curves"))?;
+    serde_json::from_str(text).map_err(|source| StageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn load_summary(dir: &Path) -> Result<TrainSummary> {

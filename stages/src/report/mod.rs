@@ -168,9 +168,39 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    sweep_stale_temporaries(path, &name);
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, contents).at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)
+    let written = std::fs::write(&tmp, contents)
+        .at(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Removes `.<name>.<pid>.tmp` files that a killed writer left beside `path`. Only those older
+/// than a minute: a live writer (another process on a shared run directory) renames its
+/// temporary file within milliseconds.
+fn sweep_stale_temporaries(path: &Path, name: &str) {
+    let Some(dir) = path.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let minute = std::time::Duration::from_secs(60);
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > minute);
+        if file.starts_with(&prefix) && file.ends_with(".tmp") && stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Records a finished run in its directory: the curves first, the row last (its presence
@@ -211,4 +241,56 @@ pub fn write(out_dir: &Path, title: &str, runs: &[RunRecord]) -> Result<Vec<Stri
     ];
     files.extend(plots.iter().map(|p| format!("{PLOTS_DIR}/{p}")));
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Temporary files a killed writer left are swept by the next write; a fresh one (a live
+    /// writer's) is left alone.
+    #[test]
+    fn stale_temporaries_are_swept_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("results.csv");
+        let stale = dir.path().join(".results.csv.4242.tmp");
+        let fresh = dir.path().join(".results.csv.4343.tmp");
+        let other = dir.path().join(".summary.csv.4242.tmp");
+        for p in [&stale, &fresh, &other] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&stale, &other] {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(hour_ago).unwrap();
+        }
+        write_atomic(&target, b"a,b\n").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"a,b\n");
+        assert!(!stale.exists(), "a killed writer's temporary file is swept");
+        assert!(fresh.exists(), "a live writer's temporary file is kept");
+        assert!(other.exists(), "only the written file's temporaries are touched");
+    }
+
+    /// Every f64 survives JSON exactly (serde_json's `float_roundtrip`): a resumed run's curves
+    /// and a re-read row equal the originals to the bit.
+    #[test]
+    fn floats_round_trip_through_json_exactly() {
+        let mut rng = opt_core::Rng::seed(11);
+        let mut values: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let mantissa = rng.next_u64() as f64 / u64::MAX as f64;
+                let exponent = (rng.next_u64() % 40) as i32 - 20;
+                mantissa * 10f64.powi(exponent)
+            })
+            .collect();
+        values.extend([0.1 + 0.2, 1.0 / 3.0, 2.0f64.sqrt(), f64::MIN_POSITIVE, 5e-324]);
+        let text = serde_json::to_string(&values).unwrap();
+        let back: Vec<f64> = serde_json::from_str(&text).unwrap();
+        let differ = values
+            .iter()
+            .zip(&back)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} values changed", values.len());
+    }
 }
