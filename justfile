@@ -1,42 +1,69 @@
-# Tasks for the opt workspace. `just --list` shows them.
+# Tasks for the opt workspace. `just --list` shows them; each runs the release build of the
+# `orthopt` command (the first build compiles every dependency: about 20 minutes on 2 cores).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Arguments reach orthopt as given (quoted values such as --set 'grid.model.width=[4, 8]' stay whole).
+set positional-arguments := true
+
+orthopt := "cargo run --release --bin orthopt --"
 
 # List the tasks.
 default:
     @just --list
 
-# Run a recipe (extra arguments go to `opt run`, e.g. `--set schedule.lr=0.05`).
+# Install the orthopt command into ~/.cargo/bin (on PATH after rustup's setup).
+install:
+    cargo install --locked --path pipeline
+
+# Run a recipe: fetch, preprocess, train, evaluate and report (e.g. just run recipes/quickstart.toml --set schedule.lr=0.05).
 run recipe *args:
-    cargo run --release --quiet --bin opt -- run {{recipe}} {{args}}
+    {{orthopt}} run "$@"
 
-# Print the resolved recipe and each stage's cache key.
+# List a recipe's grid entries, what each re-uses or computes, and its training time on this machine.
+plan recipe *args:
+    {{orthopt}} plan "$@"
+
+# Print a recipe fully resolved, with each stage's cache key and status.
 show recipe *args:
-    cargo run --release --quiet --bin opt -- show {{recipe}} {{args}}
+    {{orthopt}} show "$@"
 
-# The whole test suite (CPU only).
+# Gather finished runs into results.csv, summary.csv, results.md and plots (default: outputs/runs).
+report *dirs:
+    {{orthopt}} report "$@"
+
+# List the methods, architectures and datasets with their options and defaults.
+list:
+    {{orthopt}} list
+
+# Show the artifact cache by stage; add --keep recipes/ to see what no recipe uses, and --clean to remove it.
+cache *args:
+    {{orthopt}} cache "$@"
+
+# Run any orthopt command (e.g. just orthopt --help).
+orthopt *args:
+    {{orthopt}} "$@"
+
+# Run the whole test suite on the CPU, in the release profile the commands above already built.
 test:
     cargo test --workspace --release
 
-# Lints as CI runs them.
+# Check formatting and lints as CI does.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Training throughput of CNN-6 (width 64, 3x32x32, batch 128) per method, and each orthogonal
-# map's time at d = 576 and 1024, on this machine.
+# Measure CNN-6 training throughput per method and each orthogonal map's time at d = 576 and 1024.
 bench *args:
-    cargo run --release --quiet --bin opt -- bench --methods all --maps 576,1024 --width 64 --input 3x32x32 --batch 128 {{args}}
+    {{orthopt}} bench --methods all --maps 576,1024 --width 64 --input 3x32x32 --batch 128 "$@"
 
-# The same network in PyTorch eager (needs `pip install torch`), for comparison.
+# Measure the same network in PyTorch eager for comparison (needs pip install torch).
 bench-torch *args:
-    python3 bench/torch_cnn6.py --methods all {{args}}
+    python3 bench/torch_cnn6.py --methods all "$@"
 
-# Optional: the full Fashion-MNIST from Debian (used by recipes/fashion_mnist_full.toml and a test).
+# Measure the data path (cache to augmented batch) against the 25 000 images/s CNN-6 needs on an H100.
+bench-data *args:
+    {{orthopt}} bench-data --images 50000 --input 3x32x32 --batch 128 "$@"
+
+# Install Debian's full Fashion-MNIST (used by recipes/fashion_mnist/full.toml and a test).
 fetch-fashion-mnist:
     apt-get install -y dataset-fashion-mnist
-
-# Data-path throughput: decoded CIFAR-shaped data from the cache, pad + crop + flip, batch
-# assembly (images/s and ms per batch of 128), against the ~25 000 images/s CNN-6 needs on an H100.
-bench-data *args:
-    cargo run --release --quiet --bin opt -- bench-data --images 50000 --input 3x32x32 --batch 128 {{args}}

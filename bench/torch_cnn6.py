@@ -1,10 +1,10 @@
 """CNN-6 training throughput in PyTorch eager (OPT methods through torch.linalg), the reference
-`opt bench` is compared with.
+`orthopt bench` is compared with.
 
 Same network as opt's (spec §5): 3 stages × 2 [3×3 conv (no bias), BN (eps 1e-3), ReLU] +
 2×2 max-pool, fc6 = VALID conv over the last map, 1×1 classifier; official loss
 −Σ y·log(softmax + 1e-4) with label smoothing 0.01; SGD momentum 0.9, weight decay 5e-4.
-Synthetic data, like `opt bench`. Prints images/s and ms/step.
+Synthetic data, like `orthopt bench`. Prints images/s and ms/step.
 
     python3 bench/torch_cnn6.py [--methods all] [--width 64] [--batch 128] [--steps 10]
 

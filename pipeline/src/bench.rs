@@ -32,7 +32,6 @@ pub struct BenchResult {
 }
 
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
-    let device = cfg.device.open()?;
     let train = TrainConfig {
         data: opt_stages::preprocess::DataView::default(),
         model: ModelConfig {
@@ -63,37 +62,44 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         seed: 0,
         device: cfg.device.resolve(),
     };
-    let (model, store) = build(
-        &train.model,
-        &train.method,
-        cfg.input,
-        cfg.classes,
-        0,
-        &device,
-    )?;
-    let mut opt = Optimizers::new(&train, &store)?;
-    let (c, h, w) = cfg.input;
-    let x = Tensor::randn(0f32, 1f32, (cfg.batch, c, h, w), &device)?;
-    let labels: Vec<u32> = (0..cfg.batch as u32)
-        .map(|i| i % cfg.classes as u32)
-        .collect();
-    let y = Tensor::from_vec(labels, cfg.batch, &device)?;
+    measure_step(&train, cfg.input, cfg.classes, cfg.warmup, cfg.steps)
+}
+
+/// Times `steps` real training steps (after `warmup` untimed ones) of the network and method
+/// `train` describes, on synthetic inputs of shape `input` with `classes` classes, at its
+/// batch size and on its device.
+pub fn measure_step(
+    train: &TrainConfig,
+    input: (usize, usize, usize),
+    classes: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchResult> {
+    let device = train.device.open()?;
+    let batch = train.schedule.batch_size;
+    let (model, store) = build(&train.model, &train.method, input, classes, 0, &device)?;
+    let mut opt = Optimizers::new(train, &store)?;
+    let (c, h, w) = input;
+    let x = Tensor::randn(0f32, 1f32, (batch, c, h, w), &device)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
+    let y = Tensor::from_vec(labels, batch, &device)?;
     let kind = train.loss.kind();
-    for i in 0..cfg.warmup {
+    for i in 0..warmup {
         step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
+    let steps = steps.max(1);
     let t = Instant::now();
-    for i in 0..cfg.steps {
+    for i in 0..steps {
         step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
     let secs = t.elapsed().as_secs_f64();
     Ok(BenchResult {
-        method: cfg.method.name().into(),
-        images_per_sec: (cfg.steps * cfg.batch) as f64 / secs,
-        ms_per_step: 1e3 * secs / cfg.steps as f64,
-        device: cfg.device.resolve().to_string(),
+        method: train.method.name().into(),
+        images_per_sec: (steps * batch) as f64 / secs,
+        ms_per_step: 1e3 * secs / steps as f64,
+        device: train.device.to_string(),
     })
 }
 

@@ -50,6 +50,17 @@ pub fn resolve_source(
     let source = match d.source {
         SourceKind::Embedded => {
             unused(loaded, d, "embedded")?;
+            if d.name != DatasetName::FashionMnist {
+                return Err(invalid(
+                    loaded,
+                    "dataset.source",
+                    format!(
+                        "the embedded data is a Fashion-MNIST subset; dataset `{}` needs \
+                         source = \"hub\", \"url\" or \"local\"",
+                        d.name.as_str()
+                    ),
+                ));
+            }
             Source::Embedded
         }
         SourceKind::Local => {

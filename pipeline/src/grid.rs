@@ -2,7 +2,7 @@
 //! expanded into the cartesian product of *cells*, each run once per seed.
 //!
 //! Cells are ordered by axis key (sorted), the last axis varying fastest, seeds innermost; the
-//! position of a (cell, seed) pair in that order is its *index*, which `opt run --cell I` and
+//! position of a (cell, seed) pair in that order is its *index*, which `orthopt run --cell I` and
 //! Slurm job arrays use. A cell is named by its varied values (`name=cp,budget_channels=8`),
 //! so its directory, its rows and its cache keys say what it is.
 

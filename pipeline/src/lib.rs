@@ -1,10 +1,13 @@
 //! The opt pipeline: recipe loading and validation ([`recipe`], [`plan`]), the
 //! content-addressed [`store`], stage scheduling ([`runner`]), progress and logs
-//! ([`progress`]) and the throughput benchmark ([`bench`]). The `opt` binary is a thin CLI over
+//! ([`progress`]) and the throughput benchmark ([`bench`]). The `orthopt` binary is a thin CLI over
 //! these.
 
 pub mod bench;
+pub mod cache;
+pub mod catalog;
 pub mod datasets;
+pub mod estimate;
 pub mod grid;
 pub mod plan;
 pub mod progress;
@@ -12,3 +15,7 @@ pub mod recipe;
 pub mod runner;
 pub mod signals;
 pub mod store;
+
+/// The command's name: `opt` would be shadowed by (or shadow) LLVM's `opt` wherever LLVM is
+/// installed, so every printed command uses this one.
+pub const BIN: &str = "orthopt";

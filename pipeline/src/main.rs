@@ -1,9 +1,11 @@
-//! `opt`: run OPT experiments from recipes.
+//! `orthopt`: run OPT experiments from recipes.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use opt_core::orth::OrthMap;
 use opt_pipeline::bench::{self, BenchConfig};
+use opt_pipeline::cache::human;
+use opt_pipeline::estimate::{self, Estimator};
 use opt_pipeline::grid;
 use opt_pipeline::progress::{init_logging, Bars, Terminal};
 use opt_pipeline::recipe;
@@ -36,7 +38,7 @@ const DEFAULT_CACHE: &str = "outputs/cache";
 
 #[derive(Parser)]
 #[command(
-    name = "opt",
+    name = opt_pipeline::BIN,
     version,
     about = "Orthogonal Over-Parameterized Training experiments from recipes"
 )]
@@ -73,8 +75,8 @@ enum Command {
         /// Checkpoint and stop training after this many iterations; the next run resumes.
         #[arg(long, value_name = "N")]
         stop_after: Option<u64>,
-        /// Run only entry I of the grid (see `opt plan`), as one job of a cluster array; without
-        /// a value, I is read from SLURM_ARRAY_TASK_ID. Gather the results with `opt report`.
+        /// Run only entry I of the grid (see `orthopt plan`), as one job of a cluster array; without
+        /// a value, I is read from SLURM_ARRAY_TASK_ID. Gather the results with `orthopt report`.
         #[arg(long, value_name = "I", num_args = 0..=1, default_missing_value = "slurm")]
         cell: Option<String>,
         /// Train and evaluate again even where the cache and the run directory hold a result
@@ -87,13 +89,33 @@ enum Command {
         #[command(flatten)]
         recipe: RecipeArgs,
     },
-    /// List a recipe's grid entries (cell × seed) and what each would re-use or compute.
+    /// List a recipe's grid entries (cell × seed), what each would re-use or compute, and how
+    /// long its training takes on this machine.
     Plan {
         #[command(flatten)]
         recipe: RecipeArgs,
-        /// Run directory to check for recorded entries (default as for `opt run`).
+        /// Run directory to check for recorded entries (default as for `orthopt run`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Skip the time estimate (it may time two training steps per distinct network).
+        #[arg(long)]
+        no_estimate: bool,
+    },
+    /// List the methods, architectures and datasets with their options and defaults, and every
+    /// recipe section's defaults.
+    List,
+    /// Show the artifact cache (size per stage); with --keep, the artifacts no recipe under the
+    /// given files or directories refers to, which --clean removes.
+    Cache {
+        /// Artifact cache directory.
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        /// Recipes (files or directories searched for .toml/.yaml) whose artifacts to keep.
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        keep: Vec<PathBuf>,
+        /// Remove the artifacts no --keep recipe refers to.
+        #[arg(long, requires = "keep")]
+        clean: bool,
     },
     /// Gather finished runs into results.csv, summary.csv, results.md and SVG plots.
     Report {
@@ -177,9 +199,9 @@ fn shell_word(s: &str) -> String {
 /// The command that runs this recipe again (without `--cell`).
 fn rerun_command(args: &RecipeArgs, out: Option<&PathBuf>) -> String {
     let mut words = vec![
-        "opt".to_string(),
+        opt_pipeline::BIN.to_string(),
         "run".into(),
-        args.recipe.display().to_string(),
+        runner::recipe_path(&args.recipe),
     ];
     for s in &args.set {
         words.push("--set".into());
@@ -206,7 +228,7 @@ fn cell_index(cell: &str, count: usize) -> Result<usize> {
         let v = std::env::var("SLURM_ARRAY_TASK_ID").map_err(|_| {
             anyhow::anyhow!(
                 "--cell without a value reads SLURM_ARRAY_TASK_ID, which is not set; give the \
-                 entry's index (0..{count}, see `opt plan`)"
+                 entry's index (0..{count}, see `orthopt plan`)"
             )
         })?;
         (v, "SLURM_ARRAY_TASK_ID")
@@ -219,14 +241,14 @@ fn cell_index(cell: &str, count: usize) -> Result<usize> {
         .with_context(|| format!("{origin} = {text:?}: expected an entry index"))?;
     if i >= count {
         anyhow::bail!(
-            "{origin} = {i}: the grid has {count} entries (0..{}); `opt plan` lists them",
+            "{origin} = {i}: the grid has {count} entries (0..{}); `orthopt plan` lists them",
             count.saturating_sub(1)
         );
     }
     Ok(i)
 }
 
-/// How `opt run` is asked to behave, beyond the recipe.
+/// How `orthopt run` is asked to behave, beyond the recipe.
 struct RunFlags {
     out: Option<PathBuf>,
     stop_after: Option<u64>,
@@ -278,7 +300,9 @@ fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
             String::new()
         }
     );
-    if out.is_none() && grid.base.out_dir.is_none() && run_dir != runner::default_run_dir(&grid.name)
+    if out.is_none()
+        && grid.base.out_dir.is_none()
+        && run_dir != runner::default_run_dir(&grid.name)
     {
         eprintln!(
             "results of this variant (--set / OPT_* overrides) go to {}",
@@ -316,7 +340,10 @@ fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
         if force {
             for (stage, key) in [("train", &keys.train), ("evaluate", &keys.evaluate)] {
                 if store.remove(stage, key)? {
-                    tracing::info!("--force: removed the cached {stage} artifact {}", &key[..12]);
+                    tracing::info!(
+                        "--force: removed the cached {stage} artifact {}",
+                        &key[..12]
+                    );
                 }
             }
         } else if let Some(record) = runner::finished(&run_dir, entry, &keys, &store) {
@@ -363,7 +390,7 @@ fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
     }
     if let Some(i) = only {
         eprintln!(
-            "entry {i} recorded in {}; when every entry has run: opt report {}",
+            "entry {i} recorded in {}; when every entry has run: orthopt report {}",
             run_dir.join(runner::CELLS_DIR).display(),
             run_dir.display()
         );
@@ -397,7 +424,7 @@ fn run_dir_of(out: Option<PathBuf>, grid: &grid::Grid, overrides: &[String]) -> 
     Ok(runner::default_run_dir(&name))
 }
 
-fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
+fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>, estimate: bool) -> Result<()> {
     let grid = grid::expand(&args.recipe, &args.set)?;
     let store = ArtifactStore::new(&args.cache);
     let run_dir = run_dir_of(out.clone(), &grid, &args.set)?;
@@ -421,9 +448,15 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
         store.root().display(),
         run_dir.display()
     );
-    println!("| # | cell | seed | fetch | preprocess | train | evaluate | recorded |");
-    println!("|---:|---|---:|---|---|---|---|---|");
+    println!(
+        "| # | cell | seed | fetch | preprocess | train | evaluate | recorded | training time |"
+    );
+    println!("|---:|---|---:|---|---|---|---|---|---:|");
     let mut recorded = 0;
+    let mut estimator = Estimator::new(&store);
+    let mut total_seconds = 0.0;
+    let mut unknown_time = 0;
+    let mut sources = std::collections::BTreeSet::new();
     // Where an earlier entry of this plan computes the same artifact, this one re-uses it.
     let mut first_user: std::collections::HashMap<String, usize> = Default::default();
     let mut counts = [0usize; 4];
@@ -448,8 +481,33 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
         }
         let done = runner::finished(&run_dir, e, &keys, &store).is_some();
         recorded += usize::from(done);
+        let trains = !done && store.state("train", &keys.train) != ArtifactState::Cached;
+        let time = if !trains {
+            "–".to_string()
+        } else if !estimate {
+            "?".to_string()
+        } else {
+            match (
+                estimator.iterations(&e.plan, &keys),
+                estimator.step(&e.plan, &keys),
+            ) {
+                (Some(n), Some(step)) => {
+                    let seconds = n as f64 * step.ms / 1e3;
+                    total_seconds += seconds;
+                    sources.insert(match step.source {
+                        estimate::Source::Recorded(_) => "a recorded run",
+                        estimate::Source::Measured => "steps timed now",
+                    });
+                    format!("{} ({:.0} ms/step)", estimate::duration(seconds), step.ms)
+                }
+                _ => {
+                    unknown_time += 1;
+                    "?".to_string()
+                }
+            }
+        };
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {time} |",
             e.index,
             e.cell,
             e.seed,
@@ -462,6 +520,20 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>) -> Result<()> {
          recorded in the run directory",
         counts[0], counts[1], counts[2], counts[3]
     );
+    if total_seconds > 0.0 {
+        let sources: Vec<&str> = sources.into_iter().collect();
+        println!(
+            "training time on this machine, one process: ≈ {} (from {}; evaluations add to \
+             it){}",
+            estimate::duration(total_seconds),
+            sources.join(" and "),
+            if unknown_time > 0 {
+                format!("; {unknown_time} entries unknown until their data is decoded")
+            } else {
+                String::new()
+            }
+        );
+    }
     let command = rerun_command(&args, out.as_ref());
     println!(
         "one process: {command}\ncluster: sbatch --array=0-{} (each job: {command} --cell)",
@@ -502,7 +574,7 @@ fn report_cmd(dirs: Vec<PathBuf>, out: Option<PathBuf>, title: Option<String>) -
     }
     if runs.is_empty() {
         anyhow::bail!(
-            "no finished runs under {}; `opt run` records each run there",
+            "no finished runs under {}; `orthopt run` records each run there",
             dirs.iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
@@ -536,6 +608,71 @@ fn report_cmd(dirs: Vec<PathBuf>, out: Option<PathBuf>, title: Option<String>) -
     Ok(())
 }
 
+fn cache_cmd(cache: PathBuf, keep: Vec<PathBuf>, clean: bool) -> Result<()> {
+    let store = ArtifactStore::new(&cache);
+    let all = opt_pipeline::cache::artifacts(&store);
+    println!("# cache {}\n", cache.display());
+    println!("| stage | artifacts | partial | size |");
+    println!("|---|---:|---:|---:|");
+    for stage in opt_pipeline::cache::STAGES {
+        let of: Vec<_> = all.iter().filter(|a| a.stage == stage).collect();
+        println!(
+            "| {stage} | {} | {} | {} |",
+            of.iter().filter(|a| !a.partial).count(),
+            of.iter().filter(|a| a.partial).count(),
+            human(of.iter().map(|a| a.bytes).sum())
+        );
+    }
+    println!(
+        "| all | {} | | {} |",
+        all.len(),
+        human(all.iter().map(|a| a.bytes).sum())
+    );
+    if keep.is_empty() {
+        return Ok(());
+    }
+    let refs = opt_pipeline::cache::references(&keep);
+    for (file, error) in &refs.unresolved {
+        eprintln!("warning: {}: not resolvable ({error})", file.display());
+    }
+    let unused = opt_pipeline::cache::unused(&all, &refs);
+    println!(
+        "\n{} artifacts ({}) are used by none of the {} recipes under {}:",
+        unused.len(),
+        human(unused.iter().map(|a| a.bytes).sum()),
+        refs.recipes,
+        keep.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for a in &unused {
+        let partial = if a.partial { " (partial)" } else { "" };
+        println!(
+            "  {:<10} {}  {}{partial}",
+            a.stage,
+            &a.key[..16.min(a.key.len())],
+            human(a.bytes)
+        );
+    }
+    if !clean {
+        if !unused.is_empty() {
+            println!("`--clean` removes them.");
+        }
+        return Ok(());
+    }
+    if !refs.unresolved.is_empty() {
+        anyhow::bail!(
+            "not cleaning: {} recipe(s) could not be resolved, so their artifacts cannot be told \
+             apart (see the warnings); fix or exclude them",
+            refs.unresolved.len()
+        );
+    }
+    let freed = opt_pipeline::cache::remove(&store, &unused)?;
+    println!("removed {} artifacts, {}", unused.len(), human(freed));
+    Ok(())
+}
+
 fn show(args: RecipeArgs) -> Result<()> {
     let grid = grid::expand(&args.recipe, &args.set)?;
     let plan = &grid.base;
@@ -559,7 +696,7 @@ fn show(args: RecipeArgs) -> Result<()> {
     if grid.is_grid() {
         println!(
             "\n# grid: {} entries; the configurations and keys here are the base recipe's (the \
-             first cell's where the base is valid only through its cells); `opt plan` lists \
+             first cell's where the base is valid only through its cells); `orthopt plan` lists \
              every entry's",
             grid.entries.len()
         );
@@ -642,7 +779,13 @@ fn main() -> ExitCode {
             return finish(run(recipe, flags));
         }
         Command::Show { recipe } => show(recipe),
-        Command::Plan { recipe, out } => plan_cmd(recipe, out),
+        Command::Plan {
+            recipe,
+            out,
+            no_estimate,
+        } => plan_cmd(recipe, out, !no_estimate),
+        Command::List => opt_pipeline::catalog::describe().map(|text| print!("{text}")),
+        Command::Cache { cache, keep, clean } => cache_cmd(cache, keep, clean),
         Command::Report { dirs, out, title } => report_cmd(dirs, out, title),
         Command::BenchData {
             images,

@@ -5,15 +5,15 @@
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
 use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection};
+use figment::Figment;
 use opt_stages::augment::AugmentConfig;
+use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
+use opt_stages::model::{available_memory, check_step_memory, step_memory};
 use opt_stages::model::{MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
-use figment::Figment;
-use opt_stages::device::DeviceChoice;
-use opt_stages::model::{available_memory, check_step_memory, step_memory};
 use opt_stages::StageError;
 use serde::Serialize;
 use std::path::PathBuf;

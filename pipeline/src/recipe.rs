@@ -267,7 +267,7 @@ pub struct ReportSection {
     /// directory; `--out` overrides it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_dir: Option<PathBuf>,
-    /// Print the result table at the end of `opt run`.
+    /// Print the result table at the end of `orthopt run`.
     pub print_table: bool,
 }
 

@@ -6,9 +6,9 @@ use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
 use crate::store::{ArtifactStore, Outcome, StageSpec};
 use anyhow::{bail, Context, Result};
+use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, LayerSummary, Provenance, ResultRow, RunRecord};
-use opt_stages::interrupt::Interrupt;
 use opt_stages::train::TrainOutcome;
 use opt_stages::{evaluate, fetch, preprocess, train, StageError};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ impl<'a> RunContext<'a> {
             progress,
             stop_after: None,
             git_commit: git_commit(),
-            command: "opt run".into(),
+            command: format!("{} run", crate::BIN),
             interrupt: Interrupt::default(),
         }
     }
@@ -47,10 +47,18 @@ impl<'a> RunContext<'a> {
 }
 
 pub enum RunResult {
-    Finished { row: Box<ResultRow>, trained: bool },
-    Stopped { iteration: u64 },
+    Finished {
+        row: Box<ResultRow>,
+        trained: bool,
+    },
+    Stopped {
+        iteration: u64,
+    },
     /// A signal asked to stop; training (if it ran) checkpointed at `iteration`.
-    Interrupted { iteration: Option<u64>, signal: i32 },
+    Interrupted {
+        iteration: Option<u64>,
+        signal: i32,
+    },
 }
 
 fn short(key: &str) -> &str {
@@ -230,7 +238,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         ms_per_step: rep.train.ms_per_step,
         device: rep.train.device.clone(),
         provenance: Provenance {
-            recipe_file: plan.recipe_file.display().to_string(),
+            recipe_file: recipe_path(&plan.recipe_file),
             recipe_hash: recipe_hash(plan),
             fetch_key: keys.fetch.clone(),
             preprocess_key: keys.preprocess.clone(),
@@ -367,6 +375,25 @@ pub fn git_commit() -> String {
             }
         }
         None => "unknown".into(),
+    }
+}
+
+/// A recipe's path as results record it: relative to the repository root when the recipe is
+/// inside the repository the command runs in (so a row reads the same from any working
+/// directory, and in any clone), else absolute.
+pub fn recipe_path(file: &Path) -> String {
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        crate::store::git(&["rev-parse", "--show-toplevel"])
+            .filter(|s| !s.is_empty())
+            .and_then(|s| PathBuf::from(s).canonicalize().ok())
+    });
+    let Ok(full) = file.canonicalize() else {
+        return file.display().to_string();
+    };
+    match root.as_ref().and_then(|r| full.strip_prefix(r).ok()) {
+        Some(rel) => rel.display().to_string(),
+        None => full.display().to_string(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `opt` binary: exit codes, printed table, errors, and a real kill in the middle of training.
+//! The `orthopt` binary: exit codes, printed table, errors, and a real kill in the middle of training.
 
 mod common;
 

@@ -31,16 +31,16 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// The `opt` binary with logs on and the caller's overrides out of the way.
+/// The `orthopt` binary with logs on and the caller's overrides out of the way.
 pub fn opt() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_opt"));
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_orthopt"));
     c.env("RUST_LOG", "info")
         .env_remove("OPT_SCHEDULE__LR")
         .env_remove("SLURM_ARRAY_TASK_ID");
     c
 }
 
-/// Runs `opt` and returns (stdout, stderr), failing the test with stderr if it fails.
+/// Runs `orthopt` and returns (stdout, stderr), failing the test with stderr if it fails.
 pub fn run_ok(args: &[&str]) -> (String, String) {
     let out = opt().args(args).output().unwrap();
     let (so, se) = (

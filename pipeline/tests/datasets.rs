@@ -74,7 +74,7 @@ eval_batch = 32
     assert_eq!(plan.preprocess.format, DataFormat::CifarBinary, "detected");
     // Through the command line, as a user runs it.
     let cache = tmp.path().join("cache");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opt"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orthopt"))
         .arg("-q")
         .arg("run")
         .arg(&recipe)
@@ -205,7 +205,7 @@ fn dataset_sources_resolve_with_defaults_and_clear_errors() {
 
 #[test]
 fn bench_data_prints_the_data_path_throughput() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opt"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orthopt"))
         .args([
             "bench-data",
             "--images",

@@ -1,5 +1,5 @@
 //! Ablation grids: expansion and naming, cache sharing between cells, resume after a kill in
-//! the middle of a grid, concurrent `--cell` processes on one cache, and `opt report`.
+//! the middle of a grid, concurrent `--cell` processes on one cache, and `orthopt report`.
 
 mod common;
 
@@ -336,7 +336,7 @@ fn a_grid_killed_in_its_second_cell_resumes_without_duplicate_rows() {
 }
 
 /// Slurm-style: one process per entry (and one duplicate) against one cache, started together;
-/// every artifact is built once, and `opt report` gathers the cells.
+/// every artifact is built once, and `orthopt report` gathers the cells.
 #[test]
 fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -380,7 +380,7 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
         .collect();
     assert_eq!(logs.matches("fetch: built").count(), 1, "{logs}");
     assert_eq!(logs.matches("preprocess: built").count(), 1, "{logs}");
-    // Entry processes leave the gathering to `opt report`.
+    // Entry processes leave the gathering to `orthopt report`.
     assert!(!out.join("results.csv").exists());
 
     let (stdout, stderr) = run_ok(&["report", s(&out)]);
@@ -422,12 +422,18 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
 fn grid_values_from_the_command_line_are_typed_like_file_values() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = write(tmp.path(), "g.toml", TINY);
-    let sets = ["grid.model.width=[4, 8]".to_string(), "grid.seeds=[0, 5]".into()];
+    let sets = [
+        "grid.model.width=[4, 8]".to_string(),
+        "grid.seeds=[0, 5]".into(),
+    ];
     let g = expand(&recipe, &sets).unwrap();
     let cells: Vec<&str> = g.entries.iter().map(|e| e.cell.as_str()).collect();
     assert_eq!(cells, ["width=4", "width=4", "width=8", "width=8"]);
     let seeds: Vec<u64> = g.entries.iter().map(|e| e.seed).collect();
     assert_eq!(seeds, [0, 5, 0, 5]);
     assert_eq!(g.entries[2].plan.train.model.width, 8);
-    assert_eq!(g.entries[2].params, [("model.width".to_string(), "8".to_string())]);
+    assert_eq!(
+        g.entries[2].params,
+        [("model.width".to_string(), "8".to_string())]
+    );
 }

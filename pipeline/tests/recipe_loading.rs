@@ -119,7 +119,11 @@ fn a_missing_or_directory_parent_is_an_error_of_the_extending_recipe() {
 #[test]
 fn an_empty_recipe_is_an_error_unless_it_extends_another() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in [("empty.toml", ""), ("comments.toml", "# nothing\n"), ("empty.yaml", "")] {
+    for (name, text) in [
+        ("empty.toml", ""),
+        ("comments.toml", "# nothing\n"),
+        ("empty.yaml", ""),
+    ] {
         let p = write(dir.path(), name, text);
         let e = load(&p, &[]).err().unwrap().to_string();
         assert!(e.contains(name) && e.contains("empty"), "{e}");
@@ -151,7 +155,10 @@ fn a_child_switches_its_parent_between_iterations_and_epochs() {
         "both.toml",
         "extends = \"base.toml\"\n[schedule]\nepochs = 2.5\niterations = 3\n",
     );
-    let e = resolve(&load(&both, &[]).unwrap()).err().unwrap().to_string();
+    let e = resolve(&load(&both, &[]).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("not both"), "{e}");
 }
 
@@ -159,7 +166,12 @@ fn a_child_switches_its_parent_between_iterations_and_epochs() {
 fn override_values_parse_as_toml_values_do_in_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "r.toml", TINY);
-    for (text, lr) in [("1e-3", 1e-3), ("1E2", 100.0), ("2.5e-2", 0.025), ("3", 3.0)] {
+    for (text, lr) in [
+        ("1e-3", 1e-3),
+        ("1E2", 100.0),
+        ("2.5e-2", 0.025),
+        ("3", 3.0),
+    ] {
         let plan = resolve(&load(&p, &[format!("schedule.lr={text}")]).unwrap()).unwrap();
         assert_eq!(plan.train.schedule.lr, lr, "--set schedule.lr={text}");
     }
@@ -181,7 +193,10 @@ fn options_given_to_a_method_without_options_are_errors() {
     for name in ["baseline", "cp", "gs", "hr", "ls"] {
         let text = format!("{TINY}\n[method]\nname = \"{name}\"\nweight = 0.5\n");
         let e = err(dir.path(), &text, &[]);
-        assert!(e.contains("bad.toml") && e.contains("weight"), "{name}: {e}");
+        assert!(
+            e.contains("bad.toml") && e.contains("weight"),
+            "{name}: {e}"
+        );
     }
     let p = write(dir.path(), "r.toml", TINY);
     let e = load(&p, &["method.name=gs".into(), "method.weight=0.5".into()])
@@ -199,7 +214,10 @@ fn unknown_grid_keys_name_the_recipe_file() {
         "grid.toml",
         &format!("{TINY}\n[grid]\nmodel.wdth = [4, 8]\n"),
     );
-    let e = opt_pipeline::grid::expand(&p, &[]).err().unwrap().to_string();
+    let e = opt_pipeline::grid::expand(&p, &[])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("grid.toml") && e.contains("wdth"), "{e}");
 }
 
@@ -231,7 +249,11 @@ fn a_step_too_large_for_this_machine_is_refused_naming_the_width() {
         "{e}"
     );
     // The explicit override lets it resolve (what happens next is the user's choice).
-    let p = write(dir.path(), "big.toml", &format!("{text}memory_check = false\n"));
+    let p = write(
+        dir.path(),
+        "big.toml",
+        &format!("{text}memory_check = false\n"),
+    );
     assert!(resolve(&load(&p, &[]).unwrap()).is_ok());
 }
 

@@ -94,8 +94,15 @@ fn set_variants_never_replace_the_recipes_recorded_row() {
         .filter(|p| p != &plain)
         .collect();
     assert_eq!(variants.len(), 1);
-    let name = variants[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("tiny-set-") && said.contains(&name), "{said}");
+    let name = variants[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("tiny-set-") && said.contains(&name),
+        "{said}"
+    );
     assert_eq!(rows(&variants[0])[0].iterations, 4);
     // The same overrides find the same directory again.
     let again = run(&["--set", "schedule.iterations=4"]);
@@ -116,7 +123,10 @@ fn spawn_run(recipe: &Path, cache: &Path, out: &Path) -> std::process::Child {
 fn wait_for_training(cache: &Path) {
     let t = Instant::now();
     loop {
-        assert!(t.elapsed() < Duration::from_secs(120), "training never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "training never started"
+        );
         let started = std::fs::read_dir(cache.join("train"))
             .ok()
             .into_iter()
@@ -149,7 +159,11 @@ fn interrupted_at(stderr: &str) -> u64 {
         .split("at iteration ")
         .nth(1)
         .unwrap_or_else(|| panic!("no iteration in: {line}"));
-    at.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    at.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// SIGINT and SIGTERM checkpoint the step in flight and exit 130 / 143; the same command
@@ -172,7 +186,10 @@ fn interrupts_checkpoint_and_the_same_command_resumes() {
         let result = child.wait_with_output().unwrap();
         let stderr = text(&result);
         assert_eq!(result.status.code(), Some(code), "{stderr}");
-        assert!(stderr.contains("run the same command to resume"), "{stderr}");
+        assert!(
+            stderr.contains("run the same command to resume"),
+            "{stderr}"
+        );
         let at = interrupted_at(&stderr);
         assert!(at > done && at < 300, "{stderr}");
         done = at;
@@ -185,7 +202,15 @@ fn interrupts_checkpoint_and_the_same_command_resumes() {
         "{resumed}"
     );
     let (ref_cache, ref_out) = (tmp.path().join("rc"), tmp.path().join("ro"));
-    run_ok(&["run", s(&recipe), "--cache", s(&ref_cache), "--out", s(&ref_out), "-q"]);
+    run_ok(&[
+        "run",
+        s(&recipe),
+        "--cache",
+        s(&ref_cache),
+        "--out",
+        s(&ref_out),
+        "-q",
+    ]);
     let (a, b) = (&rows(&out)[0], &rows(&ref_out)[0]);
     assert_eq!((a.test_acc, a.test_loss), (b.test_acc, b.test_loss));
 }
@@ -213,9 +238,20 @@ fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
             && stderr.contains("resuming from the previous checkpoint"),
         "{stderr}"
     );
-    assert!(stderr.contains("resuming from checkpoint at iteration 2/6"), "{stderr}");
+    assert!(
+        stderr.contains("resuming from checkpoint at iteration 2/6"),
+        "{stderr}"
+    );
     let (ref_cache, ref_out) = (tmp.path().join("rc"), tmp.path().join("ro"));
-    run_ok(&["run", s(&recipe), "--cache", s(&ref_cache), "--out", s(&ref_out), "-q"]);
+    run_ok(&[
+        "run",
+        s(&recipe),
+        "--cache",
+        s(&ref_cache),
+        "--out",
+        s(&ref_out),
+        "-q",
+    ]);
     let (a, b) = (&rows(&out)[0], &rows(&ref_out)[0]);
     assert_eq!((a.test_acc, a.test_loss), (b.test_acc, b.test_loss));
     // Artifacts honour the umask, as a plain create does: a shared cache stays readable.
@@ -235,7 +271,10 @@ fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
 fn settings_the_data_cannot_satisfy_name_the_key_and_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
-        (TINY.replace("train_limit = 256", "train_limit = 16"), "schedule.batch_size"),
+        (
+            TINY.replace("train_limit = 256", "train_limit = 16"),
+            "schedule.batch_size",
+        ),
         (
             TINY.replace("train_limit = 256", "train_limit = 256\nvalidation = 256"),
             "dataset.validation",
@@ -283,7 +322,10 @@ fn an_empty_class_folder_is_an_error_and_a_failed_stage_leaves_no_litter() {
         .unwrap();
     let stderr = text(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("`dog`") && stderr.contains("no images"), "{stderr}");
+    assert!(
+        stderr.contains("`dog`") && stderr.contains("no images"),
+        "{stderr}"
+    );
     let litter: Vec<_> = std::fs::read_dir(cache.join("preprocess"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -292,7 +334,7 @@ fn an_empty_class_folder_is_an_error_and_a_failed_stage_leaves_no_litter() {
     assert!(litter.is_empty(), "{litter:?}");
 }
 
-/// `opt plan --out DIR` prints follow-up commands that use the same directory.
+/// `orthopt plan --out DIR` prints follow-up commands that use the same directory.
 #[test]
 fn plan_prints_commands_with_its_out_directory() {
     let tmp = tempfile::tempdir().unwrap();

@@ -72,7 +72,7 @@ impl DeviceChoice {
             Self::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(StageError::Config(format!(
-                        "run.device = \"cuda:{n}\" but this `opt` was built without CUDA support \
+                        "run.device = \"cuda:{n}\" but this `orthopt` was built without CUDA support \
                          (the cargo feature `cuda`); set run.device = \"cpu\""
                     )));
                 }

@@ -30,7 +30,10 @@ pub struct EvalMetrics {
 impl EvalMetrics {
     /// `loss …, top-1 …[, top-5 …] on N images`.
     pub fn describe(&self) -> String {
-        let top5 = self.top5.map(|t| format!(", top-5 {t:.4}")).unwrap_or_default();
+        let top5 = self
+            .top5
+            .map(|t| format!(", top-5 {t:.4}"))
+            .unwrap_or_default();
         format!(
             "loss {:.4}, top-1 {:.4}{top5} on {} images",
             self.loss, self.top1, self.count

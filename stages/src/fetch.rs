@@ -52,6 +52,14 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
+    pub const ALL: [DatasetName; 5] = [
+        DatasetName::FashionMnist,
+        DatasetName::Mnist,
+        DatasetName::Cifar10,
+        DatasetName::Cifar100,
+        DatasetName::ImageFolder,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DatasetName::FashionMnist => "fashion-mnist",

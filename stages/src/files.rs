@@ -36,7 +36,9 @@ pub fn honour_umask(path: &Path) -> Result<()> {
 /// Flushes a written file to disk, so a rename that follows never exposes a file whose data a
 /// crash or power cut could still lose (a truncated checkpoint).
 pub fn sync(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).at(path)
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .at(path)
 }
 
 #[cfg(all(test, unix))]
@@ -49,7 +51,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
         let (_, path) = f.keep().unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         honour_umask(&path).unwrap();
         // The oracle: what the kernel gives a plain create under this process's umask.
         let plain = dir.path().join("plain");

@@ -17,6 +17,28 @@ pub enum Arch {
     Cnn6,
 }
 
+impl Arch {
+    pub const ALL: [Arch; 1] = [Arch::Cnn6];
+
+    /// The name recipes use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Cnn6 => "cnn6",
+        }
+    }
+
+    /// One line for `list`.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Arch::Cnn6 => {
+                "the paper's CNN-6: three stages of two 3×3 conv + BN + ReLU and a 2×2 max-pool \
+                 (`model.width`, or `model.widths` per stage), `fc6` over the last map, a plain 1×1 \
+                 classifier; adapts to the input's channels, size and classes"
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -434,7 +456,13 @@ mod memory_tests {
     /// 256·(1152 + 256), conv3_* 2 · 64·(1152 + 256), fc6 (2·1024 + 256), score (2·64 + 400).
     #[test]
     fn matches_a_hand_count() {
-        let m = step_memory(&model(64), &MethodConfig::Baseline {}, (3, 32, 32), 100, 128);
+        let m = step_memory(
+            &model(64),
+            &MethodConfig::Baseline {},
+            (3, 32, 32),
+            100,
+            128,
+        );
         let per_image: u64 = 1024 * (54 + 256)
             + 1024 * (1152 + 256)
             + 2 * 256 * (1152 + 256)

@@ -292,7 +292,10 @@ pub enum TrainOutcome {
     /// Stopped early on request (`stop_after`), with a checkpoint at this iteration.
     Stopped(u64),
     /// Stopped by an interrupt `signal`, with a checkpoint at `iteration`.
-    Interrupted { iteration: u64, signal: i32 },
+    Interrupted {
+        iteration: u64,
+        signal: i32,
+    },
 }
 
 /// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,

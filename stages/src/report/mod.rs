@@ -58,7 +58,7 @@ pub struct ResultRow {
     pub recipe: String,
     /// The cell's name (its varied values; the recipe's name without a grid).
     pub cell: String,
-    /// Position in the grid (`opt run --cell I`).
+    /// Position in the grid (`orthopt run --cell I`).
     pub index: usize,
     /// The cell's varied keys and their values, in grid order.
     pub params: Vec<(String, String)>,
@@ -268,7 +268,10 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"a,b\n");
         assert!(!stale.exists(), "a killed writer's temporary file is swept");
         assert!(fresh.exists(), "a live writer's temporary file is kept");
-        assert!(other.exists(), "only the written file's temporaries are touched");
+        assert!(
+            other.exists(),
+            "only the written file's temporaries are touched"
+        );
     }
 
     /// Every f64 survives JSON exactly (serde_json's `float_roundtrip`): a resumed run's curves
@@ -283,7 +286,13 @@ mod tests {
                 mantissa * 10f64.powi(exponent)
             })
             .collect();
-        values.extend([0.1 + 0.2, 1.0 / 3.0, 2.0f64.sqrt(), f64::MIN_POSITIVE, 5e-324]);
+        values.extend([
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.0f64.sqrt(),
+            f64::MIN_POSITIVE,
+            5e-324,
+        ]);
         let text = serde_json::to_string(&values).unwrap();
         let back: Vec<f64> = serde_json::from_str(&text).unwrap();
         let differ = values

@@ -399,7 +399,7 @@ fn short(s: &str) -> &str {
     }
 }
 
-/// One line per run (also what `opt run` prints).
+/// One line per run (also what `orthopt run` prints).
 pub fn runs_table(rows: &[ResultRow]) -> String {
     let mut s = String::new();
     s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | val acc | energy s=1 | orth err | train s | images/s | device |\n");
