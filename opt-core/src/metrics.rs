@@ -78,7 +78,10 @@ mod tests {
         let labels = Tensor::new(&[0u32], &dev)?;
         let expect = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0];
         for (k, e) in (1..=5).zip(expect) {
-            assert!((topk_correct(&logits, &labels, k)? - e).abs() < 1e-12, "k = {k}");
+            assert!(
+                (topk_correct(&logits, &labels, k)? - e).abs() < 1e-12,
+                "k = {k}"
+            );
         }
         Ok(())
     }
@@ -93,7 +96,10 @@ mod tests {
             Err(Error::NonFinite(_))
         ));
         let ok = Tensor::new(&[[0.1f32, 0.3, 0.2]], &dev)?;
-        assert!(matches!(topk_correct(&ok, &labels, 5), Err(Error::Config(_))));
+        assert!(matches!(
+            topk_correct(&ok, &labels, 5),
+            Err(Error::Config(_))
+        ));
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod datasets;
+pub mod export;
 pub mod grid;
 pub mod plan;
 pub mod progress;
