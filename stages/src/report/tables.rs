@@ -541,6 +541,13 @@ pub fn markdown(
     }
     let _ = writeln!(s, "\n## Runs\n");
     s.push_str(&runs_table(rows));
+    s.push_str(&provenance_table(rows));
+    s
+}
+
+/// Where each run came from: commit, recipe hash, train artifact and the command re-running it.
+fn provenance_table(rows: &[ResultRow]) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "\n## Provenance\n");
     let _ = writeln!(
         s,
