@@ -31,6 +31,10 @@ show recipe *args:
 report *dirs:
     {{orthopt}} report "$@"
 
+# Export a run's trained model as a plain CNN-6 in safetensors (e.g. just export outputs/runs/quickstart --out model.safetensors).
+export run *args:
+    {{orthopt}} export "$@"
+
 # List the methods, architectures and datasets with their options and defaults.
 list:
     {{orthopt}} list

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod datasets;
 pub mod estimate;
+pub mod export;
 pub mod grid;
 pub mod plan;
 pub mod progress;
@@ -16,6 +17,6 @@ pub mod runner;
 pub mod signals;
 pub mod store;
 
-/// The command's name: `opt` would be shadowed by (or shadow) LLVM's `opt` wherever LLVM is
+/// The command's name: `orthopt` would be shadowed by (or shadow) LLVM's `orthopt` wherever LLVM is
 /// installed, so every printed command uses this one.
 pub const BIN: &str = "orthopt";

@@ -129,6 +129,19 @@ enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+    /// Export a run's trained model as a plain CNN-6 for PyTorch (safetensors, effective
+    /// weights W = R·W0 per layer; `bench/load_export.py` loads it).
+    Export {
+        /// A run's directory (`<run>/cells/<cell>/seed-<s>`) or a train artifact
+        /// (`<cache>/train/<key>`).
+        path: PathBuf,
+        /// The safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Artifact cache the run was trained in.
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+    },
     /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data, per method,
     /// and the time of each orthogonal map.
     Bench {
@@ -375,9 +388,11 @@ fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
             RunResult::Finished { row, trained } => {
                 trained_any |= trained;
                 let curves = runner::entry_dir(&run_dir, entry).join(report::CURVES_CSV);
+                let (curve, train) = report::read_curves(&curves)?;
                 runs.push(RunRecord {
                     row: *row,
-                    curve: report::read_curve(&curves)?,
+                    curve,
+                    train,
                 });
             }
         }
@@ -787,6 +802,10 @@ fn main() -> ExitCode {
         Command::List => opt_pipeline::catalog::describe().map(|text| print!("{text}")),
         Command::Cache { cache, keep, clean } => cache_cmd(cache, keep, clean),
         Command::Report { dirs, out, title } => report_cmd(dirs, out, title),
+        Command::Export { path, out, cache } => opt_pipeline::export::export(&path, &cache, &out)
+            .map(|shapes| {
+                println!("wrote {} ({} tensors)", out.display(), shapes.len());
+            }),
         Command::BenchData {
             images,
             input,

@@ -8,7 +8,7 @@ use crate::store::{ArtifactStore, Outcome, StageSpec};
 use anyhow::{bail, Context, Result};
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
-use opt_stages::report::{self, LayerSummary, Provenance, ResultRow, RunRecord};
+use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
 use opt_stages::train::TrainOutcome;
 use opt_stages::{evaluate, fetch, preprocess, train, StageError};
 use std::path::{Path, PathBuf};
@@ -216,23 +216,16 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         iterations: rep.train.iterations,
         test_acc: m.top1,
         test_err: 100.0 * (1.0 - m.top1),
-        best_test_acc: rep.best_top1,
-        best_test_err: 100.0 * (1.0 - rep.best_top1),
-        best_iteration: rep.best_iteration,
+        best_iteration: rep.best.map(|b| b.iteration),
+        best_val_acc: rep.best.map(|b| b.val_top1),
+        test_acc_at_best: rep.best.map(|b| b.test_top1),
+        test_err_at_best: rep.best.map(|b| 100.0 * (1.0 - b.test_top1)),
         test_top5: m.top5,
         test_loss: m.loss,
         val_acc: rep.validation.map(|v| v.top1),
         energy_s1: energy_s1.unwrap_or(f64::NAN),
         orth_error,
-        layers: rep
-            .layers
-            .iter()
-            .map(|l| LayerSummary {
-                layer: l.layer.clone(),
-                energy_s1: l.energy_s1,
-                orth_error: l.orth_error,
-            })
-            .collect(),
+        layers: rep.layers.clone(),
         train_seconds: rep.train.train_seconds,
         images_per_sec: rep.train.images_per_sec,
         ms_per_step: rep.train.ms_per_step,
@@ -250,7 +243,8 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
     };
     let dir = entry_dir(&ctx.run_dir, entry);
     warn_if_replacing_another_recipe(&dir, &row);
-    report::write_run(&dir, &row, &evaluated.dir().join(evaluate::CURVES_FILE))
+    let files = [evaluate::CURVES_FILE, evaluate::LAYERS_FILE].map(|f| evaluated.dir().join(f));
+    report::write_run(&dir, &row, &files.each_ref().map(|p| p.as_path()))
         .with_context(|| format!("recording the run in {}", dir.display()))?;
     Ok(RunResult::Finished {
         row: Box::new(row),

@@ -99,6 +99,26 @@ eval_batch = 32
     // The validation accuracy reaches the result table.
     let runs = opt_pipeline::runner::collect_runs(&tmp.path().join("run")).unwrap();
     assert_eq!(runs[0].row.val_acc, eval.validation.map(|v| v.top1));
+    // The best evaluation is chosen on validation — at iteration 0, 2 or the final 4, the
+    // earliest among equals — and the test accuracy reported is that evaluation's.
+    let train_curves = cache.join("train").join(&keys.train).join("curves.json");
+    let curves: opt_stages::train::Curves =
+        serde_json::from_str(&std::fs::read_to_string(train_curves).unwrap()).unwrap();
+    let mut evals: Vec<(u64, f64, f64)> = curves
+        .eval
+        .iter()
+        .map(|e| (e.iteration, e.val_top1.unwrap(), e.top1))
+        .collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 2]);
+    let v = eval.validation.unwrap();
+    evals.push((4, v.top1, eval.final_metrics.top1));
+    let best = evals
+        .iter()
+        .fold(evals[0], |b, &e| if e.1 > b.1 { e } else { b });
+    let row = &runs[0].row;
+    assert_eq!(row.best_iteration, Some(best.0));
+    assert_eq!(row.best_val_acc, Some(best.1));
+    assert_eq!(row.test_acc_at_best, Some(best.2));
     let csv = std::fs::read_to_string(tmp.path().join("run/results.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains(",val_acc,"), "{csv}");
     let stats: opt_stages::preprocess::DatasetStats = serde_json::from_str(

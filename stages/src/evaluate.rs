@@ -4,7 +4,7 @@
 use crate::dataset::{Normalizer, Split};
 use crate::error::{read_json, write_json};
 use crate::progress::Progress;
-use crate::train::{self, Curves, TrainConfig, TrainSummary};
+use crate::train::{self, BestPoint, Curves, TrainConfig, TrainSummary};
 use crate::{preprocess, Result};
 use candle_core::Device;
 use opt_core::loss::{loss, LossKind};
@@ -13,9 +13,13 @@ use opt_core::Cnn6;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// 2: `layers.csv`, validation curves, the best evaluation chosen on validation; ties in
+/// top-k counted by their share, top-5 left out below 5 classes.
 pub const FORMAT_VERSION: u32 = 2;
 pub const METRICS_FILE: &str = "metrics.json";
 pub const CURVES_FILE: &str = "curves.csv";
+/// Every layer's energies and orthogonality error at every evaluation.
+pub const LAYERS_FILE: &str = "layers.csv";
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
@@ -89,8 +93,10 @@ pub struct EvalReport {
     pub validation: Option<EvalMetrics>,
     /// Final per-layer hyperspherical energy and orthogonality error.
     pub layers: Vec<crate::metrics::LayerMetrics>,
-    pub best_top1: f64,
-    pub best_iteration: u64,
+    /// The evaluation with the best validation top-1 (final one included) and its test top-1;
+    /// `None` without a validation split (never chosen on test).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestPoint>,
     pub train: TrainSummary,
 }
 
@@ -133,15 +139,14 @@ pub fn run(
         None => None,
     };
     let layers = crate::metrics::layer_metrics(&model)?;
-    curves.push_eval(summary.iterations, m, layers.clone());
-    let (best_iteration, best_top1) = curves.best_top1().unwrap_or((summary.iterations, m.top1));
+    curves.push_eval(summary.iterations, m, validation, layers.clone());
     curves.write_csv(&out.join(CURVES_FILE))?;
+    curves.write_layers_csv(&out.join(LAYERS_FILE))?;
     let report = EvalReport {
         final_metrics: m,
         validation,
         layers,
-        best_top1,
-        best_iteration,
+        best: curves.best_by_validation(),
         train: summary,
     };
     write_json(&out.join(METRICS_FILE), &report)?;

@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod fetch;
 pub mod files;
 pub mod idx;

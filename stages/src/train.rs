@@ -31,6 +31,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+/// 2: evaluations at iteration 0 and on the validation split; top-k ties counted by their
+/// share.
 pub const FORMAT_VERSION: u32 = 2;
 pub const CONFIG_FILE: &str = "config.json";
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -70,7 +72,8 @@ pub struct ScheduleConfig {
     pub batch_size: usize,
     /// L2 coefficient `wd` of `wd·½‖θ‖²` (5e-4 official).
     pub weight_decay: f64,
-    /// Evaluate on the test set every this many iterations (0 = only at the end).
+    /// Evaluate on the test (and validation) set before the first step and every this many
+    /// iterations (0 = only at the end).
     pub eval_every: u64,
 }
 
@@ -180,9 +183,23 @@ pub struct EvalPoint {
     /// `None` with fewer than 5 classes.
     #[serde(default)]
     pub top5: Option<f64>,
+    /// Loss and top-1 on the validation split, when the data view carves one.
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+    #[serde(default)]
+    pub val_top1: Option<f64>,
     /// Hyperspherical energy and orthogonality error per weight layer.
     #[serde(default)]
     pub layers: Vec<LayerMetrics>,
+}
+
+/// The evaluation chosen on the validation split: its iteration, validation top-1 and the test
+/// top-1 of the same weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestPoint {
+    pub iteration: u64,
+    pub val_top1: f64,
+    pub test_top1: f64,
 }
 
 /// Per-iteration training loss/accuracy and the periodic test evaluations.
@@ -192,30 +209,89 @@ pub struct Curves {
     pub eval: Vec<EvalPoint>,
 }
 
+/// Header of the per-layer metrics file (`layers.csv`).
+pub const LAYER_COLUMNS: [&str; 9] = [
+    "iteration",
+    "layer",
+    "energy_s0",
+    "energy_s1",
+    "energy_s2",
+    "half_energy_s0",
+    "half_energy_s1",
+    "half_energy_s2",
+    "orth_error",
+];
+
 impl Curves {
-    pub fn push_eval(&mut self, iteration: u64, m: EvalMetrics, layers: Vec<LayerMetrics>) {
+    pub fn push_eval(
+        &mut self,
+        iteration: u64,
+        m: EvalMetrics,
+        val: Option<EvalMetrics>,
+        layers: Vec<LayerMetrics>,
+    ) {
         self.eval.push(EvalPoint {
             iteration,
             loss: m.loss,
             top1: m.top1,
             top5: m.top5,
+            val_loss: val.map(|v| v.loss),
+            val_top1: val.map(|v| v.top1),
             layers,
         });
     }
 
-    /// `(iteration, top-1)` of the best evaluation (the earliest among equals).
-    pub fn best_top1(&self) -> Option<(u64, f64)> {
+    /// The evaluation with the best validation top-1 (the earliest among equals), with the
+    /// test top-1 there; `None` without a validation split. Never chosen on test: that would
+    /// report the test set's own maximum, an optimistic number.
+    pub fn best_by_validation(&self) -> Option<BestPoint> {
         self.eval
             .iter()
-            .fold(None, |best: Option<&EvalPoint>, p| match best {
-                Some(b) if b.top1 >= p.top1 => Some(b),
-                _ => Some(p),
+            .filter_map(|p| p.val_top1.map(|v| (p, v)))
+            .fold(None, |best: Option<(&EvalPoint, f64)>, (p, v)| match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((p, v)),
             })
-            .map(|p| (p.iteration, p.top1))
+            .map(|(p, v)| BestPoint {
+                iteration: p.iteration,
+                val_top1: v,
+                test_top1: p.top1,
+            })
+    }
+
+    /// Every layer's energies and orthogonality error at every evaluation, one row per
+    /// (evaluation, layer), full precision.
+    pub fn write_layers_csv(&self, path: &Path) -> Result<()> {
+        let csv_err = |source| StageError::Csv {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
+        w.write_record(LAYER_COLUMNS).map_err(csv_err)?;
+        for e in &self.eval {
+            for l in &e.layers {
+                let mut row = vec![e.iteration.to_string(), l.layer.clone()];
+                row.extend(
+                    [
+                        l.energy_s0,
+                        l.energy_s1,
+                        l.energy_s2,
+                        l.half_energy_s0,
+                        l.half_energy_s1,
+                        l.half_energy_s2,
+                    ]
+                    .map(|v| v.to_string()),
+                );
+                row.push(l.orth_error.map(|v| v.to_string()).unwrap_or_default());
+                w.write_record(&row).map_err(csv_err)?;
+            }
+        }
+        w.flush().at(path)
     }
 
     /// One row per iteration (1-based: the number of completed steps); test columns are
-    /// filled where an evaluation happened after that step.
+    /// filled where an evaluation happened after that step. Numbers are written in full
+    /// (Rust's shortest round-tripping form), so the file reads back to the same bits.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
         let csv_err = |source| StageError::Csv {
             path: path.to_path_buf(),
@@ -230,6 +306,8 @@ impl Curves {
             "test_loss",
             "test_top1",
             "test_top5",
+            "val_loss",
+            "val_top1",
             "energy_s1",
             "orth_error",
         ])
@@ -244,25 +322,23 @@ impl Curves {
         for it in iterations {
             let mut row = vec![it.to_string()];
             match trains.get(&it) {
-                Some(t) => row.extend([
-                    format!("{}", t.lr),
-                    format!("{:.6}", t.loss),
-                    format!("{:.6}", t.acc),
-                ]),
+                Some(t) => row.extend([t.lr.to_string(), t.loss.to_string(), t.acc.to_string()]),
                 None => row.extend([String::new(), String::new(), String::new()]),
             }
             match evals.get(&it) {
                 Some(e) => {
                     let (energy, orth) = summarize(&e.layers);
                     row.extend([
-                        format!("{:.6}", e.loss),
-                        format!("{:.6}", e.top1),
-                        e.top5.map(|t| format!("{t:.6}")).unwrap_or_default(),
-                        energy.map(|v| format!("{v:.6}")).unwrap_or_default(),
-                        orth.map(|v| format!("{v:.3e}")).unwrap_or_default(),
+                        e.loss.to_string(),
+                        e.top1.to_string(),
+                        e.top5.map(|t| t.to_string()).unwrap_or_default(),
+                        e.val_loss.map(|t| t.to_string()).unwrap_or_default(),
+                        e.val_top1.map(|t| t.to_string()).unwrap_or_default(),
+                        energy.map(|v| v.to_string()).unwrap_or_default(),
+                        orth.map(|v| v.to_string()).unwrap_or_default(),
                     ]);
                 }
-                None => row.extend(std::iter::repeat_n(String::new(), 5)),
+                None => row.extend(std::iter::repeat_n(String::new(), 7)),
             }
             w.write_record(&row).map_err(csv_err)?;
         }
@@ -454,6 +530,49 @@ struct ResumeMeta {
     eval_seconds: f64,
 }
 
+/// What a periodic evaluation needs from the run.
+struct Evaluator<'a> {
+    model: &'a Cnn6,
+    data: &'a preprocess::Prepared,
+    device: &'a Device,
+    loss_kind: LossKind,
+    batch: usize,
+    progress: &'a dyn Progress,
+}
+
+impl Evaluator<'_> {
+    /// One periodic evaluation after `done` steps: test (and validation) metrics and every
+    /// layer's energies. Reads the weights only (BN in inference mode, no RNG), so a run trains
+    /// the same with or without evaluations.
+    fn record(&self, meta: &mut ResumeMeta, done: u64) -> Result<()> {
+        let t1 = Instant::now();
+        let data = self.data;
+        let on = |split| {
+            evaluate(
+                self.model,
+                split,
+                &data.normalizer,
+                self.loss_kind,
+                self.batch,
+                self.device,
+            )
+        };
+        let m = on(&data.test)?;
+        let val = data.validation.as_ref().map(on).transpose()?;
+        let layers = layer_metrics(self.model)?;
+        meta.eval_seconds += t1.elapsed().as_secs_f64();
+        meta.curves.push_eval(done, m, val, layers);
+        let val_note = val
+            .map(|v| format!("; validation top-1 {:.4}", v.top1))
+            .unwrap_or_default();
+        self.progress.note(&format!(
+            "iteration {done}: test {}{val_note}",
+            m.describe()
+        ));
+        Ok(())
+    }
+}
+
 fn status(loss: f64, acc: f64, images_per_sec: f64) -> String {
     format!("loss {loss:.4} acc {acc:.3} {images_per_sec:.0} img/s")
 }
@@ -526,6 +645,19 @@ pub fn run(
             checkpoint::save(&ckpt, &store, optimizers, sampler, done, md)
         };
 
+    // The initial network, so curves start where training starts (not on resume: the
+    // checkpoint's curves already hold it).
+    let evaluator = Evaluator {
+        model: &model,
+        data: &data,
+        device: &device,
+        loss_kind,
+        batch: opts.eval_batch,
+        progress,
+    };
+    if start == 0 && s.eval_every > 0 && iterations > 0 {
+        evaluator.record(&mut meta, 0)?;
+    }
     progress.begin("train", iterations);
     progress.update(start, "");
     let _honoured = opts.interrupt.honoured_while();
@@ -561,19 +693,7 @@ pub fn run(
             acc,
         });
         if s.eval_every > 0 && done % s.eval_every == 0 && done < iterations {
-            let t1 = Instant::now();
-            let m = evaluate(
-                &model,
-                &data.test,
-                &data.normalizer,
-                loss_kind,
-                opts.eval_batch,
-                &device,
-            )?;
-            let layers = layer_metrics(&model)?;
-            meta.eval_seconds += t1.elapsed().as_secs_f64();
-            meta.curves.push_eval(done, m, layers);
-            progress.note(&format!("iteration {done}: test {}", m.describe()));
+            evaluator.record(&mut meta, done)?;
         }
         if let Some(ep) = sopt_episode {
             if done % ep == 0 && done < iterations {

@@ -4,11 +4,28 @@
 //! Golden files live in `tests/golden/`; after an intended change, regenerate them with
 //! `UPDATE_GOLDEN=1 cargo test -p opt-stages --test report` and review the diff.
 
-use opt_stages::report::{self, CurvePoint, LayerSummary, Provenance, ResultRow, RunRecord};
+use opt_stages::report::{
+    self, CurvePoint, LayerMetrics, Provenance, ResultRow, RunRecord, TrainSample,
+};
 use std::path::Path;
+
+fn layer(name: &str, energy_s1: f64, orth_error: Option<f64>) -> LayerMetrics {
+    LayerMetrics {
+        layer: name.into(),
+        energy_s0: energy_s1 + 1.0,
+        energy_s1,
+        energy_s2: energy_s1 / 2.0,
+        half_energy_s0: energy_s1 + 2.0,
+        half_energy_s1: energy_s1 * 3.0,
+        half_energy_s2: energy_s1 / 4.0,
+        orth_error,
+    }
+}
 
 fn row(cell: &str, index: usize, method: &str, label: &str, seed: u64, err: f64) -> ResultRow {
     let acc = 1.0 - err / 100.0;
+    // A validation split in the first cell only: its columns are empty elsewhere.
+    let has_val = method == "baseline";
     ResultRow {
         recipe: "ablation".into(),
         cell: cell.into(),
@@ -25,26 +42,18 @@ fn row(cell: &str, index: usize, method: &str, label: &str, seed: u64, err: f64)
         iterations: 1000,
         test_acc: acc,
         test_err: err,
-        best_test_acc: acc + 0.01,
-        best_test_err: err - 1.0,
-        best_iteration: 900,
+        best_iteration: has_val.then_some(750),
+        best_val_acc: has_val.then_some(acc - 0.01),
+        test_acc_at_best: has_val.then_some(acc + 0.005),
+        test_err_at_best: has_val.then_some(err - 0.5),
         test_top5: Some(0.75),
         test_loss: 1.5,
-        // A validation split in the first cell only: the column is empty elsewhere.
-        val_acc: (method == "baseline").then_some(acc - 0.02),
+        val_acc: has_val.then_some(acc - 0.02),
         energy_s1: 0.5 + seed as f64 * 0.01,
         orth_error: (method != "baseline").then_some(1e-6 * (seed + 1) as f64),
         layers: vec![
-            LayerSummary {
-                layer: "conv1_0".into(),
-                energy_s1: 0.4,
-                orth_error: (method != "baseline").then_some(1e-6),
-            },
-            LayerSummary {
-                layer: "fc6".into(),
-                energy_s1: 0.6,
-                orth_error: (method != "baseline").then_some(2e-6),
-            },
+            layer("conv1_0", 0.4, (method != "baseline").then_some(1e-6)),
+            layer("fc6", 0.6, (method != "baseline").then_some(2e-6)),
         ],
         train_seconds: 100.0,
         images_per_sec: 1280.0,
@@ -63,7 +72,9 @@ fn row(cell: &str, index: usize, method: &str, label: &str, seed: u64, err: f64)
     }
 }
 
-/// Two cells with three seeds each and one with a single seed.
+/// Two cells with three seeds each and one with a single seed; evaluations at 0, 250, …,
+/// 1000 (the baseline's energy grows, the OPT cells' stays put, as rotations keep it); 1000
+/// training steps at lr 0.1, then 0.01 from step 501.
 fn runs() -> Vec<RunRecord> {
     let mut out = Vec::new();
     let cells = [
@@ -80,14 +91,31 @@ fn runs() -> Vec<RunRecord> {
     for (cell, method, label, errs) in cells {
         for (seed, err) in errs.into_iter().enumerate() {
             let r = row(cell, index, method, label, seed as u64, err);
-            let curve = (1..=4)
+            let growth = if method == "baseline" {
+                0.01 * (1 + seed) as f64
+            } else {
+                0.0
+            };
+            let curve = (0..=4)
                 .map(|k| CurvePoint {
                     iteration: 250 * k,
                     test_err: err + 10.0 * (4 - k) as f64,
-                    energy_s1: Some(r.energy_s1),
+                    val_err: (method == "baseline").then_some(err + 1.0),
+                    energy_s1: Some(r.energy_s1 + growth * k as f64),
                 })
                 .collect();
-            out.push(RunRecord { row: r, curve });
+            let train = (1..=1000u64)
+                .map(|i| TrainSample {
+                    iteration: i,
+                    lr: if i <= 500 { 0.1 } else { 0.01 },
+                    loss: 2.0 + seed as f64 - i as f64 / 1000.0,
+                })
+                .collect();
+            out.push(RunRecord {
+                row: r,
+                curve,
+                train,
+            });
             index += 1;
         }
     }
@@ -158,27 +186,44 @@ fn csv_and_markdown_match_the_golden_files() {
     check_golden("results.csv", &results);
     check_golden("summary.csv", &summary);
     check_golden("results.md", &md);
+    check_golden("results.tex", &report::paper_latex("ablation", &cells));
 
-    // The paper-style table: the lowest mean error of its column in bold, std beside it.
+    // The paper-style table: paper labels, dataset and architecture as the paper writes them,
+    // the lowest mean error of its column in bold, std and the number of seeds beside it.
     let paper = report::paper_table(&cells);
     assert!(
-        paper.contains("| OPT (GS) (lr=0.1) | **39.33 ± 1.53** |"),
+        paper.starts_with("| method | CIFAR-100, CNN-6 (64) |"),
         "{paper}"
     );
     assert!(
-        paper.contains("| Baseline (lr=0.1) | 42.00 ± 2.00 |"),
+        paper.contains("| OPT (GS) (lr=0.1) | **39.33 ± 1.53** (n = 3) |"),
         "{paper}"
     );
-    assert!(paper.contains("| OPT (CP) (lr=0.1) | 39.50 |"), "{paper}");
+    assert!(
+        paper.contains("| Baseline (lr=0.1) | 42.00 ± 2.00 (n = 3) |"),
+        "{paper}"
+    );
+    assert!(
+        paper.contains("| OPT (CP) (lr=0.1) | 39.50 (n = 1) |"),
+        "{paper}"
+    );
 
-    // Every CSV row parses back with the header's width, and carries its provenance.
+    // Every CSV row parses back with the header's width, and carries its provenance and every
+    // layer's energies.
     let mut r = csv::Reader::from_reader(results.as_bytes());
     let header = r.headers().unwrap().clone();
     for needed in [
         "method.name",
         "schedule.lr",
+        "energy_s0.conv1_0",
         "energy_s1.fc6",
+        "energy_s2.fc6",
+        "half_energy_s0.fc6",
+        "half_energy_s1.fc6",
+        "half_energy_s2.fc6",
         "orth_error.conv1_0",
+        "best_val_acc",
+        "test_acc_at_best",
         "git_commit",
         "train_key",
         "command",
@@ -188,7 +233,36 @@ fn csv_and_markdown_match_the_golden_files() {
             "{needed} missing from {header:?}"
         );
     }
-    assert_eq!(r.records().count(), 7);
+    let records: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), 7);
+    // Raw values in the machine-readable file: 3 · 0.6 for fc6's half-space s = 1 energy.
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let half: f64 = records[0][col("half_energy_s1.fc6")].parse().unwrap();
+    assert_eq!(half, 0.6 * 3.0);
+    // The best evaluation only where validation chose it.
+    assert_eq!(&records[0][col("best_iteration")], "750");
+    assert_eq!(&records[3][col("best_iteration")], "");
+}
+
+#[test]
+fn latex_table_is_booktabs_with_escaped_labels() {
+    let rows: Vec<ResultRow> = runs().into_iter().map(|r| r.row).collect();
+    let cells = report::summarize(&rows);
+    let tex = report::paper_latex("50% of_data & more", &cells);
+    for needed in [
+        "\\toprule",
+        "\\midrule",
+        "\\bottomrule",
+        "\\begin{tabular}{lr}",
+        "Method & CIFAR-100, CNN-6 (64) \\\\",
+        "OPT (GS) (lr=0.1) & \\textbf{39.33} $\\pm$ 1.53 ($n=3$) \\\\",
+        "OPT (CP) (lr=0.1) & 39.50 ($n=1$) \\\\",
+        "50\\% of\\_data \\& more",
+    ] {
+        assert!(tex.contains(needed), "{needed} missing from\n{tex}");
+    }
+    // Booktabs only: no vertical rules or \hline.
+    assert!(!tex.contains("\\hline") && !tex.contains('|'), "{tex}");
 }
 
 fn svg(path: &Path) -> String {
@@ -203,43 +277,142 @@ fn series(doc: &roxmltree::Document) -> Vec<String> {
         .collect()
 }
 
+/// The `(x, y)` pixels of a polyline's points.
+fn points(node: &roxmltree::Node) -> Vec<(f64, f64)> {
+    node.attribute("points")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|p| {
+            let (x, y) = p.split_once(',').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect()
+}
+
+fn texts<'a>(doc: &'a roxmltree::Document) -> Vec<(f64, f64, &'a str)> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| {
+            let x = n.attribute("x")?.parse().ok()?;
+            let y = n.attribute("y")?.parse().ok()?;
+            Some((x, y, n.text()?.trim()))
+        })
+        .collect()
+}
+
+/// Okabe–Ito without yellow, Tol's wine and indigo (the palette the plots promise).
+const SAFE: [&str; 9] = [
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#882255",
+    "#332288",
+];
+
+const LABELS: [&str; 3] = [
+    "Baseline (lr=0.1)",
+    "OPT (GS) (lr=0.1)",
+    "OPT (CP) (lr=0.1)",
+];
+
 #[test]
-fn plots_are_svg_with_one_series_per_cell() {
+fn plots_have_paper_labels_outside_the_data_safe_colours_and_bands() {
     let dir = tempfile::tempdir().unwrap();
     let files = report::write(dir.path(), "ablation", &runs()).unwrap();
-    assert!(
-        files.contains(&"plots/test_error.svg".to_string()),
-        "{files:?}"
-    );
-    for name in ["test_error.svg", "energy.svg"] {
+    for f in [
+        "results.tex",
+        "plots/test_error.svg",
+        "plots/energy.svg",
+        "plots/train_loss.svg",
+        "plots/lr.svg",
+        "plots/final_error.svg",
+    ] {
+        assert!(files.contains(&f.to_string()), "{f} not in {files:?}");
+    }
+    for name in ["test_error.svg", "energy.svg", "train_loss.svg", "lr.svg"] {
         let text = svg(&dir.path().join("plots").join(name));
         let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(doc.root_element().has_tag_name("svg"));
         let lines = series(&doc);
         assert_eq!(lines.len(), 3, "{name}: one line per cell, found {lines:?}");
         let mut colours = lines.clone();
+        colours.sort();
         colours.dedup();
         assert_eq!(colours.len(), 3, "{name}: each cell its own colour");
-        let texts: String = doc
+        assert!(
+            lines.iter().all(|c| SAFE.contains(&c.as_str())),
+            "{name}: {lines:?} outside the colour-blind-safe palette"
+        );
+        // The legend: paper labels, right of every data point.
+        let data_right = doc
             .descendants()
-            .filter(|n| n.has_tag_name("text"))
-            .filter_map(|n| n.text())
-            .collect();
-        for cell in ["name=baseline", "name=gs", "name=cp"] {
-            assert!(texts.contains(cell), "{name}: legend lacks {cell}");
+            .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
+            .flat_map(|n| points(&n))
+            .map(|p| p.0)
+            .fold(0.0f64, f64::max);
+        let texts = texts(&doc);
+        for label in LABELS {
+            let (x, _, _) = texts
+                .iter()
+                .find(|t| t.2 == label)
+                .unwrap_or_else(|| panic!("{name}: legend lacks {label}: {texts:?}"));
+            assert!(*x > data_right, "{name}: legend at x = {x} overlaps data");
         }
+        // Integer iteration ticks: the lowest row of numbers, below the plotting area.
+        let numbers = texts.iter().filter(|t| t.2.parse::<f64>().is_ok());
+        let axis_y = numbers.clone().map(|t| t.1).fold(0.0f64, f64::max);
+        let ticks: Vec<&str> = numbers.filter(|t| t.1 == axis_y).map(|t| t.2).collect();
+        assert!(ticks.len() >= 3, "{name}: x ticks {ticks:?}");
+        assert!(
+            ticks.iter().all(|t| t.parse::<u64>().is_ok()),
+            "{name}: {ticks:?}"
+        );
+        // ± std bands: the two cells with three seeds, none for the single-seed cell or where
+        // seeds agree (the learning rate; the OPT cells' unchanged energy).
+        let bands: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polygon") && n.attribute("opacity") == Some("0.2"))
+            .map(|n| n.attribute("fill").unwrap_or(""))
+            .collect();
+        let expected = match name {
+            "lr.svg" => vec![],
+            "energy.svg" => vec![lines[0].as_str()],
+            _ => vec![lines[0].as_str(), lines[1].as_str()],
+        };
+        assert_eq!(bands, expected, "{name}: bands");
     }
-    // The test-error line of a cell averages its seeds: 4 points, each 4 evaluations.
+
+    // Curves start at iteration 0: the test-error line has the 5 evaluations 0 … 1000.
     let text = svg(&dir.path().join("plots/test_error.svg"));
     let doc = roxmltree::Document::parse(&text).unwrap();
-    let points = doc
+    let lines: Vec<Vec<(f64, f64)>> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
+        .map(|n| points(&n))
+        .collect();
+    assert_eq!(lines[0].len(), 5);
+    // Energy as the change from iteration 0: the OPT cells' constant energy is a flat line
+    // (every point at one height), the baseline's growing energy rises (smaller y) from it.
+    let text = svg(&dir.path().join("plots/energy.svg"));
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let lines: Vec<Vec<(f64, f64)>> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
+        .map(|n| points(&n))
+        .collect();
+    for flat in &lines[1..] {
+        assert!(flat.iter().all(|p| p.1 == flat[0].1), "{flat:?}");
+    }
+    let (base, gs) = (&lines[0], &lines[1]);
+    assert_eq!(base[0].1, gs[0].1, "both start at ΔE = 0");
+    assert!(base[4].1 < base[0].1 - 100.0, "{base:?}");
+    // The learning rate is a step function: 0.1 for steps 1–500, 0.01 after (4 points).
+    let text = svg(&dir.path().join("plots/lr.svg"));
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let lr = doc
         .descendants()
         .find(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
-        .and_then(|n| n.attribute("points"))
-        .unwrap()
-        .split_whitespace()
-        .count();
-    assert_eq!(points, 4);
+        .map(|n| points(&n))
+        .unwrap();
+    assert_eq!(lr.len(), 4, "{lr:?}");
+    assert!(lr[0].1 == lr[1].1 && lr[1].0 == lr[2].0 && lr[2].1 > lr[1].1);
 
     // Bars: one per cell; seeds as points (3 + 3 + 1); error bars where there is a spread.
     let text = svg(&dir.path().join("plots/final_error.svg"));
@@ -251,13 +424,75 @@ fn plots_are_svg_with_one_series_per_cell() {
     let hollow =
         |n: &roxmltree::Node| n.has_tag_name("circle") && n.attribute("fill") == Some("none");
     assert_eq!(doc.descendants().filter(hollow).count(), 2);
-    let bars = doc
+    let bars: Vec<&str> = doc
         .descendants()
         .filter(|n| n.has_tag_name("rect") && n.attribute("opacity") == Some("0.6"))
-        .count();
-    assert_eq!(bars, 3);
+        .map(|n| n.attribute("fill").unwrap_or(""))
+        .collect();
+    assert_eq!(bars, SAFE[..3].to_vec());
+    let texts = texts(&doc);
+    assert!(LABELS.iter().all(|l| texts.iter().any(|t| t.2 == *l)));
 
     // results.md links the plots it was written with.
     let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
     assert!(md.contains("(plots/final_error.svg)"), "{md}");
+    assert!(md.contains("(plots/train_loss.svg)"), "{md}");
+}
+
+/// A run recorded with `write_run` reads back: its row, its evaluations (with validation) and
+/// its training steps; the per-layer file is copied beside it.
+#[test]
+fn a_recorded_run_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let curves = src.join("curves.csv");
+    std::fs::write(
+        &curves,
+        "iteration,lr,train_loss,train_acc,test_loss,test_top1,test_top5,val_loss,val_top1,energy_s1,orth_error\n\
+         0,,,,2.3,0.1,0.5,2.3,0.125,0.7,\n\
+         1,0.1,2.2,0.2,,,,,,,\n\
+         2,0.1,2.1,0.3,2.0,0.4,0.8,2.0,0.375,0.75,1e-6\n",
+    )
+    .unwrap();
+    let layers = src.join("layers.csv");
+    std::fs::write(&layers, "iteration,layer\n0,conv1_0\n").unwrap();
+    let row = runs().remove(0).row;
+    let run_dir = dir.path().join("run");
+    report::write_run(&run_dir, &row, &[&curves, &layers]).unwrap();
+    assert!(run_dir.join("layers.csv").is_file());
+    let back = report::read_run(&run_dir).unwrap();
+    assert_eq!(back.row, row);
+    assert_eq!(
+        back.curve,
+        vec![
+            CurvePoint {
+                iteration: 0,
+                test_err: 90.0,
+                val_err: Some(87.5),
+                energy_s1: Some(0.7)
+            },
+            CurvePoint {
+                iteration: 2,
+                test_err: 60.0,
+                val_err: Some(62.5),
+                energy_s1: Some(0.75)
+            },
+        ]
+    );
+    assert_eq!(
+        back.train,
+        vec![
+            TrainSample {
+                iteration: 1,
+                lr: 0.1,
+                loss: 2.2
+            },
+            TrainSample {
+                iteration: 2,
+                lr: 0.1,
+                loss: 2.1
+            },
+        ]
+    );
 }

@@ -3,7 +3,8 @@
 //! Every finished (cell, seed) run leaves a [`ResultRow`] (`row.json`) and its curves
 //! (`curves.csv`) in its own directory; the report gathers any number of them into
 //! `results.csv` (one row per cell and seed), `summary.csv` (mean ± std over seeds per cell),
-//! `results.md` (the tables, a paper-style table and links to the plots) and SVG plots.
+//! `results.md` (the tables, a paper-style table and links to the plots), `results.tex` (the
+//! paper-style table for LaTeX, booktabs) and SVG plots.
 //! Everything is regenerated from the rows each time, so re-running never duplicates a row.
 
 mod plots;
@@ -12,9 +13,11 @@ mod tables;
 
 pub use plots::{write_plots, PLOTS_DIR};
 pub use summary::{mean_std, summarize, CellSummary};
-pub use tables::{markdown, paper_table, results_csv, runs_table, summary_csv};
+pub use tables::{markdown, paper_latex, paper_table, results_csv, runs_table, summary_csv};
 
-use crate::error::{read_json, IoContext};
+pub use crate::metrics::LayerMetrics;
+
+use crate::error::{format_err, read_json, IoContext};
 use crate::{Result, StageError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -22,9 +25,12 @@ use std::path::Path;
 pub const RESULTS_CSV: &str = "results.csv";
 pub const SUMMARY_CSV: &str = "summary.csv";
 pub const RESULTS_MD: &str = "results.md";
+pub const RESULTS_TEX: &str = "results.tex";
 /// A run's own files, in its directory.
 pub const ROW_FILE: &str = "row.json";
 pub const CURVES_CSV: &str = "curves.csv";
+/// Every layer's energies and orthogonality error at every evaluation.
+pub const LAYERS_CSV: &str = "layers.csv";
 
 /// Where a number came from, so it can be traced and re-run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,14 +47,6 @@ pub struct Provenance {
     pub git_commit: String,
     /// The command that reproduces the row.
     pub command: String,
-}
-
-/// Final hyperspherical energy and orthogonality error of one layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerSummary {
-    pub layer: String,
-    pub energy_s1: f64,
-    pub orth_error: Option<f64>,
 }
 
 /// One finished run: a cell of a grid with one seed.
@@ -72,10 +70,17 @@ pub struct ResultRow {
     /// Final top-1 test accuracy, a fraction, and error, percent.
     pub test_acc: f64,
     pub test_err: f64,
-    /// Best top-1 over the periodic evaluations, and when.
-    pub best_test_acc: f64,
-    pub best_test_err: f64,
-    pub best_iteration: u64,
+    /// The evaluation with the best validation top-1 (the final one included): its iteration,
+    /// that validation accuracy, and the test accuracy and error of the same weights. Only with
+    /// a validation split: choosing the best evaluation on test would be optimistic.
+    #[serde(default)]
+    pub best_iteration: Option<u64>,
+    #[serde(default)]
+    pub best_val_acc: Option<f64>,
+    #[serde(default)]
+    pub test_acc_at_best: Option<f64>,
+    #[serde(default)]
+    pub test_err_at_best: Option<f64>,
     /// Final top-5 test accuracy; `None` with fewer than 5 classes.
     pub test_top5: Option<f64>,
     pub test_loss: f64,
@@ -86,7 +91,9 @@ pub struct ResultRow {
     pub energy_s1: f64,
     /// Largest `‖RRᵀ − I‖_F` over the rotations; `None` for plain training.
     pub orth_error: Option<f64>,
-    pub layers: Vec<LayerSummary>,
+    /// Every energy (s = 0, 1, 2, half-space) and the orthogonality error of each layer, final
+    /// weights.
+    pub layers: Vec<LayerMetrics>,
     pub train_seconds: f64,
     pub images_per_sec: f64,
     pub ms_per_step: f64,
@@ -107,58 +114,82 @@ pub struct CurvePoint {
     pub iteration: u64,
     /// Top-1 test error, percent.
     pub test_err: f64,
+    /// Top-1 validation error, percent, when the run has a validation split.
+    pub val_err: Option<f64>,
     pub energy_s1: Option<f64>,
 }
 
-/// A finished run: its row and its evaluation curve.
+/// One training step of a run's curves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainSample {
+    /// Completed steps (1-based).
+    pub iteration: u64,
+    pub lr: f64,
+    pub loss: f64,
+}
+
+/// A finished run: its row, its evaluations and its training steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     pub row: ResultRow,
     pub curve: Vec<CurvePoint>,
+    pub train: Vec<TrainSample>,
 }
 
-/// Reads the evaluation points of a `curves.csv` (rows with a test accuracy).
-pub fn read_curve(path: &Path) -> Result<Vec<CurvePoint>> {
+/// Reads a `curves.csv`: the evaluations (rows with a test accuracy) and the training steps
+/// (rows with a train loss). Files without validation columns (older runs) read as without a
+/// split.
+pub fn read_curves(path: &Path) -> Result<(Vec<CurvePoint>, Vec<TrainSample>)> {
     let csv_err = |source| StageError::Csv {
         path: path.to_path_buf(),
         source,
     };
     let mut r = csv::Reader::from_path(path).map_err(csv_err)?;
     let headers = r.headers().map_err(csv_err)?.clone();
+    let find = |name: &str| headers.iter().position(|h| h == name);
     let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| StageError::Format {
-                path: path.to_path_buf(),
-                message: format!("no `{name}` column"),
-            })
+        find(name).ok_or_else(|| StageError::Format {
+            path: path.to_path_buf(),
+            message: format!("no `{name}` column"),
+        })
     };
     let (it, top1, energy) = (col("iteration")?, col("test_top1")?, col("energy_s1")?);
-    let mut out = Vec::new();
+    let (lr, loss, val) = (col("lr")?, col("train_loss")?, find("val_top1"));
+    let (mut evals, mut train) = (Vec::new(), Vec::new());
     for record in r.records() {
         let record = record.map_err(csv_err)?;
         let field = |i: usize| record.get(i).unwrap_or("").trim();
-        if field(top1).is_empty() {
-            continue;
-        }
-        let number = |i: usize| -> Result<f64> {
-            field(i).parse().map_err(|_| StageError::Format {
+        let number = |i: usize| -> Result<Option<f64>> {
+            let text = field(i);
+            if text.is_empty() {
+                return Ok(None);
+            }
+            text.parse().map(Some).map_err(|_| StageError::Format {
                 path: path.to_path_buf(),
-                message: format!("`{}` is not a number", field(i)),
+                message: format!("`{text}` is not a number"),
             })
         };
-        out.push(CurvePoint {
-            iteration: number(it)? as u64,
-            test_err: 100.0 * (1.0 - number(top1)?),
-            energy_s1: if field(energy).is_empty() {
-                None
-            } else {
-                Some(number(energy)?)
-            },
+        let iteration = number(it)?.unwrap_or(0.0) as u64;
+        if let (Some(lr), Some(loss)) = (number(lr)?, number(loss)?) {
+            train.push(TrainSample {
+                iteration,
+                lr,
+                loss,
+            });
+        }
+        let Some(acc) = number(top1)? else { continue };
+        let val_acc = match val {
+            Some(v) => number(v)?,
+            None => None,
+        };
+        evals.push(CurvePoint {
+            iteration,
+            test_err: 100.0 * (1.0 - acc),
+            val_err: val_acc.map(|a| 100.0 * (1.0 - a)),
+            energy_s1: number(energy)?,
         });
     }
-    Ok(out)
+    Ok((evals, train))
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename: readers never see half a
@@ -203,12 +234,17 @@ fn sweep_stale_temporaries(path: &Path, name: &str) {
     }
 }
 
-/// Records a finished run in its directory: the curves first, the row last (its presence
-/// marks the run as finished).
-pub fn write_run(dir: &Path, row: &ResultRow, curves_csv: &Path) -> Result<()> {
+/// Records a finished run in its directory: `files` (its curves, its per-layer metrics) copied
+/// under their own names first, the row last (its presence marks the run as finished).
+pub fn write_run(dir: &Path, row: &ResultRow, files: &[&Path]) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
-    let curves = std::fs::read(curves_csv).at(curves_csv)?;
-    write_atomic(&dir.join(CURVES_CSV), &curves)?;
+    for file in files {
+        let name = file
+            .file_name()
+            .ok_or_else(|| format_err(file, "not a file name"))?;
+        let bytes = std::fs::read(file).at(file)?;
+        write_atomic(&dir.join(name), &bytes)?;
+    }
     let path = dir.join(ROW_FILE);
     let json = serde_json::to_vec_pretty(row).map_err(|source| StageError::Json {
         path: path.clone(),
@@ -220,8 +256,8 @@ pub fn write_run(dir: &Path, row: &ResultRow, curves_csv: &Path) -> Result<()> {
 /// Reads a run recorded by [`write_run`].
 pub fn read_run(dir: &Path) -> Result<RunRecord> {
     let row: ResultRow = read_json(&dir.join(ROW_FILE))?;
-    let curve = read_curve(&dir.join(CURVES_CSV))?;
-    Ok(RunRecord { row, curve })
+    let (curve, train) = read_curves(&dir.join(CURVES_CSV))?;
+    Ok(RunRecord { row, curve, train })
 }
 
 /// Writes the whole report for `runs` into `out_dir`; returns the files written.
@@ -231,13 +267,19 @@ pub fn write(out_dir: &Path, title: &str, runs: &[RunRecord]) -> Result<Vec<Stri
     let summaries = summarize(&rows);
     write_atomic(&out_dir.join(RESULTS_CSV), &results_csv(&rows)?)?;
     write_atomic(&out_dir.join(SUMMARY_CSV), &summary_csv(&summaries)?)?;
-    let plots = write_plots(&out_dir.join(PLOTS_DIR), runs, &summaries)?;
+    let labels = tables::paper_labels(&summaries);
+    let plots = write_plots(&out_dir.join(PLOTS_DIR), runs, &summaries, &labels)?;
     let md = markdown(title, &rows, &summaries, &plots);
     write_atomic(&out_dir.join(RESULTS_MD), md.as_bytes())?;
+    write_atomic(
+        &out_dir.join(RESULTS_TEX),
+        paper_latex(title, &summaries).as_bytes(),
+    )?;
     let mut files = vec![
         RESULTS_CSV.to_string(),
         SUMMARY_CSV.to_string(),
         RESULTS_MD.to_string(),
+        RESULTS_TEX.to_string(),
     ];
     files.extend(plots.iter().map(|p| format!("{PLOTS_DIR}/{p}")));
     Ok(files)

@@ -33,7 +33,8 @@ pub struct CellSummary {
     pub seeds: Vec<u64>,
     pub test_err: (f64, Option<f64>),
     pub test_acc: (f64, Option<f64>),
-    pub best_test_err: (f64, Option<f64>),
+    /// Test error at the evaluation chosen on validation; `None` without a validation split.
+    pub test_err_at_best: Option<(f64, Option<f64>)>,
     pub energy_s1: (f64, Option<f64>),
     /// Largest orthogonality error over the cell's runs.
     pub orth_error: Option<f64>,
@@ -79,7 +80,11 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<CellSummary> {
                 seeds: group.iter().map(|r| r.seed).collect(),
                 test_err: mean_std(&col(|r| r.test_err)),
                 test_acc: mean_std(&col(|r| r.test_acc)),
-                best_test_err: mean_std(&col(|r| r.best_test_err)),
+                test_err_at_best: {
+                    let at_best: Vec<f64> =
+                        group.iter().filter_map(|r| r.test_err_at_best).collect();
+                    (!at_best.is_empty()).then(|| mean_std(&at_best))
+                },
                 energy_s1: mean_std(&col(|r| r.energy_s1)),
                 orth_error: group
                     .iter()

@@ -1,6 +1,6 @@
 //! `results.csv`, `summary.csv` and `results.md`.
 
-use super::{CellSummary, ResultRow};
+use super::{CellSummary, LayerMetrics, ResultRow};
 use crate::{Result, StageError};
 use std::fmt::Write as _;
 
@@ -47,6 +47,20 @@ fn opt_num(v: Option<f64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// One number of a layer's metrics.
+type LayerValue = fn(&LayerMetrics) -> Option<f64>;
+
+/// The per-layer columns of `results.csv`: every energy and the orthogonality error.
+const LAYER_METRICS: [(&str, LayerValue); 7] = [
+    ("energy_s0", |l| Some(l.energy_s0)),
+    ("energy_s1", |l| Some(l.energy_s1)),
+    ("energy_s2", |l| Some(l.energy_s2)),
+    ("half_energy_s0", |l| Some(l.half_energy_s0)),
+    ("half_energy_s1", |l| Some(l.half_energy_s1)),
+    ("half_energy_s2", |l| Some(l.half_energy_s2)),
+    ("orth_error", |l| l.orth_error),
+];
+
 /// One row per run: the varied keys as columns, results, per-layer energy and orthogonality
 /// error, speed, device and provenance.
 pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
@@ -71,9 +85,10 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             "iterations",
             "test_acc",
             "test_err",
-            "best_test_acc",
-            "best_test_err",
             "best_iteration",
+            "best_val_acc",
+            "test_acc_at_best",
+            "test_err_at_best",
             "test_top5",
             "test_loss",
             "val_acc",
@@ -82,8 +97,9 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
         ]
         .map(String::from),
     );
-    header.extend(layers.iter().map(|l| format!("energy_s1.{l}")));
-    header.extend(layers.iter().map(|l| format!("orth_error.{l}")));
+    for (metric, _) in LAYER_METRICS {
+        header.extend(layers.iter().map(|l| format!("{metric}.{l}")));
+    }
     header.extend(
         [
             "train_seconds",
@@ -117,9 +133,10 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             r.iterations.to_string(),
             r.test_acc.to_string(),
             r.test_err.to_string(),
-            r.best_test_acc.to_string(),
-            r.best_test_err.to_string(),
-            r.best_iteration.to_string(),
+            r.best_iteration.map(|i| i.to_string()).unwrap_or_default(),
+            opt_num(r.best_val_acc),
+            opt_num(r.test_acc_at_best),
+            opt_num(r.test_err_at_best),
             opt_num(r.test_top5),
             r.test_loss.to_string(),
             opt_num(r.val_acc),
@@ -127,16 +144,9 @@ pub fn results_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
             opt_num(r.orth_error),
         ]);
         let layer = |name: &str| r.layers.iter().find(|l| l.layer == name);
-        rec.extend(layers.iter().map(|l| {
-            layer(l)
-                .map(|l| l.energy_s1.to_string())
-                .unwrap_or_default()
-        }));
-        rec.extend(
-            layers
-                .iter()
-                .map(|l| opt_num(layer(l).and_then(|l| l.orth_error))),
-        );
+        for (_, value) in LAYER_METRICS {
+            rec.extend(layers.iter().map(|l| opt_num(layer(l).and_then(value))));
+        }
         let p = &r.provenance;
         rec.extend([
             r.train_seconds.to_string(),
@@ -174,8 +184,8 @@ pub fn summary_csv(cells: &[CellSummary]) -> Result<Vec<u8>> {
             "test_err_std",
             "test_acc_mean",
             "test_acc_std",
-            "best_test_err_mean",
-            "best_test_err_std",
+            "test_err_at_best_mean",
+            "test_err_at_best_std",
             "energy_s1_mean",
             "energy_s1_std",
             "orth_error_max",
@@ -202,8 +212,8 @@ pub fn summary_csv(cells: &[CellSummary]) -> Result<Vec<u8>> {
             opt_num(c.test_err.1),
             c.test_acc.0.to_string(),
             opt_num(c.test_acc.1),
-            c.best_test_err.0.to_string(),
-            opt_num(c.best_test_err.1),
+            opt_num(c.test_err_at_best.map(|b| b.0)),
+            opt_num(c.test_err_at_best.and_then(|b| b.1)),
             c.energy_s1.0.to_string(),
             opt_num(c.energy_s1.1),
             opt_num(c.orth_error),
@@ -251,28 +261,86 @@ fn shown_elsewhere(key: &str) -> bool {
         || key.starts_with("model.")
 }
 
-/// Methods (and any other varied settings) as rows, dataset and architecture as columns,
-/// `error % ± std`, the best entry of each column in bold.
-pub fn paper_table(cells: &[CellSummary]) -> String {
-    let row_label = |c: &CellSummary| {
-        let extra: Vec<String> = c
-            .params
-            .iter()
-            .filter(|(k, _)| !shown_elsewhere(k))
-            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
-            .collect();
-        if extra.is_empty() {
-            c.method_label.clone()
-        } else {
-            format!("{} ({})", c.method_label, extra.join(", "))
-        }
-    };
-    // Each cell's table entry: (row, column).
-    let cols: Vec<String> = cells
+/// A dataset as the paper writes it (`cifar-100` → `CIFAR-100`).
+fn dataset_label(name: &str) -> String {
+    match name {
+        "cifar-100" => "CIFAR-100".into(),
+        "cifar-10" => "CIFAR-10".into(),
+        "mnist" => "MNIST".into(),
+        "fashion-mnist" => "Fashion-MNIST".into(),
+        other => other.into(),
+    }
+}
+
+/// An architecture as the paper writes it (`cnn6-w64` → `CNN-6 (64)`,
+/// `cnn6-32-64-128` → `CNN-6 (32/64/128)`).
+fn model_label(name: &str) -> String {
+    match name.strip_prefix("cnn6-") {
+        Some(w) => format!(
+            "CNN-6 ({})",
+            w.strip_prefix('w').unwrap_or(w).replace('-', "/")
+        ),
+        None => name.into(),
+    }
+}
+
+/// The paper-style table's layout: which cell sits in which (row, column), and the best
+/// (lowest mean error) cell of each column.
+struct PaperGrid {
+    columns: Vec<String>,
+    rows: Vec<String>,
+    /// `entry[row][column]`: index into the cells.
+    entry: Vec<Vec<Option<usize>>>,
+    best_in: Vec<Option<usize>>,
+}
+
+/// A cell as the paper names it: the method's label, then any other varied setting that the
+/// table's columns do not show (`OPT (GS) (lr=0.1)`).
+fn paper_label(c: &CellSummary) -> String {
+    let extra: Vec<String> = c
+        .params
         .iter()
-        .map(|c| format!("{} {}", c.dataset, c.model))
+        .filter(|(k, _)| !shown_elsewhere(k))
+        .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
         .collect();
-    let mut rows: Vec<String> = cells.iter().map(row_label).collect();
+    if extra.is_empty() {
+        c.method_label.clone()
+    } else {
+        format!("{} ({})", c.method_label, extra.join(", "))
+    }
+}
+
+fn column_label(c: &CellSummary) -> String {
+    format!("{}, {}", dataset_label(&c.dataset), model_label(&c.model))
+}
+
+/// The plots' series names: paper labels, with dataset and architecture where those vary, and
+/// the cells' own names where labels would still repeat.
+pub(super) fn paper_labels(cells: &[CellSummary]) -> Vec<String> {
+    let columns: Vec<String> = cells.iter().map(column_label).collect();
+    let one_column = columns.iter().all(|c| *c == columns[0]);
+    let labels: Vec<String> = cells
+        .iter()
+        .zip(&columns)
+        .map(|(c, col)| {
+            if one_column {
+                paper_label(c)
+            } else {
+                format!("{} — {col}", paper_label(c))
+            }
+        })
+        .collect();
+    let distinct = union(labels.iter().map(String::as_str)).len() == labels.len();
+    if distinct {
+        labels
+    } else {
+        cells.iter().map(|c| c.label.clone()).collect()
+    }
+}
+
+fn paper_grid(cells: &[CellSummary]) -> PaperGrid {
+    let cols: Vec<String> = cells.iter().map(column_label).collect();
+    let mut rows: Vec<String> = cells.iter().map(paper_label).collect();
     // Two cells landing in one table entry: name rows by cell instead.
     let mut seen = std::collections::HashSet::new();
     if !rows.iter().zip(&cols).all(|entry| seen.insert(entry)) {
@@ -280,21 +348,46 @@ pub fn paper_table(cells: &[CellSummary]) -> String {
     }
     let in_order = |items: &[String]| union(items.iter().map(String::as_str));
     let (columns, row_names) = (in_order(&cols), in_order(&rows));
-    let mut s = String::new();
-    let _ = writeln!(s, "| method | {} |", columns.join(" | "));
-    let _ = writeln!(s, "|---|{}", "---:|".repeat(columns.len()));
-    let best_in: Vec<Option<usize>> = columns
+    let best_in = columns
         .iter()
         .map(|col| {
             let members: Vec<usize> = (0..cells.len()).filter(|&i| cols[i] == *col).collect();
             best(members.iter().map(|&i| cells[i].test_err.0)).map(|k| members[k])
         })
         .collect();
-    for row in &row_names {
+    let entry = row_names
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|col| (0..cells.len()).find(|&i| rows[i] == *row && cols[i] == *col))
+                .collect()
+        })
+        .collect();
+    PaperGrid {
+        columns,
+        rows: row_names,
+        entry,
+        best_in,
+    }
+}
+
+/// Methods (and any other varied settings) as rows, dataset and architecture as columns,
+/// `error % ± std (n = seeds)`, the best entry of each column in bold.
+pub fn paper_table(cells: &[CellSummary]) -> String {
+    let g = paper_grid(cells);
+    let mut s = String::new();
+    let _ = writeln!(s, "| method | {} |", g.columns.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(g.columns.len()));
+    for (row, entries) in g.rows.iter().zip(&g.entry) {
         let mut line = format!("| {row} |");
-        for (col, b) in columns.iter().zip(&best_in) {
-            let text = match (0..cells.len()).find(|&i| rows[i] == *row && cols[i] == *col) {
-                Some(i) => bold_if(pm(cells[i].test_err, 2), *b == Some(i)),
+        for (e, b) in entries.iter().zip(&g.best_in) {
+            let text = match e {
+                Some(i) => {
+                    let c = &cells[*i];
+                    let value = bold_if(pm(c.test_err, 2), b == e);
+                    format!("{value} (n = {})", c.seeds.len())
+                }
                 None => "–".into(),
             };
             let _ = write!(line, " {text} |");
@@ -302,6 +395,80 @@ pub fn paper_table(cells: &[CellSummary]) -> String {
         let _ = writeln!(s, "{line}");
     }
     s
+}
+
+/// Escapes LaTeX's special characters in a label.
+fn latex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for ch in text.chars() {
+        match ch {
+            '\\' => out.push_str(r"\textbackslash{}"),
+            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '~' => out.push_str(r"\textasciitilde{}"),
+            '^' => out.push_str(r"\textasciicircum{}"),
+            '±' => out.push_str(r"$\pm$"),
+            '–' => out.push_str("--"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The paper-style table as a LaTeX `table` (booktabs: `\toprule`, `\midrule`, `\bottomrule`),
+/// `error ± std` with the best of each column in bold and the number of seeds as `$n$`.
+pub fn paper_latex(title: &str, cells: &[CellSummary]) -> String {
+    let g = paper_grid(cells);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "% Generated by `orthopt report`; needs \\usepackage{{booktabs}}."
+    );
+    let _ = writeln!(s, "\\begin{{table}}[t]\n\\centering");
+    let _ = writeln!(
+        s,
+        "\\caption{{{}: top-1 test error (\\%), mean $\\pm$ sample standard deviation over $n$ \
+         seeds; best of each column in bold.}}",
+        latex_escape(title)
+    );
+    let _ = writeln!(s, "\\begin{{tabular}}{{l{}}}", "r".repeat(g.columns.len()));
+    let _ = writeln!(s, "\\toprule");
+    let header: Vec<String> = g.columns.iter().map(|c| latex_escape(c)).collect();
+    let _ = writeln!(s, "Method & {} \\\\", header.join(" & "));
+    let _ = writeln!(s, "\\midrule");
+    for (row, entries) in g.rows.iter().zip(&g.entry) {
+        let mut line = latex_escape(row);
+        for (e, b) in entries.iter().zip(&g.best_in) {
+            let text = match e {
+                Some(i) => {
+                    let c = &cells[*i];
+                    let mean = format!("{:.2}", c.test_err.0);
+                    let mean = if b == e {
+                        format!("\\textbf{{{mean}}}")
+                    } else {
+                        mean
+                    };
+                    let std = c
+                        .test_err
+                        .1
+                        .map(|sd| format!(" $\\pm$ {sd:.2}"))
+                        .unwrap_or_default();
+                    format!("{mean}{std} ($n={}$)", c.seeds.len())
+                }
+                None => "--".into(),
+            };
+            let _ = write!(line, " & {text}");
+        }
+        let _ = writeln!(s, "{line} \\\\");
+    }
+    let _ = writeln!(s, "\\bottomrule\n\\end{{tabular}}\n\\end{{table}}");
+    s
+}
+
+fn dash_or(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "–".into())
 }
 
 /// `results.md`: summary, paper-style table, plots, every run and its provenance.
@@ -316,8 +483,10 @@ pub fn markdown(
     let _ = writeln!(s, "# Results: {title}\n");
     let _ = writeln!(
         s,
-        "{} runs in {} cells. Errors are top-1 test error in percent, mean ± sample standard \
-         deviation over seeds; the best cell is in bold.\n",
+        "{} runs in {} cells. Errors are top-1 test error in percent of the final weights, mean \
+         ± sample standard deviation over seeds; the best cell is in bold. \"At best val\" is the \
+         test error at the evaluation with the best validation accuracy (only with a validation \
+         split: the best evaluation is never chosen on test).\n",
         rows.len(),
         cells.len()
     );
@@ -326,8 +495,9 @@ pub fn markdown(
     for k in &keys {
         let _ = write!(header, " {} |", column_name(k));
     }
-    header
-        .push_str(" method | seeds | test err % | best err % | energy s=1 | orth err | images/s |");
+    header.push_str(
+        " method | seeds | test err % | test err % at best val | energy s=1 | orth err | images/s |",
+    );
     let _ = writeln!(s, "{header}");
     let _ = writeln!(
         s,
@@ -346,30 +516,38 @@ pub fn markdown(
             c.method_label,
             c.seeds.len(),
             bold_if(pm(c.test_err, 2), top == Some(i)),
-            pm(c.best_test_err, 2),
+            dash_or(c.test_err_at_best.map(|b| pm(b, 2))),
             pm(c.energy_s1, 4),
-            c.orth_error
-                .map(|e| format!("{e:.1e}"))
-                .unwrap_or_else(|| "–".into()),
+            dash_or(c.orth_error.map(|e| format!("{e:.1e}"))),
             c.images_per_sec
         );
     }
-    let _ = writeln!(s, "\n## Paper-style table (test error %)\n");
+    let _ = writeln!(
+        s,
+        "\n## Paper-style table (test error %)\n\nAlso as LaTeX (booktabs) in `{}`.\n",
+        super::RESULTS_TEX
+    );
     s.push_str(&paper_table(cells));
     if !plots.is_empty() {
         let _ = writeln!(s, "\n## Plots\n");
         for p in plots {
-            let what = match p.as_str() {
-                "test_error.svg" => "Test error vs iteration",
-                "energy.svg" => "Hyperspherical energy (s = 1) vs iteration",
-                "final_error.svg" => "Final test error per cell (bars: mean; points: seeds)",
-                other => other,
-            };
-            let _ = writeln!(s, "![{what}]({}/{p})\n", super::PLOTS_DIR);
+            let _ = writeln!(
+                s,
+                "![{}]({}/{p})\n",
+                super::plots::describe(p),
+                super::PLOTS_DIR
+            );
         }
     }
     let _ = writeln!(s, "\n## Runs\n");
     s.push_str(&runs_table(rows));
+    s.push_str(&provenance_table(rows));
+    s
+}
+
+/// Where each run came from: commit, recipe hash, train artifact and the command re-running it.
+fn provenance_table(rows: &[ResultRow]) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "\n## Provenance\n");
     let _ = writeln!(
         s,
@@ -402,14 +580,19 @@ fn short(s: &str) -> &str {
 /// One line per run (also what `orthopt run` prints).
 pub fn runs_table(rows: &[ResultRow]) -> String {
     let mut s = String::new();
-    s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best acc (iter) | top-5 | test loss | val acc | energy s=1 | orth err | train s | images/s | device |\n");
+    s.push_str("| cell | seed | dataset | model | method | iterations | test acc | test err % | best val acc (iter) | test acc at best val | top-5 | test loss | val acc | energy s=1 | orth err | train s | images/s | device |\n");
     s.push_str(
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
+    let f4 = |v: Option<f64>| dash_or(v.map(|v| format!("{v:.4}")));
     for r in rows {
+        let best_val = match (r.best_val_acc, r.best_iteration) {
+            (Some(v), Some(i)) => format!("{v:.4} ({i})"),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.4} ({}) | {} | {:.4} | {} | {:.4} | {} | {:.1} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {} | {} | {} | {:.4} | {} | {:.4} | {} | {:.1} | {:.0} | {} |",
             r.cell,
             r.seed,
             r.dataset,
@@ -418,13 +601,13 @@ pub fn runs_table(rows: &[ResultRow]) -> String {
             r.iterations,
             r.test_acc,
             r.test_err,
-            r.best_test_acc,
-            r.best_iteration,
-            r.test_top5.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+            best_val,
+            f4(r.test_acc_at_best),
+            f4(r.test_top5),
             r.test_loss,
-            r.val_acc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+            f4(r.val_acc),
             r.energy_s1,
-            r.orth_error.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into()),
+            dash_or(r.orth_error.map(|e| format!("{e:.1e}"))),
             r.train_seconds,
             r.images_per_sec,
             r.device
