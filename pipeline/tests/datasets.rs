@@ -218,9 +218,15 @@ fn dataset_sources_resolve_with_defaults_and_clear_errors() {
     assert!(e.contains("dataset.url") && e.contains("\"url\""), "{e}");
     let e = resolve_err(
         d,
-        "[dataset]\nname = \"mnist\"\nformat = \"cifar-binary\"\n",
+        "[dataset]\nname = \"mnist\"\nsource = \"hub\"\nformat = \"cifar-binary\"\n",
     );
     assert!(e.contains("dataset.format"), "{e}");
+    // The embedded subset is Fashion-MNIST only: caught at plan time, not after a fetch.
+    let e = resolve_err(d, "[dataset]\nname = \"cifar-100\"\n");
+    assert!(
+        e.contains("dataset.source") && e.contains("cifar-100") && e.contains("\"hub\""),
+        "{e}"
+    );
 }
 
 #[test]
