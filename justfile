@@ -47,9 +47,16 @@ cache *args:
 orthopt *args:
     {{orthopt}} "$@"
 
-# Run the whole test suite on the CPU, in the release profile the commands above already built.
+# Run the fast test tier (every change; a few minutes after the build), in the release profile the commands above share.
 test:
     cargo test --workspace --release
+
+# Run the slow test tier: real trainings of every method, kills, interrupts, concurrent processes, the full Fashion-MNIST.
+test-slow:
+    cargo test --workspace --release -- --ignored
+
+# Run both tiers, as CI does.
+test-all: test test-slow
 
 # Check formatting and lints as CI does.
 lint:

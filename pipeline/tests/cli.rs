@@ -100,6 +100,7 @@ fn wait_for(path: &Path, limit: Duration) -> bool {
 /// A process killed (SIGKILL) in the middle of training leaves no artifact; the next run
 /// resumes from its last checkpoint and reaches the numbers of an uninterrupted run.
 #[test]
+#[ignore = "slow tier (just test-slow)"]
 fn a_killed_run_resumes_and_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let text = TINY

@@ -268,6 +268,7 @@ fn csv_cells_summary(path: &Path) -> Vec<String> {
 /// SIGKILL while the second cell trains: the re-run skips the first cell, resumes the second
 /// from its checkpoint, and the report has each row once.
 #[test]
+#[ignore = "slow tier (just test-slow)"]
 fn a_grid_killed_in_its_second_cell_resumes_without_duplicate_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let text = TINY
@@ -338,6 +339,7 @@ fn a_grid_killed_in_its_second_cell_resumes_without_duplicate_rows() {
 /// Slurm-style: one process per entry (and one duplicate) against one cache, started together;
 /// every artifact is built once, and `orthopt report` gathers the cells.
 #[test]
+#[ignore = "slow tier (just test-slow)"]
 fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = grid_recipe(tmp.path(), "g.toml", "schedule.lr = [0.01, 0.02, 0.05]");
