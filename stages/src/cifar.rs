@@ -14,7 +14,7 @@ use crate::bundle::{Bundle, Entry};
 use crate::dataset::{Decoded, Split};
 use crate::error::format_err;
 use crate::pickle::{self, Value};
-use crate::preprocess::LabelChoice;
+use crate::spec::LabelChoice;
 use crate::Result;
 
 pub const PIXELS: usize = 3 * 32 * 32;

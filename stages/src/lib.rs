@@ -8,6 +8,7 @@
 pub mod augment;
 pub mod batches;
 pub mod bundle;
+pub mod catalogue;
 pub mod checkpoint;
 pub mod cifar;
 pub mod dataset;
@@ -27,6 +28,7 @@ pub mod pickle;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
+pub mod spec;
 pub mod train;
 
 pub use error::{Result, StageError};

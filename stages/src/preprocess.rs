@@ -11,7 +11,9 @@ use crate::bundle::Bundle;
 use crate::cifar::{self, Cifar};
 use crate::dataset::{Decoded, Normalizer, Split};
 use crate::error::{format_err, read_json, write_json};
-use crate::fetch::{self, DatasetName, IDX_FILES};
+use crate::fetch;
+pub use crate::spec::{known_shape, DataFormat, LabelChoice};
+use crate::spec::{DatasetName, IDX_FILES};
 use crate::progress::Progress;
 use crate::{idx, image_folder, parquet_images, Result, StageError};
 use candle_core::{Device, Tensor};
@@ -34,48 +36,6 @@ pub enum Normalization {
     PerChannel,
     /// `x/255`.
     UnitRange,
-}
-
-/// How the fetched files are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// MNIST-style IDX files (raw or gzip).
-    Idx,
-    /// The CIFAR "binary version" (`*.bin` records), loose or in a tarball.
-    CifarBinary,
-    /// The CIFAR "python version" (pickled dicts), loose or in a tarball.
-    CifarPython,
-    /// Hugging Face parquet files (`train-*.parquet`, `test-*.parquet`, PNG images).
-    Parquet,
-    /// `train/<class>/<image>` and `test/<class>/<image>`, loose or in a tarball.
-    ImageFolder,
-}
-
-/// Image shape `(C, H, W)` and class count of a named dataset, known without decoding it;
-/// `None` for image folders.
-pub fn known_shape(
-    dataset: DatasetName,
-    label: LabelChoice,
-) -> Option<((usize, usize, usize), usize)> {
-    match (dataset, label) {
-        (DatasetName::FashionMnist | DatasetName::Mnist, _) => Some(((1, 28, 28), 10)),
-        (DatasetName::Cifar10, _) => Some(((3, 32, 32), 10)),
-        (DatasetName::Cifar100, LabelChoice::Fine) => Some(((3, 32, 32), 100)),
-        (DatasetName::Cifar100, LabelChoice::Coarse) => Some(((3, 32, 32), 20)),
-        (DatasetName::ImageFolder, _) => None,
-    }
-}
-
-/// Which CIFAR-100 labels become the classes (CIFAR-10 has one kind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum LabelChoice {
-    /// The 100 classes.
-    #[default]
-    Fine,
-    /// The 20 superclasses.
-    Coarse,
 }
 
 /// Everything that determines the decoded artifact (hashed into its key).

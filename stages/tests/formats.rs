@@ -7,7 +7,8 @@ use opt_stages::bundle::Bundle;
 use opt_stages::cifar::{self, Cifar, PIXELS};
 use opt_stages::dataset::Decoded;
 use opt_stages::fetch::{self, DatasetName, FetchConfig, Source};
-use opt_stages::pickle::write::{dict, W};
+use common::pickle_write::{dict, W};
+use opt_stages::pickle;
 use opt_stages::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
 use opt_stages::progress::Silent;
 use opt_stages::{image_folder, parquet_images};
@@ -860,4 +861,49 @@ fn mnist_hub_parquet_decodes_to_one_channel() {
     assert_eq!(dec.train.labels, vec![3, 4, 5, 6]);
     assert_eq!(dec.test.labels, vec![7, 8]);
     assert_eq!(dec.test.image(1), &chw(18, 28, 28)[..28 * 28]);
+}
+
+// The pickle reader against the writer (moved from the library with the writer).
+#[test]
+fn written_cifar_dicts_read_back() {
+    let data: Vec<u8> = (0..2 * 6).map(|i| i as u8 * 20).collect();
+    let labels: Vec<i64> = (0..1500).map(|i| i % 7).collect();
+    let bytes = dict(&[
+        ("batch_label", W::Bytes(b"training batch 1 of 5")),
+        ("labels", W::Ints(&labels)),
+        ("data", W::U8Array(&[2, 6], &data)),
+        ("filenames", W::BytesList(vec![b"a.png", b"b.png"])),
+    ]);
+    let v = pickle::parse(&bytes).unwrap();
+    match v.get("data").unwrap() {
+        pickle::Value::Array { shape, data: d, .. } => {
+            assert_eq!(shape, &vec![2, 6]);
+            assert_eq!(d.as_slice(), data.as_slice());
+        }
+        other => panic!("{other:?}"),
+    }
+    match v.get("labels").unwrap() {
+        pickle::Value::List(l) => {
+            assert_eq!(l.len(), 1500);
+            assert_eq!(l[1499], pickle::Value::Int(1499 % 7));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Truncation anywhere is an error, never a partial value.
+    for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(pickle::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn foreign_globals_and_wide_dtypes_are_refused() {
+    let evil = b"\x80\x02cos\nsystem\nU\x02lsq\x00\x85R.";
+    let e = pickle::parse(evil).unwrap_err();
+    assert!(e.contains("os.system"), "{e}");
+    let data = [0u8; 4];
+    let mut bytes = dict(&[("data", W::U8Array(&[4], &data))]);
+    let at = bytes.windows(2).position(|w| w == b"u1").unwrap();
+    bytes[at..at + 2].copy_from_slice(b"f4");
+    let e = pickle::parse(&bytes).unwrap_err();
+    assert!(e.contains("f4"), "{e}");
 }

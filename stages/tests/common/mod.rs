@@ -14,6 +14,8 @@
 //!   shortened body with a matching Content-Length (a silently short file); `cut` always stops
 //!   halfway; `lie` serves other bytes than the etag promises.
 
+pub mod pickle_write;
+
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
