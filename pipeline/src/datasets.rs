@@ -1,8 +1,7 @@
 //! Resolution of a recipe's `[dataset]` source into a typed fetch source and data format, with
 //! the defaults for known datasets (official URLs and checksums, the usual hub repositories).
 
-use crate::plan::invalid;
-use crate::recipe::{DatasetSection, Loaded, RecipeError, SourceKind};
+use crate::recipe::{invalid, DatasetSection, Loaded, RecipeError, SourceKind};
 use opt_stages::fetch::{self, DatasetName, Download, Source};
 use opt_stages::preprocess::DataFormat;
 

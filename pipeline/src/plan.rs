@@ -4,7 +4,7 @@
 //! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
-use crate::recipe::{origin, Loaded, Recipe, RecipeError, ScheduleSection};
+use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, ScheduleSection};
 use figment::Figment;
 use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
@@ -61,29 +61,6 @@ impl Keys {
             ("train", &self.train),
             ("evaluate", &self.evaluate),
         ]
-    }
-}
-
-pub(crate) fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
-    located(&loaded.figment, &loaded.file, key, message)
-}
-
-fn located(
-    figment: &Figment,
-    file: &std::path::Path,
-    key: &str,
-    message: impl Into<String>,
-) -> RecipeError {
-    let meta = figment.find_metadata(key);
-    let origin = if meta.is_some() {
-        origin(meta)
-    } else {
-        format!("{} (default)", file.display())
-    };
-    RecipeError::Value {
-        origin,
-        key: key.into(),
-        message: message.into(),
     }
 }
 

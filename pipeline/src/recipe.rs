@@ -733,3 +733,28 @@ pub fn load_cell(
         chain,
     })
 }
+
+/// An error about recipe key `key`, naming the file, variable or override that set it (or
+/// the recipe file, for a default).
+pub(crate) fn invalid(loaded: &Loaded, key: &str, message: impl Into<String>) -> RecipeError {
+    located(&loaded.figment, &loaded.file, key, message)
+}
+
+pub(crate) fn located(
+    figment: &Figment,
+    file: &Path,
+    key: &str,
+    message: impl Into<String>,
+) -> RecipeError {
+    let meta = figment.find_metadata(key);
+    let origin = if meta.is_some() {
+        origin(meta)
+    } else {
+        format!("{} (default)", file.display())
+    };
+    RecipeError::Value {
+        origin,
+        key: key.into(),
+        message: message.into(),
+    }
+}
