@@ -98,7 +98,11 @@ fn every_method_lowers_the_loss_and_beats_chance_by_a_wide_margin() {
                     .skip(1)
                     .map(|l| {
                         let f: Vec<&str> = l.split(',').collect();
-                        (f[0].parse().unwrap(), f[1].to_string(), f[8].parse().unwrap())
+                        (
+                            f[0].parse().unwrap(),
+                            f[1].to_string(),
+                            f[8].parse().unwrap(),
+                        )
                     })
                     .collect();
                 let at = |it: u64| -> Vec<f64> {

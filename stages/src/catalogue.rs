@@ -8,10 +8,7 @@ use std::path::Path;
 /// The official downloads of a dataset in a format: CIFAR from its authors' page, MNIST from
 /// the PyTorch mirror (the original site is unreliable), Fashion-MNIST from Zalando's bucket;
 /// each with its published MD5.
-pub fn default_downloads(
-    dataset: DatasetName,
-    format: DataFormat,
-) -> Option<Vec<Download>> {
+pub fn default_downloads(dataset: DatasetName, format: DataFormat) -> Option<Vec<Download>> {
     let one = |url: &str, md5: &str| {
         Some(vec![Download {
             url: url.into(),

@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::pickle_write::{dict, W};
 use opt_stages::bundle::Bundle;
 use opt_stages::cifar::{self, Cifar, PIXELS};
 use opt_stages::dataset::Decoded;
 use opt_stages::fetch::{self, DatasetName, FetchConfig, Source};
-use common::pickle_write::{dict, W};
 use opt_stages::pickle;
 use opt_stages::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
 use opt_stages::progress::Silent;

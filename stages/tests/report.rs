@@ -133,8 +133,13 @@ fn round_floats(text: &str) -> String {
     let flush = |token: &mut String, out: &mut String| {
         let decimals = token.split_once('.').map_or(0, |(_, f)| f.len());
         let is_decimal = decimals > 10
-            && token.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-'))
-            && token.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-');
+            && token
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-'))
+            && token
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-');
         match token.parse::<f64>() {
             Ok(v) if is_decimal => {
                 let r = (v * 1e10).round() / 1e10;
@@ -171,7 +176,10 @@ fn round_floats_rounds_decimals_only() {
         round_floats("a,1.2000000000000002,0.30000000000000004,ff01.5,3,-0.1250000000001,x"),
         "a,1.2,0.3,ff01.5,3,-0.125,x"
     );
-    assert_eq!(round_floats("| 42.00 | 1.7999999999999998 |"), "| 42.00 | 1.8 |");
+    assert_eq!(
+        round_floats("| 42.00 | 1.7999999999999998 |"),
+        "| 42.00 | 1.8 |"
+    );
 }
 
 #[test]

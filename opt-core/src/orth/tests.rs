@@ -145,7 +145,10 @@ fn orth_backward_at_layer_size_matches_a_directional_difference() {
         }
         let fd = (loss(&plus, &w, d, map) - loss(&minus, &w, d, map)) / (2.0 * h);
         let an = dot(&g, &e);
-        eprintln!("fwd+bwd {} d={d}: ⟨g,E⟩ {an:.6e} vs fd {fd:.6e}, {secs:.3}s", map.name());
+        eprintln!(
+            "fwd+bwd {} d={d}: ⟨g,E⟩ {an:.6e} vs fd {fd:.6e}, {secs:.3}s",
+            map.name()
+        );
         assert!(an.abs() > 1e-3, "{}: gradient vanished", map.name());
         assert!(
             (fd - an).abs() <= 1e-5 * an.abs().max(fd.abs()),

@@ -135,7 +135,12 @@ fn attempt(
 
 /// Downloads `d` into `dir` (resuming a `.part` left by an earlier attempt or run), verifies
 /// its MD5 and only then renames it into place.
-pub(super) fn download(agent: &ureq::Agent, d: &Download, dir: &Path, progress: &dyn Progress) -> Result<()> {
+pub(super) fn download(
+    agent: &ureq::Agent,
+    d: &Download,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
     let name = d.file_name();
     let dst = dir.join(&name);
     if dst.is_file() {
@@ -193,4 +198,3 @@ pub(super) fn download(agent: &ureq::Agent, d: &Download, dir: &Path, progress: 
     std::fs::rename(&part, &dst).at(&dst)?;
     Ok(())
 }
-

@@ -132,4 +132,3 @@ pub(super) fn fetch(
     }
     Ok(written)
 }
-

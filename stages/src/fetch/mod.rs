@@ -189,4 +189,3 @@ pub fn data_root(dir: &Path) -> Result<PathBuf> {
         ))
     }
 }
-
