@@ -41,6 +41,32 @@ impl Plan {
     pub fn invalid(&self, key: &str, message: impl Into<String>) -> RecipeError {
         located(&self.figment, &self.recipe_file, key, message)
     }
+
+    /// Turns a stage's complaint about one of its settings into an error naming the recipe key
+    /// and the file (or variable, or override) the value came from; other errors pass as they
+    /// are.
+    pub fn locate_setting_error(&self, error: anyhow::Error) -> anyhow::Error {
+        match error.downcast_ref::<StageError>() {
+            Some(StageError::Setting { field, message }) => {
+                anyhow::Error::new(self.invalid(&recipe_key_of(field), message.clone()))
+            }
+            _ => error,
+        }
+    }
+}
+
+/// The recipe key of a stage configuration field: the train config's `data.*` is the
+/// recipe's `dataset.*`; the fetch and preprocess configs' fields live in `[dataset]` too.
+fn recipe_key_of(field: &str) -> String {
+    match field {
+        "format" | "label" | "source" => format!("dataset.{field}"),
+        "source.path" => "dataset.path".into(),
+        "data" => "dataset".into(),
+        _ => match field.strip_prefix("data.") {
+            Some(rest) => format!("dataset.{rest}"),
+            None => field.to_string(),
+        },
+    }
 }
 
 /// Stage keys (64 hex digits, blake3).
@@ -375,12 +401,16 @@ pub fn stage_key<C: Serialize>(
 
 impl Plan {
     pub fn keys(&self) -> anyhow::Result<Keys> {
+        let fingerprint = self
+            .fetch
+            .fingerprint()
+            .map_err(|e| self.locate_setting_error(e.into()))?;
         let fetch = stage_key(
             "fetch",
             fetch::FORMAT_VERSION,
             &self.fetch,
             &[],
-            &self.fetch.fingerprint()?,
+            &fingerprint,
         );
         let preprocess = stage_key(
             "preprocess",

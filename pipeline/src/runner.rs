@@ -10,7 +10,7 @@ use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
 use opt_stages::train::TrainOutcome;
-use opt_stages::{evaluate, fetch, preprocess, train, StageError};
+use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
 
 pub struct RunContext<'a> {
@@ -86,31 +86,35 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
     let store = ctx.store;
     let p = ctx.progress;
 
-    let fetched = store.get_or_build(
-        StageSpec {
-            stage: "fetch",
-            key: &keys.fetch,
-            format_version: fetch::FORMAT_VERSION,
-            config: &plan.fetch,
-            inputs: vec![],
-            // Keeps a cut download's `.part` file for the next run to resume.
-            resumable: true,
-        },
-        |out| Ok(fetch::run(&plan.fetch, out, p)?),
-    )?;
+    let fetched = store
+        .get_or_build(
+            StageSpec {
+                stage: "fetch",
+                key: &keys.fetch,
+                format_version: fetch::FORMAT_VERSION,
+                config: &plan.fetch,
+                inputs: vec![],
+                // Keeps a cut download's `.part` file for the next run to resume.
+                resumable: true,
+            },
+            |out| Ok(fetch::run(&plan.fetch, out, p)?),
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
     log_outcome("fetch", &keys.fetch, &fetched);
 
-    let prepared = store.get_or_build(
-        StageSpec {
-            stage: "preprocess",
-            key: &keys.preprocess,
-            format_version: preprocess::FORMAT_VERSION,
-            config: &plan.preprocess,
-            inputs: vec![keys.fetch.clone()],
-            resumable: false,
-        },
-        |out| Ok(preprocess::run(&plan.preprocess, fetched.dir(), out, p)?),
-    )?;
+    let prepared = store
+        .get_or_build(
+            StageSpec {
+                stage: "preprocess",
+                key: &keys.preprocess,
+                format_version: preprocess::FORMAT_VERSION,
+                config: &plan.preprocess,
+                inputs: vec![keys.fetch.clone()],
+                resumable: false,
+            },
+            |out| Ok(preprocess::run(&plan.preprocess, fetched.dir(), out, p)?),
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
     log_outcome("preprocess", &keys.preprocess, &prepared);
 
     if let Some(signal) = ctx.interrupt.requested() {
@@ -157,7 +161,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             signal,
         });
     }
-    let trained = trained.map_err(|e| setting_error(e, plan))?;
+    let trained = trained.map_err(|e| plan.locate_setting_error(e))?;
     if let Some(signal) = ctx.interrupt.requested() {
         return Ok(RunResult::Interrupted {
             iteration: None,
@@ -301,26 +305,6 @@ pub fn finished(
     let artifacts_there = store.lookup("train", &keys.train).is_some()
         && store.lookup("evaluate", &keys.evaluate).is_some();
     (same_keys && artifacts_there).then_some(record)
-}
-
-/// Turns a stage's complaint about one of its settings into an error naming the recipe key
-/// and the file (or variable, or override) the value came from.
-fn setting_error(error: anyhow::Error, plan: &Plan) -> anyhow::Error {
-    match error.downcast_ref::<StageError>() {
-        Some(StageError::Setting { field, message }) => {
-            let key = recipe_key_of(field);
-            anyhow::Error::new(plan.invalid(&key, message.clone()))
-        }
-        _ => error,
-    }
-}
-
-/// The recipe key of a stage configuration field (`data.validation` → `dataset.validation`).
-fn recipe_key_of(field: &str) -> String {
-    match field.strip_prefix("data.") {
-        Some(rest) => format!("dataset.{rest}"),
-        None => field.to_string(),
-    }
 }
 
 /// Every finished run under `dir` (a run directory, or a directory of run directories), in

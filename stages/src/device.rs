@@ -71,13 +71,13 @@ impl DeviceChoice {
             Self::Cpu | Self::Auto => Ok(Device::Cpu),
             Self::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
-                    return Err(StageError::Config(format!(
+                    return Err(StageError::Device(format!(
                         "run.device = \"cuda:{n}\" but this `orthopt` was built without CUDA support \
                          (the cargo feature `cuda`); set run.device = \"cpu\""
                     )));
                 }
                 Device::new_cuda(n)
-                    .map_err(|e| StageError::Config(format!("cannot open CUDA device {n}: {e}")))
+                    .map_err(|e| StageError::Device(format!("cannot open CUDA device {n}: {e}")))
             }
         }
     }

@@ -11,8 +11,18 @@ pub enum StageError {
     },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
+    /// A download that failed after its retries (`what`: the URL or hub file).
+    #[error("could not download {what}: {message}")]
+    Download { what: String, message: String },
+    /// Training produced a non-finite loss.
+    #[error("training diverged at iteration {iteration}: loss is {loss} (lower schedule.lr?)")]
+    Diverged { iteration: u64, loss: f64 },
+    /// The device asked for cannot be opened.
     #[error("{0}")]
-    Config(String),
+    Device(String),
+    /// Something that cannot happen unless the code disagrees with itself.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A configuration value that cannot work with this data or machine; `field` is its path
     /// in the stage's configuration (`schedule.batch_size`, `data.validation`, `model.width`),
     /// so the caller can name the setting it came from.

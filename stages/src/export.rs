@@ -40,7 +40,7 @@ pub fn plain_tensors(model: &Cnn6, store: &ParamStore) -> Result<Vec<(String, Te
             (0..=5, _) => format!("features.{}", features_index(i)),
             (_, "fc6") | (_, "score") => conv.name.clone(),
             (_, other) => {
-                return Err(StageError::Config(format!(
+                return Err(StageError::Internal(format!(
                     "unexpected CNN-6 layer `{other}` at position {i}"
                 )))
             }
@@ -56,7 +56,7 @@ pub fn plain_tensors(model: &Cnn6, store: &ParamStore) -> Result<Vec<(String, Te
             ] {
                 let key = format!("{}.bn.{ours}", conv.name);
                 let entry = store.get(&key).ok_or_else(|| {
-                    StageError::Config(format!("the model has no batch-norm tensor `{key}`"))
+                    StageError::Internal(format!("the model has no batch-norm tensor `{key}`"))
                 })?;
                 out.push((
                     format!("{bn}.{torch}"),

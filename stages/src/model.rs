@@ -318,8 +318,12 @@ pub fn build(
     let mut store = ParamStore::new(device.clone());
     let mut rng = Rng::fork(seed, "init");
     let cfg = model.cnn6_config(input, classes);
-    let net = Cnn6::new(cfg, method.factory().as_ref(), &mut store, &mut rng)
-        .map_err(|e| StageError::Config(format!("cannot build {}: {e}", model.describe())))?;
+    let net = Cnn6::new(cfg, method.factory().as_ref(), &mut store, &mut rng).map_err(|e| {
+        StageError::Setting {
+            field: "model",
+            message: format!("cannot build {}: {e}", model.describe()),
+        }
+    })?;
     Ok((net, store))
 }
 

@@ -178,9 +178,12 @@ pub fn normalizer(kind: Normalization, mean: &[f64], std: &[f64]) -> Result<Norm
         },
         Normalization::PerChannel => {
             if let Some(ch) = std.iter().position(|&s| s <= 0.0) {
-                return Err(StageError::Config(format!(
-                    "per-channel normalisation impossible: channel {ch} is constant"
-                )));
+                return Err(StageError::Setting {
+                    field: "data.normalization",
+                    message: format!(
+                        "per-channel normalisation impossible: channel {ch} is constant"
+                    ),
+                });
             }
             Normalizer {
                 scale: std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect(),
@@ -198,19 +201,23 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
         _ => None,
     };
     let needs_cifar = || {
-        cifar.ok_or_else(|| {
-            StageError::Config(format!(
+        cifar.ok_or_else(|| StageError::Setting {
+            field: "format",
+            message: format!(
                 "format {:?} holds CIFAR; dataset `{}` needs another format",
                 cfg.format,
                 cfg.dataset.as_str()
-            ))
+            ),
         })
     };
     if cfg.label == LabelChoice::Coarse && cfg.dataset != DatasetName::Cifar100 {
-        return Err(StageError::Config(format!(
-            "label = \"coarse\" exists only for CIFAR-100, not `{}`",
-            cfg.dataset.as_str()
-        )));
+        return Err(StageError::Setting {
+            field: "label",
+            message: format!(
+                "label = \"coarse\" exists only for CIFAR-100, not `{}`",
+                cfg.dataset.as_str()
+            ),
+        });
     }
     match cfg.format {
         DataFormat::Idx => {
@@ -234,11 +241,12 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
                 (DatasetName::Cifar100, LabelChoice::Fine) => ("fine_label", 100),
                 (DatasetName::Cifar100, LabelChoice::Coarse) => ("coarse_label", 20),
                 (DatasetName::ImageFolder, _) => {
-                    return Err(StageError::Config(
-                        "parquet files hold a named dataset (cifar-10, cifar-100, mnist, \
-                         fashion-mnist), not an image folder"
+                    return Err(StageError::Setting {
+                        field: "format",
+                        message: "parquet files hold a named dataset (cifar-10, cifar-100, \
+                                  mnist, fashion-mnist), not an image folder"
                             .into(),
-                    ))
+                    })
                 }
                 _ => ("label", 10),
             };
@@ -266,18 +274,16 @@ pub fn run(
     } = decode(cfg, &root)?;
     progress.update(1, "decoded");
     if train.shape != test.shape {
-        return Err(StageError::Config(format!(
-            "{}: train images are {:?} but test images are {:?}",
-            root.display(),
-            train.shape,
-            test.shape
-        )));
+        return Err(format_err(
+            &root,
+            format!(
+                "train images are {:?} but test images are {:?}",
+                train.shape, test.shape
+            ),
+        ));
     }
     if train.is_empty() || test.is_empty() {
-        return Err(StageError::Config(format!(
-            "{}: a dataset split is empty",
-            root.display()
-        )));
+        return Err(format_err(&root, "a dataset split is empty"));
     }
     let classes = class_names.len();
     let (mean, std) = channel_stats(&train);
@@ -394,9 +400,10 @@ pub fn apply_view(
         None
     };
     if train.is_empty() || test.is_empty() {
-        return Err(StageError::Config(
-            "a dataset split is empty after limits".into(),
-        ));
+        return Err(StageError::Setting {
+            field: "data",
+            message: "a dataset split is empty after the limits and the validation split".into(),
+        });
     }
     // Only the per-channel normaliser reads the statistics: skip the pass over every pixel.
     let (mean, std) = match view.normalization {

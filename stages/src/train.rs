@@ -681,9 +681,10 @@ pub fn run(
         let acc = correct / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
         if !loss_v.is_finite() {
-            return Err(StageError::Config(format!(
-                "training diverged at iteration {i}: loss is {loss_v} (lower schedule.lr?)"
-            )));
+            return Err(StageError::Diverged {
+                iteration: i,
+                loss: loss_v,
+            });
         }
         let done = i + 1;
         meta.curves.train.push(TrainPoint {

@@ -177,11 +177,10 @@ pub(super) fn download(
             ),
             _ => String::new(),
         };
-        return Err(StageError::Config(format!(
-            "could not download {} ({last}){kept}. {}",
-            d.url,
-            local_advice(&d.url)
-        )));
+        return Err(StageError::Download {
+            what: d.url.clone(),
+            message: format!("{last}{kept}. {}", local_advice(&d.url)),
+        });
     }
     let got = md5_file(&part)?;
     if !got.eq_ignore_ascii_case(&d.md5) {

@@ -90,14 +90,17 @@ pub(super) fn fetch(
             builder = builder.with_token(Some(token));
         }
     }
-    let fail = |file: &str, e: String| {
-        StageError::Config(format!(
-            "could not fetch `{file}` from the hub dataset repository `{repo}` (revision \
-             `{revision}`, endpoint {endpoint}): {e}. {}",
+    let fail = |file: &str, e: String| StageError::Download {
+        what: format!(
+            "`{file}` from the hub dataset repository `{repo}` (revision `{revision}`, \
+                 endpoint {endpoint})"
+        ),
+        message: format!(
+            "{e}. {}",
             local_advice(&format!(
                 "{endpoint}/datasets/{repo}/resolve/{revision}/{file}"
             ))
-        ))
+        ),
     };
     let api = builder.build().map_err(|e| {
         fail(

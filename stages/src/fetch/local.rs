@@ -2,7 +2,7 @@
 //! fingerprint (names, sizes, modification times), re-checked before every read.
 
 use crate::error::{format_err, read_json, IoContext};
-use crate::{Result, StageError};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -21,13 +21,16 @@ pub fn locate(dir: &Path, stem: &str) -> Result<PathBuf> {
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| {
-            StageError::Config(format!(
-                "dataset file not found: looked for {} and {}; put the IDX files (raw or gzip) \
-             there, or on Debian `apt-get install dataset-fashion-mnist` and use \
-             path = \"/usr/share/datasets/fashion-mnist\"",
-                candidates[0].display(),
-                candidates[1].display()
-            ))
+            format_err(
+                dir,
+                format!(
+                    "dataset file not found: looked for {} and {}; put the IDX files (raw or \
+                     gzip) there, or on Debian `apt-get install dataset-fashion-mnist` and use \
+                     path = \"/usr/share/datasets/fashion-mnist\"",
+                    candidates[0].display(),
+                    candidates[1].display()
+                ),
+            )
         })
 }
 

@@ -104,10 +104,10 @@ impl FetchConfig {
             Source::Embedded => Ok(embedded::fingerprint().to_vec()),
             Source::Local { path } => {
                 if !path.exists() {
-                    return Err(StageError::Config(format!(
-                        "dataset path {} does not exist",
-                        path.display()
-                    )));
+                    return Err(StageError::Setting {
+                        field: "source.path",
+                        message: format!("{} does not exist", path.display()),
+                    });
                 }
                 local::fingerprint_path(path)
             }
@@ -122,11 +122,14 @@ pub fn run(cfg: &FetchConfig, out: &Path, progress: &dyn Progress) -> Result<Vec
     match &cfg.source {
         Source::Embedded => {
             if cfg.dataset != DatasetName::FashionMnist {
-                return Err(StageError::Config(format!(
-                    "the embedded data is Fashion-MNIST; dataset `{}` needs another source \
-                     (\"local\", \"url\" or \"hub\")",
-                    cfg.dataset.as_str()
-                )));
+                return Err(StageError::Setting {
+                    field: "source",
+                    message: format!(
+                        "the embedded data is Fashion-MNIST; dataset `{}` needs another source \
+                         (\"local\", \"url\" or \"hub\")",
+                        cfg.dataset.as_str()
+                    ),
+                });
             }
             embedded::write(&files, progress)
         }

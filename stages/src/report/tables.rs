@@ -5,7 +5,7 @@ use crate::{Result, StageError};
 use std::fmt::Write as _;
 
 fn csv_error(source: csv::Error) -> StageError {
-    StageError::Config(format!("cannot render a report table: {source}"))
+    StageError::Internal(format!("cannot render a report table: {source}"))
 }
 
 /// Keys in order of first appearance over `lists`.
