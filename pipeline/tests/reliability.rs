@@ -348,3 +348,25 @@ fn plan_prints_commands_with_its_out_directory() {
         .unwrap();
     assert!(line.contains(&format!("--out {}", s(&out))), "{plan}");
 }
+
+/// A diverging run stops with an error that says so and where, not with NaN metrics.
+#[test]
+fn divergence_is_reported_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = write(
+        tmp.path(),
+        "wild.toml",
+        &TINY.replace("lr = 0.05", "lr = 1e30"),
+    );
+    let out = opt()
+        .args(["run", s(&recipe), "--cache", s(&tmp.path().join("c"))])
+        .args(["--out", s(&tmp.path().join("o"))])
+        .output()
+        .unwrap();
+    let stderr = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("training diverged at iteration") && stderr.contains("schedule.lr"),
+        "{stderr}"
+    );
+}

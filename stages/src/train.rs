@@ -467,9 +467,18 @@ pub fn step(
     if let Some(p) = model.penalty()? {
         l = (l + p)?;
     }
+    let loss_value = l.to_scalar::<f32>()? as f64;
+    // A non-finite loss is divergence, said as such (the lr is the usual cause), before NaN
+    // logits reach the accuracy count or a NaN gradient reaches the weights.
+    if !loss_value.is_finite() {
+        return Err(StageError::Diverged {
+            iteration,
+            loss: loss_value,
+        });
+    }
     let grads = l.backward()?;
     optimizers.step(&grads, lr, iteration)?;
-    Ok((l.to_scalar::<f32>()? as f64, topk_correct(&logits, y, 1)?))
+    Ok((loss_value, topk_correct(&logits, y, 1)?))
 }
 
 pub fn build_model(
@@ -680,12 +689,6 @@ pub fn run(
         let (loss_v, correct) = step(&model, &mut optimizers, loss_kind, &x, &y, lr, i)?;
         let acc = correct / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
-        if !loss_v.is_finite() {
-            return Err(StageError::Diverged {
-                iteration: i,
-                loss: loss_v,
-            });
-        }
         let done = i + 1;
         meta.curves.train.push(TrainPoint {
             iteration: done,
