@@ -4,12 +4,12 @@
 
 use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
-use crate::store::{ArtifactStore, Outcome, StageSpec};
-use anyhow::{bail, Context, Result};
+use crate::store::{ArtifactStore, Built, Outcome, StageSpec};
+use anyhow::{Context, Result};
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
-use opt_stages::train::TrainOutcome;
+use opt_stages::train::{Suspension, TrainOutcome};
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
 
@@ -126,42 +126,41 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
     let mut options = plan.train_options.clone();
     options.stop_after = ctx.stop_after;
     options.interrupt = ctx.interrupt.clone();
-    let mut stopped = None;
-    let mut interrupted = None;
-    let trained = store.get_or_build(
-        StageSpec {
-            stage: "train",
-            key: &keys.train,
-            format_version: train::FORMAT_VERSION,
-            config: &plan.train,
-            inputs: vec![keys.preprocess.clone()],
-            resumable: true,
-        },
-        |out| match train::run(&plan.train, &options, prepared.dir(), out, p)? {
-            TrainOutcome::Finished(summary) => Ok(summary),
-            TrainOutcome::Stopped(i) => {
-                stopped = Some(i);
-                bail!("stopped")
-            }
-            TrainOutcome::Interrupted { iteration, signal } => {
-                interrupted = Some((iteration, signal));
-                bail!("interrupted")
-            }
-        },
-    );
-    if let Some(iteration) = stopped {
-        tracing::info!(
-            "train: stopped at iteration {iteration}; run the same command again to resume"
-        );
-        return Ok(RunResult::Stopped { iteration });
-    }
-    if let Some((iteration, signal)) = interrupted {
-        return Ok(RunResult::Interrupted {
-            iteration: Some(iteration),
-            signal,
-        });
-    }
-    let trained = trained.map_err(|e| plan.locate_setting_error(e))?;
+    let trained = store
+        .get_or_build_suspendable(
+            StageSpec {
+                stage: "train",
+                key: &keys.train,
+                format_version: train::FORMAT_VERSION,
+                config: &plan.train,
+                inputs: vec![keys.preprocess.clone()],
+                resumable: true,
+            },
+            |out| {
+                Ok(
+                    match train::run(&plan.train, &options, prepared.dir(), out, p)? {
+                        TrainOutcome::Finished(summary) => Built::Done(summary),
+                        TrainOutcome::Suspended(s) => Built::Suspended(s),
+                    },
+                )
+            },
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
+    let trained = match trained {
+        Ok(outcome) => outcome,
+        Err(Suspension::Stopped(iteration)) => {
+            tracing::info!(
+                "train: stopped at iteration {iteration}; run the same command again to resume"
+            );
+            return Ok(RunResult::Stopped { iteration });
+        }
+        Err(Suspension::Interrupted { iteration, signal }) => {
+            return Ok(RunResult::Interrupted {
+                iteration: Some(iteration),
+                signal,
+            });
+        }
+    };
     if let Some(signal) = ctx.interrupt.requested() {
         return Ok(RunResult::Interrupted {
             iteration: None,

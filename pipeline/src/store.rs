@@ -51,6 +51,12 @@ pub struct StageSpec<'a, C: Serialize> {
     pub resumable: bool,
 }
 
+/// What a build produced: its value, or a suspension that leaves the artifact unfinished.
+pub enum Built<T, S> {
+    Done(T),
+    Suspended(S),
+}
+
 pub enum Outcome<T> {
     /// Found in the cache.
     Cached(PathBuf),
@@ -204,9 +210,26 @@ impl ArtifactStore {
         spec: StageSpec<'_, C>,
         build: impl FnOnce(&Path) -> Result<T>,
     ) -> Result<Outcome<T>> {
+        let built = self.get_or_build_suspendable(spec, |dir| {
+            build(dir).map(Built::<T, std::convert::Infallible>::Done)
+        })?;
+        match built {
+            Ok(outcome) => Ok(outcome),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`ArtifactStore::get_or_build`], for a build that may stop before it is done
+    /// (training stopped on request): `Ok(Err(s))` is that suspension; the staging directory
+    /// is kept (the spec must be resumable) and nothing is committed.
+    pub fn get_or_build_suspendable<C: Serialize, T, S>(
+        &self,
+        spec: StageSpec<'_, C>,
+        build: impl FnOnce(&Path) -> Result<Built<T, S>>,
+    ) -> Result<std::result::Result<Outcome<T>, S>> {
         let final_dir = self.dir(spec.stage, spec.key);
         if self.lookup(spec.stage, spec.key).is_some() {
-            return Ok(Outcome::Cached(final_dir));
+            return Ok(Ok(Outcome::Cached(final_dir)));
         }
         // One builder per artifact across processes sharing the cache: the others wait here,
         // then find the finished artifact. (flock-style lock; released when the file closes.)
@@ -215,7 +238,7 @@ impl ArtifactStore {
             .with_context(|| format!("{}: cannot create", stage_dir.display()))?;
         let lock = self.lock(spec.stage, spec.key)?;
         if self.lookup(spec.stage, spec.key).is_some() {
-            return Ok(Outcome::Cached(final_dir));
+            return Ok(Ok(Outcome::Cached(final_dir)));
         }
         if final_dir.exists() {
             // A directory without a valid manifest is not a result (e.g. written by hand).
@@ -236,7 +259,11 @@ impl ArtifactStore {
             .with_context(|| format!("{}: cannot create", staging.display()))?;
         let started = Instant::now();
         let value = match build(&staging) {
-            Ok(v) => v,
+            Ok(Built::Done(v)) => v,
+            Ok(Built::Suspended(s)) => {
+                debug_assert!(spec.resumable, "only a resumable stage can suspend");
+                return Ok(Err(s));
+            }
             Err(e) => {
                 // A failed stage leaves no litter, unless its staging directory is how it
                 // resumes (a train checkpoint, a partial download).
@@ -269,7 +296,7 @@ impl ArtifactStore {
         std::fs::rename(&staging, &final_dir)
             .with_context(|| format!("cannot move {} into place", staging.display()))?;
         drop(lock);
-        Ok(Outcome::Built(final_dir, value))
+        Ok(Ok(Outcome::Built(final_dir, value)))
     }
 }
 
@@ -323,6 +350,39 @@ mod tests {
             !store.dir("s", "k1").join("half.bin").exists(),
             "stale staging content was cleared"
         );
+    }
+
+    /// A suspended build commits nothing and keeps its staging directory for the next call,
+    /// which finds what the first left there.
+    #[test]
+    fn a_suspended_build_keeps_its_staging_directory_and_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(tmp.path());
+        let cfg = serde_json::json!({"a": 3});
+        let resumable = || StageSpec {
+            resumable: true,
+            ..spec("k2", &cfg)
+        };
+        let first = store
+            .get_or_build_suspendable(resumable(), |dir| {
+                std::fs::write(dir.join("checkpoint"), b"step 4")?;
+                Ok(Built::<(), u64>::Suspended(4))
+            })
+            .unwrap();
+        assert!(matches!(first, Err(4)));
+        assert!(store.lookup("s", "k2").is_none());
+        assert_eq!(store.state("s", "k2"), ArtifactState::Partial);
+        let second = store
+            .get_or_build_suspendable(resumable(), |dir| {
+                let resumed = std::fs::read(dir.join("checkpoint"))?;
+                Ok(Built::<Vec<u8>, u64>::Done(resumed))
+            })
+            .unwrap();
+        match second {
+            Ok(Outcome::Built(_, resumed)) => assert_eq!(resumed, b"step 4"),
+            _ => panic!("the second call should finish the artifact"),
+        }
+        assert_eq!(store.state("s", "k2"), ArtifactState::Cached);
     }
 
     /// Two builders of the same artifact at once (threads here; processes behave the same with

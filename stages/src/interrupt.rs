@@ -2,7 +2,7 @@
 //!
 //! Stages know nothing of signals: whoever installs the handlers (the pipeline) raises the
 //! request here, and the training loop checkpoints at the end of its current step and returns
-//! [`crate::train::TrainOutcome::Interrupted`]. While a stage can honour it, it says so
+//! [`crate::train::Suspension::Interrupted`]. While a stage can honour it, it says so
 //! ([`Interrupt::honoured_while`]); at other times the handler may simply exit, since every
 //! other stage leaves nothing half-written anyway.
 

@@ -365,13 +365,17 @@ pub struct TrainSummary {
 
 pub enum TrainOutcome {
     Finished(TrainSummary),
-    /// Stopped early on request (`stop_after`), with a checkpoint at this iteration.
+    /// Stopped before the end, with a checkpoint the next run resumes from.
+    Suspended(Suspension),
+}
+
+/// Why training stopped before its last iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspension {
+    /// On request (`stop_after`), with a checkpoint at this iteration.
     Stopped(u64),
-    /// Stopped by an interrupt `signal`, with a checkpoint at `iteration`.
-    Interrupted {
-        iteration: u64,
-        signal: i32,
-    },
+    /// By an interrupt `signal`, with a checkpoint at `iteration`.
+    Interrupted { iteration: u64, signal: i32 },
 }
 
 /// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,
@@ -719,15 +723,15 @@ pub fn run(
             progress.note(&format!(
                 "stopped after iteration {done}; checkpoint written"
             ));
-            return Ok(TrainOutcome::Stopped(done));
+            return Ok(TrainOutcome::Suspended(Suspension::Stopped(done)));
         }
         if let Some(signal) = opts.interrupt.requested().filter(|_| done < iterations) {
             save_checkpoint(&meta, &optimizers, &sampler, done)?;
             progress.end();
-            return Ok(TrainOutcome::Interrupted {
+            return Ok(TrainOutcome::Suspended(Suspension::Interrupted {
                 iteration: done,
                 signal,
-            });
+            }));
         }
     }
     progress.end();
