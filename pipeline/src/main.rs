@@ -773,6 +773,96 @@ fn bench_data(
     Ok(())
 }
 
+/// `orthopt bench`'s options.
+struct BenchArgs {
+    methods: String,
+    width: usize,
+    input: String,
+    classes: usize,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    device: DeviceChoice,
+    threads: usize,
+}
+
+/// Training throughput per method, then (with `maps`) each orthogonal map's time.
+fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
+    let BenchArgs {
+        methods,
+        width,
+        input,
+        classes,
+        batch,
+        warmup,
+        steps,
+        device,
+        threads,
+    } = args;
+    set_threads(threads);
+    let names: Vec<&str> = if methods == "all" {
+        MethodConfig::NAMES.to_vec()
+    } else {
+        methods.split(',').map(str::trim).collect()
+    };
+    let shape = parse_shape(&input)?;
+    println!("| method | device | batch | input | images/s | ms/step | vs baseline |");
+    println!("|---|---|---:|---|---:|---:|---:|");
+    let mut baseline: Option<f64> = None;
+    for name in names {
+        let method = MethodConfig::from_name(name).with_context(|| {
+            format!(
+                "--methods: unknown method {name:?}; known: {}",
+                MethodConfig::NAMES.join(", ")
+            )
+        })?;
+        let cfg = BenchConfig {
+            method,
+            width,
+            input: shape,
+            classes,
+            batch,
+            warmup,
+            steps,
+            device,
+        };
+        let r = bench::run(&cfg)?;
+        if name == "baseline" {
+            baseline = Some(r.images_per_sec);
+        }
+        let ratio = baseline
+            .map(|b| format!("{:.2}×", r.images_per_sec / b))
+            .unwrap_or_else(|| "–".into());
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.2} | {} |",
+            r.method, r.device, batch, input, r.images_per_sec, r.ms_per_step, ratio
+        );
+    }
+    if let Some(sizes) = maps {
+        println!("\n| map | d | forward ms | forward+backward ms | ‖QQᵀ − I‖_F (f32) |");
+        println!("|---|---:|---:|---:|---:|");
+        for d in sizes.split(',') {
+            let d: usize = d
+                .trim()
+                .parse()
+                .with_context(|| format!("--maps: {d:?} is not a size"))?;
+            for map in [
+                OrthMap::Cayley,
+                OrthMap::GramSchmidt,
+                OrthMap::Householder,
+                OrthMap::Lowdin,
+            ] {
+                let t = bench::time_map(map, d, 3, device)?;
+                println!(
+                    "| {} | {} | {:.1} | {:.1} | {:.1e} |",
+                    t.map, t.d, t.forward_ms, t.forward_backward_ms, t.orth_error
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -825,70 +915,20 @@ fn main() -> ExitCode {
             maps,
             device,
             threads,
-        } => (|| -> Result<()> {
-            set_threads(threads);
-            let names: Vec<&str> = if methods == "all" {
-                MethodConfig::NAMES.to_vec()
-            } else {
-                methods.split(',').map(str::trim).collect()
-            };
-            let shape = parse_shape(&input)?;
-            println!("| method | device | batch | input | images/s | ms/step | vs baseline |");
-            println!("|---|---|---:|---|---:|---:|---:|");
-            let mut baseline: Option<f64> = None;
-            for name in names {
-                let method = MethodConfig::from_name(name).with_context(|| {
-                    format!(
-                        "--methods: unknown method {name:?}; known: {}",
-                        MethodConfig::NAMES.join(", ")
-                    )
-                })?;
-                let cfg = BenchConfig {
-                    method,
-                    width,
-                    input: shape,
-                    classes,
-                    batch,
-                    warmup,
-                    steps,
-                    device,
-                };
-                let r = bench::run(&cfg)?;
-                if name == "baseline" {
-                    baseline = Some(r.images_per_sec);
-                }
-                let ratio = baseline
-                    .map(|b| format!("{:.2}×", r.images_per_sec / b))
-                    .unwrap_or_else(|| "–".into());
-                println!(
-                    "| {} | {} | {} | {} | {:.1} | {:.2} | {} |",
-                    r.method, r.device, batch, input, r.images_per_sec, r.ms_per_step, ratio
-                );
-            }
-            if let Some(sizes) = maps {
-                println!("\n| map | d | forward ms | forward+backward ms | ‖QQᵀ − I‖_F (f32) |");
-                println!("|---|---:|---:|---:|---:|");
-                for d in sizes.split(',') {
-                    let d: usize = d
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("--maps: {d:?} is not a size"))?;
-                    for map in [
-                        OrthMap::Cayley,
-                        OrthMap::GramSchmidt,
-                        OrthMap::Householder,
-                        OrthMap::Lowdin,
-                    ] {
-                        let t = bench::time_map(map, d, 3, device)?;
-                        println!(
-                            "| {} | {} | {:.1} | {:.1} | {:.1e} |",
-                            t.map, t.d, t.forward_ms, t.forward_backward_ms, t.orth_error
-                        );
-                    }
-                }
-            }
-            Ok(())
-        })(),
+        } => bench_cmd(
+            BenchArgs {
+                methods,
+                width,
+                input,
+                classes,
+                batch,
+                warmup,
+                steps,
+                device,
+                threads,
+            },
+            maps,
+        ),
     };
     finish(result.map(|()| ExitCode::SUCCESS))
 }

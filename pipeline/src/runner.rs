@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
-use opt_stages::train::{Suspension, TrainOutcome};
+use opt_stages::train::{Suspension, TrainOutcome, TrainSummary};
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
 
@@ -83,70 +83,14 @@ pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
 /// its files).
 pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Result<RunResult> {
     let plan = &entry.plan;
-    let store = ctx.store;
-    let p = ctx.progress;
-
-    let fetched = store
-        .get_or_build(
-            StageSpec {
-                stage: "fetch",
-                key: &keys.fetch,
-                format_version: fetch::FORMAT_VERSION,
-                config: &plan.fetch,
-                inputs: vec![],
-                // Keeps a cut download's `.part` file for the next run to resume.
-                resumable: true,
-            },
-            |out| Ok(fetch::run(&plan.fetch, out, p)?),
-        )
-        .map_err(|e| plan.locate_setting_error(e))?;
-    log_outcome("fetch", &keys.fetch, &fetched);
-
-    let prepared = store
-        .get_or_build(
-            StageSpec {
-                stage: "preprocess",
-                key: &keys.preprocess,
-                format_version: preprocess::FORMAT_VERSION,
-                config: &plan.preprocess,
-                inputs: vec![keys.fetch.clone()],
-                resumable: false,
-            },
-            |out| Ok(preprocess::run(&plan.preprocess, fetched.dir(), out, p)?),
-        )
-        .map_err(|e| plan.locate_setting_error(e))?;
-    log_outcome("preprocess", &keys.preprocess, &prepared);
-
+    let (_, prepared) = fetch_and_preprocess(plan, keys, ctx)?;
     if let Some(signal) = ctx.interrupt.requested() {
         return Ok(RunResult::Interrupted {
             iteration: None,
             signal,
         });
     }
-    let mut options = plan.train_options.clone();
-    options.stop_after = ctx.stop_after;
-    options.interrupt = ctx.interrupt.clone();
-    let trained = store
-        .get_or_build_suspendable(
-            StageSpec {
-                stage: "train",
-                key: &keys.train,
-                format_version: train::FORMAT_VERSION,
-                config: &plan.train,
-                inputs: vec![keys.preprocess.clone()],
-                resumable: true,
-            },
-            |out| {
-                Ok(
-                    match train::run(&plan.train, &options, prepared.dir(), out, p)? {
-                        TrainOutcome::Finished(summary) => Built::Done(summary),
-                        TrainOutcome::Suspended(s) => Built::Suspended(s),
-                    },
-                )
-            },
-        )
-        .map_err(|e| plan.locate_setting_error(e))?;
-    let trained = match trained {
+    let trained = match train_stage(plan, keys, ctx, prepared.dir())? {
         Ok(outcome) => outcome,
         Err(Suspension::Stopped(iteration)) => {
             tracing::info!(
@@ -167,22 +111,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             signal,
         });
     }
-    let did_train = matches!(trained, Outcome::Built(..));
-    match &trained {
-        Outcome::Cached(_) => tracing::info!(
-            "train: cached artifact {} re-used — nothing to train (`--force` retrains)",
-            short(&keys.train)
-        ),
-        Outcome::Built(_, s) => tracing::info!(
-            "train: {} iterations in {:.1} s ({:.0} images/s, {:.1} ms/step)",
-            s.iterations,
-            s.train_seconds,
-            s.images_per_sec,
-            s.ms_per_step
-        ),
-    }
-
-    let evaluated = store.get_or_build(
+    let evaluated = ctx.store.get_or_build(
         StageSpec {
             stage: "evaluate",
             key: &keys.evaluate,
@@ -192,21 +121,128 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             resumable: false,
         },
         |out| {
+            let (prepared, trained) = (prepared.dir(), trained.dir());
             Ok(evaluate::run(
                 &plan.evaluate,
-                prepared.dir(),
-                trained.dir(),
+                prepared,
+                trained,
                 out,
-                p,
+                ctx.progress,
             )?)
         },
     )?;
     log_outcome("evaluate", &keys.evaluate, &evaluated);
+    let row = result_row(entry, keys, ctx, &evaluate::load_report(evaluated.dir())?);
+    let dir = entry_dir(&ctx.run_dir, entry);
+    warn_if_replacing_another_recipe(&dir, &row);
+    let files = [evaluate::CURVES_FILE, evaluate::LAYERS_FILE].map(|f| evaluated.dir().join(f));
+    report::write_run(&dir, &row, &files.each_ref().map(|p| p.as_path()))
+        .with_context(|| format!("recording the run in {}", dir.display()))?;
+    Ok(RunResult::Finished {
+        row: Box::new(row),
+        trained: matches!(trained, Outcome::Built(..)),
+    })
+}
 
-    let rep = evaluate::load_report(evaluated.dir())?;
+/// The fetch and decode artifacts of `plan` (built once per dataset, whatever the recipe).
+fn fetch_and_preprocess(
+    plan: &Plan,
+    keys: &Keys,
+    ctx: &RunContext<'_>,
+) -> Result<(Outcome<Vec<String>>, Outcome<preprocess::DatasetStats>)> {
+    let p = ctx.progress;
+    let fetched = ctx
+        .store
+        .get_or_build(
+            StageSpec {
+                stage: "fetch",
+                key: &keys.fetch,
+                format_version: fetch::FORMAT_VERSION,
+                config: &plan.fetch,
+                inputs: vec![],
+                // Keeps a cut download's `.part` file for the next run to resume.
+                resumable: true,
+            },
+            |out| Ok(fetch::run(&plan.fetch, out, p)?),
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
+    log_outcome("fetch", &keys.fetch, &fetched);
+    let prepared = ctx
+        .store
+        .get_or_build(
+            StageSpec {
+                stage: "preprocess",
+                key: &keys.preprocess,
+                format_version: preprocess::FORMAT_VERSION,
+                config: &plan.preprocess,
+                inputs: vec![keys.fetch.clone()],
+                resumable: false,
+            },
+            |out| Ok(preprocess::run(&plan.preprocess, fetched.dir(), out, p)?),
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
+    log_outcome("preprocess", &keys.preprocess, &prepared);
+    Ok((fetched, prepared))
+}
+
+/// The train artifact: cached, trained now, or suspended (stopped on request, interrupted).
+fn train_stage(
+    plan: &Plan,
+    keys: &Keys,
+    ctx: &RunContext<'_>,
+    prepared: &Path,
+) -> Result<std::result::Result<Outcome<TrainSummary>, Suspension>> {
+    let mut options = plan.train_options.clone();
+    options.stop_after = ctx.stop_after;
+    options.interrupt = ctx.interrupt.clone();
+    let trained = ctx
+        .store
+        .get_or_build_suspendable(
+            StageSpec {
+                stage: "train",
+                key: &keys.train,
+                format_version: train::FORMAT_VERSION,
+                config: &plan.train,
+                inputs: vec![keys.preprocess.clone()],
+                resumable: true,
+            },
+            |out| {
+                let outcome = train::run(&plan.train, &options, prepared, out, ctx.progress)?;
+                Ok(match outcome {
+                    TrainOutcome::Finished(summary) => Built::Done(summary),
+                    TrainOutcome::Suspended(s) => Built::Suspended(s),
+                })
+            },
+        )
+        .map_err(|e| plan.locate_setting_error(e))?;
+    match &trained {
+        Ok(Outcome::Cached(_)) => tracing::info!(
+            "train: cached artifact {} re-used — nothing to train (`--force` retrains)",
+            short(&keys.train)
+        ),
+        Ok(Outcome::Built(_, s)) => tracing::info!(
+            "train: {} iterations in {:.1} s ({:.0} images/s, {:.1} ms/step)",
+            s.iterations,
+            s.train_seconds,
+            s.images_per_sec,
+            s.ms_per_step
+        ),
+        Err(_) => {}
+    }
+    Ok(trained)
+}
+
+/// The entry's result row, from its evaluation report, with its provenance.
+fn result_row(
+    entry: &GridEntry,
+    keys: &Keys,
+    ctx: &RunContext<'_>,
+    rep: &evaluate::EvalReport,
+) -> ResultRow {
+    let plan = &entry.plan;
     let m = rep.final_metrics;
     let (energy_s1, orth_error) = opt_stages::metrics::summarize(&rep.layers);
-    let row = ResultRow {
+    ResultRow {
         recipe: plan.name.clone(),
         cell: entry.cell.clone(),
         index: entry.index,
@@ -243,16 +279,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             git_commit: ctx.git_commit.clone(),
             command: ctx.command_for(entry.index),
         },
-    };
-    let dir = entry_dir(&ctx.run_dir, entry);
-    warn_if_replacing_another_recipe(&dir, &row);
-    let files = [evaluate::CURVES_FILE, evaluate::LAYERS_FILE].map(|f| evaluated.dir().join(f));
-    report::write_run(&dir, &row, &files.each_ref().map(|p| p.as_path()))
-        .with_context(|| format!("recording the run in {}", dir.display()))?;
-    Ok(RunResult::Finished {
-        row: Box::new(row),
-        trained: did_train,
-    })
+    }
 }
 
 /// A run directory shared by two different resolved recipes (an explicit `--out`, an edited
