@@ -174,44 +174,35 @@ fn seed_of(loaded: &Loaded, v: &Value, key: &str) -> Result<u64, RecipeError> {
         })
 }
 
-/// Expands `file` (with its overrides) into its grid. A recipe without `[grid]` is a grid of
-/// one cell named after the recipe.
-pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
-    let loaded = recipe::load(file, overrides)?;
-    let mut flat = Vec::new();
-    if let Some(grid) = &loaded.recipe.grid {
-        flatten(&loaded, "", grid, &mut flat)?;
-    }
-    // The base recipe need not be valid on its own when every cell overrides what makes it
-    // invalid (a budget sweep past the base's default, say): then its cells speak for it.
-    let varies = flat.iter().any(|(k, _)| k != "seeds" && k != "run.seed");
-    let base = match plan::resolve(&loaded) {
-        Ok(plan) => Some(plan),
-        Err(_) if varies => None,
-        Err(e) => return Err(e),
-    };
-
+/// The grid's seeds (`seeds` or `run.seed`, `None` when neither is varied) and its other
+/// axes, each checked: a known section, not also set by `--set`.
+#[allow(clippy::type_complexity)]
+fn seeds_and_axes(
+    loaded: &Loaded,
+    flat: Vec<(String, Vec<Value>)>,
+    overrides: &[String],
+) -> Result<(Option<Vec<u64>>, Vec<(String, Vec<Value>)>), RecipeError> {
     let mut seeds: Option<Vec<u64>> = None;
     let mut axes_raw = Vec::new();
     for (key, values) in flat {
         if key == "seeds" || key == "run.seed" {
             if seeds.is_some() {
                 return Err(grid_error(
-                    &loaded,
+                    loaded,
                     "grid.seeds",
                     "seeds are given twice (grid.seeds and grid.run.seed); keep one",
                 ));
             }
             let list = values
                 .iter()
-                .map(|v| seed_of(&loaded, v, &format!("grid.{key}")))
+                .map(|v| seed_of(loaded, v, &format!("grid.{key}")))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut unique = list.clone();
             unique.sort_unstable();
             unique.dedup();
             if unique.len() != list.len() {
                 return Err(grid_error(
-                    &loaded,
+                    loaded,
                     &format!("grid.{key}"),
                     format!("seeds repeat: {list:?}"),
                 ));
@@ -222,7 +213,7 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
         let section = key.split('.').next().unwrap_or_default();
         if !SECTIONS.contains(&section) || section == "grid" || section == "name" {
             return Err(grid_error(
-                &loaded,
+                loaded,
                 &format!("grid.{key}"),
                 format!(
                     "unknown key `{key}`; a grid varies recipe keys in the sections {}",
@@ -256,11 +247,14 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
         }
         axes_raw.push((key, values));
     }
-    let seeds = seeds.unwrap_or_else(|| vec![loaded.recipe.run.seed]);
+    Ok((seeds, axes_raw))
+}
 
+/// Axes with their cell-name labels: the key's last segment, unless two axes share it.
+fn label_axes(axes_raw: Vec<(String, Vec<Value>)>) -> Vec<Axis> {
     // Short labels unless two axes end in the same segment.
     let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
-    let axes: Vec<Axis> = axes_raw
+    axes_raw
         .iter()
         .map(|(key, values)| {
             let short = last(key);
@@ -275,11 +269,22 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
                 values: values.clone(),
             }
         })
-        .collect();
+        .collect()
+}
 
+/// Every (cell, seed) entry: the cartesian product of the axes (last axis fastest), each cell
+/// re-loaded with its values and resolved like any recipe, seeds innermost.
+fn build_entries(
+    file: &Path,
+    overrides: &[String],
+    loaded: &Loaded,
+    base: Option<&Plan>,
+    axes: &[Axis],
+    seeds: &[u64],
+) -> Result<Vec<GridEntry>, RecipeError> {
     // Cartesian product, last axis fastest.
     let mut combos: Vec<Vec<usize>> = vec![vec![]];
-    for axis in &axes {
+    for axis in axes {
         combos = combos
             .into_iter()
             .flat_map(|c| {
@@ -300,7 +305,7 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             .zip(combo)
             .map(|(a, &i)| (a.key.clone(), render(&a.values[i])))
             .collect();
-        let cell = if let (true, Some(base)) = (axes.is_empty(), &base) {
+        let cell = if let (true, Some(base)) = (axes.is_empty(), base) {
             base.name.clone()
         } else {
             axes.iter()
@@ -311,12 +316,12 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
         };
         if !names.insert(cell.clone()) {
             return Err(grid_error(
-                &loaded,
+                loaded,
                 "grid",
                 format!("two cells would both be named `{cell}`; make the values distinct"),
             ));
         }
-        for &seed in &seeds {
+        for &seed in seeds {
             let mut values: Vec<(String, Value)> = axes
                 .iter()
                 .zip(combo)
@@ -326,7 +331,7 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             let cell_loaded = recipe::load_cell(file, overrides, &cell, &values)?;
             let mut plan = plan::resolve(&cell_loaded)?;
             // Every cell shares the base recipe's name and run directory.
-            if let Some(base) = &base {
+            if let Some(base) = base {
                 plan.name = base.name.clone();
                 plan.out_dir = base.out_dir.clone();
             }
@@ -339,6 +344,30 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
             });
         }
     }
+    Ok(entries)
+}
+
+/// Expands `file` (with its overrides) into its grid. A recipe without `[grid]` is a grid of
+/// one cell named after the recipe.
+pub fn expand(file: &Path, overrides: &[String]) -> Result<Grid, RecipeError> {
+    let loaded = recipe::load(file, overrides)?;
+    let mut flat = Vec::new();
+    if let Some(grid) = &loaded.recipe.grid {
+        flatten(&loaded, "", grid, &mut flat)?;
+    }
+    // The base recipe need not be valid on its own when every cell overrides what makes it
+    // invalid (a budget sweep past the base's default, say): then its cells speak for it.
+    let varies = flat.iter().any(|(k, _)| k != "seeds" && k != "run.seed");
+    let base = match plan::resolve(&loaded) {
+        Ok(plan) => Some(plan),
+        Err(_) if varies => None,
+        Err(e) => return Err(e),
+    };
+
+    let (seeds, axes_raw) = seeds_and_axes(&loaded, flat, overrides)?;
+    let seeds = seeds.unwrap_or_else(|| vec![loaded.recipe.run.seed]);
+    let axes = label_axes(axes_raw);
+    let entries = build_entries(file, overrides, &loaded, base.as_ref(), &axes, &seeds)?;
     let base = match base {
         Some(base) => base,
         // `varies`: at least one axis, so at least one entry.
