@@ -166,6 +166,23 @@ fn interrupted_at(stderr: &str) -> u64 {
         .unwrap()
 }
 
+/// The run recorded in `out` has exactly the numbers of the same recipe run without
+/// interruption in a fresh cache.
+fn assert_matches_an_uninterrupted_run(tmp: &Path, recipe: &Path, out: &Path) {
+    let (cache, reference) = (tmp.join("reference-cache"), tmp.join("reference-run"));
+    run_ok(&[
+        "run",
+        s(recipe),
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&reference),
+        "-q",
+    ]);
+    let (a, b) = (&rows(out)[0], &rows(&reference)[0]);
+    assert_eq!((a.test_acc, a.test_loss), (b.test_acc, b.test_loss));
+}
+
 /// SIGINT and SIGTERM checkpoint the step in flight and exit 130 / 143; the same command
 /// resumes there and ends with exactly the numbers of an uninterrupted run.
 #[test]
@@ -202,18 +219,7 @@ fn interrupts_checkpoint_and_the_same_command_resumes() {
         resumed.contains(&format!("resuming from checkpoint at iteration {done}/300")),
         "{resumed}"
     );
-    let (ref_cache, ref_out) = (tmp.path().join("rc"), tmp.path().join("ro"));
-    run_ok(&[
-        "run",
-        s(&recipe),
-        "--cache",
-        s(&ref_cache),
-        "--out",
-        s(&ref_out),
-        "-q",
-    ]);
-    let (a, b) = (&rows(&out)[0], &rows(&ref_out)[0]);
-    assert_eq!((a.test_acc, a.test_loss), (b.test_acc, b.test_loss));
+    assert_matches_an_uninterrupted_run(tmp.path(), &recipe, &out);
 }
 
 /// A truncated last checkpoint is set aside with a warning and training resumes from the one
@@ -243,18 +249,7 @@ fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
         stderr.contains("resuming from checkpoint at iteration 2/6"),
         "{stderr}"
     );
-    let (ref_cache, ref_out) = (tmp.path().join("rc"), tmp.path().join("ro"));
-    run_ok(&[
-        "run",
-        s(&recipe),
-        "--cache",
-        s(&ref_cache),
-        "--out",
-        s(&ref_out),
-        "-q",
-    ]);
-    let (a, b) = (&rows(&out)[0], &rows(&ref_out)[0]);
-    assert_eq!((a.test_acc, a.test_loss), (b.test_acc, b.test_loss));
+    assert_matches_an_uninterrupted_run(tmp.path(), &recipe, &out);
     // Artifacts honour the umask, as a plain create does: a shared cache stays readable.
     #[cfg(unix)]
     {
