@@ -183,6 +183,7 @@ fn bad_grids_are_rejected_with_the_key_and_what_was_expected() {
     for (args, expected) in [
         (vec!["--cell", "2"], "the grid has 2 entries"),
         (vec!["--cell"], "SLURM_ARRAY_TASK_ID"),
+        (vec!["--cell"], "JOB_COMPLETION_INDEX"),
     ] {
         let mut all = vec!["run", s(&recipe), "--cache", s(tmp.path())];
         all.extend(args);
@@ -336,7 +337,8 @@ fn a_grid_killed_in_its_second_cell_resumes_without_duplicate_rows() {
 }
 
 /// Slurm-style: one process per entry (and one duplicate) against one cache, started together;
-/// every artifact is built once, and `orthopt report` gathers the cells.
+/// every artifact is built once, and `orthopt report` gathers the cells. Two processes read
+/// their index from the environment: a Slurm array task's and a Kubernetes indexed Job's.
 #[test]
 fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -356,9 +358,12 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
                 s(&out),
                 "-q",
             ]);
-            // The last process reads its index as a Slurm array task would.
+            // The last process reads its index as a Slurm array task would, the third as a pod of
+            // a Kubernetes indexed Job.
             if i == 3 {
                 c.arg("--cell").env("SLURM_ARRAY_TASK_ID", cell);
+            } else if i == 2 {
+                c.arg("--cell").env("JOB_COMPLETION_INDEX", cell);
             } else {
                 c.args(["--cell", cell]);
             }

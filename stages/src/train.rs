@@ -129,6 +129,18 @@ pub struct TrainConfig {
     pub regularizer: Option<RegularizerConfig>,
 }
 
+impl TrainConfig {
+    /// The method as the paper's tables name it, with its regulariser: `OPT (GS)`, `MHE (s=0)`
+    /// (baseline + MHE), `UPT + HS-MHE (s=2)`.
+    pub fn method_label(&self) -> String {
+        match (&self.regularizer, &self.method) {
+            (None, m) => m.paper_name(),
+            (Some(r), MethodConfig::Baseline {}) => r.label(),
+            (Some(r), m) => format!("{} + {}", m.paper_name(), r.label()),
+        }
+    }
+}
+
 /// How to run, without changing what is computed (not part of the cache key).
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
