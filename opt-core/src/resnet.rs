@@ -57,7 +57,7 @@ impl ResNetConfig {
 
     /// Basic blocks per stage, `(depth − 2)/6`.
     pub fn blocks(&self) -> Result<usize> {
-        if self.depth < 8 || (self.depth - 2) % 6 != 0 {
+        if self.depth < 8 || !(self.depth - 2).is_multiple_of(6) {
             return Err(Error::Config(format!(
                 "a CIFAR ResNet has depth 6n + 2 (20, 32, 56, …), got {}",
                 self.depth

@@ -199,14 +199,14 @@ pub fn render(value: &Value) -> String {
     }
 }
 
-/// A variant by what it trains — its method and regulariser (`sopt-gs`, `mhe-0`) — rather
-/// than by every value it carries (a schedule that comes with a method would drown the name);
+/// A variant by what it trains — its model, method and regulariser (`sopt-gs`, `mhe-0`) —
+/// rather than by every value it carries (a schedule that comes with a method would drown the name);
 /// the whole fragment when it sets neither.
 pub fn render_axis_value(key: &str, value: &Value) -> String {
     let (VARIANT, Value::Dict(_, dict)) = (key, value) else {
         return render(value);
     };
-    let parts: Vec<String> = ["method", "regularizer"]
+    let parts: Vec<String> = ["model", "method", "regularizer"]
         .iter()
         .filter_map(|k| dict.get(*k).map(render))
         .collect();

@@ -353,7 +353,7 @@ fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
         }
     }
     let depth = resnet.then(|| m.depth.unwrap_or(20));
-    if let Some(d) = depth.filter(|d| *d < 8 || (d - 2) % 6 != 0) {
+    if let Some(d) = depth.filter(|d| *d < 8 || !(d - 2).is_multiple_of(6)) {
         return Err(invalid(
             loaded,
             "model.depth",

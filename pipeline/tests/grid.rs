@@ -442,3 +442,61 @@ fn grid_values_from_the_command_line_are_typed_like_file_values() {
         [("model.width".to_string(), "8".to_string())]
     );
 }
+
+/// A `variant` axis merges whole recipe fragments: cells differ in several sections at once,
+/// are named by model, method and regulariser, refuse `--set` on any key a fragment sets, and
+/// reject fragments that are not tables of sections.
+#[test]
+fn variant_axis_merges_fragments_and_guards_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = grid_recipe(
+        tmp.path(),
+        "v.toml",
+        r#"seeds = [0, 1]
+variant = [
+    { method = { name = "gs" } },
+    { regularizer = { kind = "mhe", power = "a2" }, schedule = { lr = 0.02 } },
+]"#,
+    );
+    let g = expand(&recipe, &[]).unwrap();
+    assert_eq!(g.entries.len(), 4);
+    let cells: Vec<&str> = g.entries.iter().map(|e| e.cell.as_str()).collect();
+    assert_eq!(
+        cells,
+        [
+            "variant=gs",
+            "variant=gs",
+            "variant=mhe-a2",
+            "variant=mhe-a2"
+        ]
+    );
+    let gs = &g.entries[0].plan.train;
+    assert_eq!(gs.method.name(), "gs");
+    assert!(gs.regularizer.is_none());
+    let mhe = &g.entries[2].plan.train;
+    assert_eq!(mhe.method.name(), "baseline");
+    assert_eq!(mhe.schedule.lr, 0.02);
+    let r = mhe.regularizer.as_ref().unwrap();
+    // The official weights of the angular a2 power: 0.1 hidden, 1 on the classifier.
+    assert_eq!((r.weight, r.classifier_weight), (0.1, 1.0));
+    assert_eq!(mhe.method_label(), "MHE (a2)");
+    // Other keys stay free for --set; the fragments' keys do not.
+    assert!(expand(&recipe, &["schedule.batch_size=16".into()]).is_ok());
+    let err = expand(&recipe, &["schedule.lr=0.5".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("grid.variant"), "{err}");
+    let bad = grid_recipe(
+        tmp.path(),
+        "bad.toml",
+        "variant = [{ methd = { name = \"gs\" } }]",
+    );
+    let err = expand(&bad, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("grid.variant") && err.contains("methd"),
+        "{err}"
+    );
+    let bad = grid_recipe(tmp.path(), "bad2.toml", "variant = [\"gs\"]");
+    let err = expand(&bad, &[]).unwrap_err().to_string();
+    assert!(err.contains("expected tables"), "{err}");
+}
