@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
 
-/// Geometry of a stride-1, zero-padded 2-D convolution's patch matrix.
+/// Geometry of a strided, zero-padded 2-D convolution's patch matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Patches {
     n: usize,
@@ -19,13 +19,14 @@ struct Patches {
     k_h: usize,
     k_w: usize,
     pad: usize,
+    stride: usize,
 }
 
 impl Patches {
     fn out_hw(&self) -> (usize, usize) {
         (
-            self.h + 2 * self.pad + 1 - self.k_h,
-            self.w + 2 * self.pad + 1 - self.k_w,
+            (self.h + 2 * self.pad - self.k_h) / self.stride + 1,
+            (self.w + 2 * self.pad - self.k_w) / self.stride + 1,
         )
     }
 
@@ -49,12 +50,12 @@ impl Patches {
                 let row = oy * wo + ox;
                 for ci in 0..self.c {
                     for kh in 0..self.k_h {
-                        let iy = oy as isize + kh as isize - pad;
+                        let iy = (oy * self.stride) as isize + kh as isize - pad;
                         if iy < 0 || iy >= self.h as isize {
                             continue;
                         }
                         for kw in 0..self.k_w {
-                            let ix = ox as isize + kw as isize - pad;
+                            let ix = (ox * self.stride) as isize + kw as isize - pad;
                             if ix < 0 || ix >= self.w as isize {
                                 continue;
                             }
@@ -125,12 +126,13 @@ impl CustomOp1 for Col2Im {
     }
 }
 
-/// Stride-1 convolution as one graph node: `im2col(x)·Kᵀ` inside the forward, and the two
+/// A convolution as one graph node: `im2col(x)·Kᵀ` inside the forward, and the two
 /// gradient products inside the backward. Keeping the 9×-activation-sized patch matrix out of
 /// the autograd graph matters: candle accumulates every node's gradient into a fresh zeroed
 /// buffer, which for the patch matrix cost more than the products themselves.
 struct Conv2dIm2col {
     pad: usize,
+    stride: usize,
 }
 
 impl Conv2dIm2col {
@@ -154,6 +156,7 @@ impl Conv2dIm2col {
                 k_h,
                 k_w,
                 pad: self.pad,
+                stride: self.stride,
             },
             c_out,
         ))
@@ -241,11 +244,15 @@ fn im2col(p: &Patches, input: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Stride-1 convolution of `x` (`[n, c, h, w]`, f32) with `kernel` (`[c_out, c, k_h, k_w]`) and
-/// symmetric zero padding, as `im2col(x) · Kᵀ`. Same result as `x.conv2d(kernel, pad, 1, 1, 1)`.
-pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, pad: usize) -> Result<Tensor> {
+/// Convolution of `x` (`[n, c, h, w]`, f32) with `kernel` (`[c_out, c, k_h, k_w]`), symmetric
+/// zero padding and a stride, as `im2col(x) · Kᵀ`. Same result as
+/// `x.conv2d(kernel, pad, stride, 1, 1)`.
+pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+    if stride == 0 {
+        candle_core::bail!("conv2d_im2col: stride must be positive");
+    }
     x.contiguous()?
-        .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad })
+        .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad, stride })
 }
 
 #[cfg(test)]
@@ -264,16 +271,20 @@ mod tests {
     /// implementation) for SAME, VALID and 1×1 geometries.
     #[test]
     fn matches_candle_conv_forward_and_backward() -> Result<()> {
-        for (shape, kshape, pad) in [
-            ([3, 4, 7, 6], [5, 4, 3, 3], 1),
-            ([2, 3, 4, 4], [6, 3, 4, 4], 0),
-            ([2, 5, 3, 3], [4, 5, 1, 1], 0),
+        // Strided cases: ResNet's down-sampling 3×3 (even and odd inputs) and 1×1 projection.
+        for (shape, kshape, pad, stride) in [
+            ([3, 4, 7, 6], [5, 4, 3, 3], 1, 1),
+            ([2, 3, 4, 4], [6, 3, 4, 4], 0, 1),
+            ([2, 5, 3, 3], [4, 5, 1, 1], 0, 1),
+            ([2, 4, 8, 8], [6, 4, 3, 3], 1, 2),
+            ([2, 3, 7, 5], [4, 3, 3, 3], 1, 2),
+            ([2, 4, 8, 8], [5, 4, 1, 1], 0, 2),
         ] {
             let x = Var::from_tensor(&randn(&shape, 1))?;
             let k = Var::from_tensor(&randn(&kshape, 2))?;
             let probe = randn(&[1], 3); // fixed weights for a scalar loss
-            let ours = conv2d_im2col(&x, &k, pad)?;
-            let theirs = x.conv2d(&k, pad, 1, 1, 1)?;
+            let ours = conv2d_im2col(&x, &k, pad, stride)?;
+            let theirs = x.conv2d(&k, pad, stride, 1, 1)?;
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_abs_diff(&ours, &theirs) < 1e-4);
             let weights = randn(ours.dims(), 4);

@@ -111,23 +111,74 @@ impl KernelFactory for PlainFactory {
     }
 }
 
+/// The name every network gives its first convolution (the one that sees the input), so
+/// methods that treat it specially (S-OPT keeps it a full OPT layer) find it in any network.
+pub const INPUT_LAYER: &str = "conv1_0";
+
 /// A convolution without bias whose kernel comes from a [`KernelSource`].
 pub struct Conv {
     pub name: String,
     pub shape: KernelShape,
     pub padding: usize,
+    pub stride: usize,
     pub source: Box<dyn KernelSource>,
 }
 
 impl Conv {
+    /// A stride-1 convolution with `padding` whose kernel comes from `source`.
+    pub fn new(
+        name: &str,
+        shape: KernelShape,
+        padding: usize,
+        source: Box<dyn KernelSource>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            shape,
+            padding,
+            stride: 1,
+            source,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.source.kernel()?;
         // The im2col op is f32-only (as the fused BN and pooling paths); other dtypes and
         // devices take candle's convolution.
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-            Ok(crate::conv::conv2d_im2col(x, &k, self.padding)?)
+            Ok(crate::conv::conv2d_im2col(
+                x,
+                &k,
+                self.padding,
+                self.stride,
+            )?)
         } else {
-            Ok(x.conv2d(&k, self.padding, 1, 1, 1)?)
+            Ok(x.conv2d(&k, self.padding, self.stride, 1, 1)?)
         }
     }
+}
+
+/// The sum of the layers' extra loss terms (OR's penalty), if any layer has one.
+pub fn total_penalty<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Option<Tensor>> {
+    let mut total: Option<Tensor> = None;
+    for conv in layers {
+        if let Some(p) = conv.source.penalty()? {
+            total = Some(match total {
+                Some(t) => (t + p)?,
+                None => p,
+            });
+        }
+    }
+    Ok(total)
+}
+
+/// Ends an S-OPT episode in every layer that has one; returns how many layers did.
+pub fn end_episode<'a>(layers: impl Iterator<Item = &'a Conv>, rng: &mut Rng) -> Result<usize> {
+    let mut n = 0;
+    for conv in layers {
+        if conv.source.end_episode(rng)? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -7,7 +7,9 @@
 //!   network, and the plain (baseline) kernel;
 //! * [`BatchNorm`]: the official TensorFlow batch normalisation (biased variance, eps 1e-3,
 //!   EMA 0.999 from zero-initialised shadows);
-//! * [`Cnn6`]: the paper's CNN-6, adapting to any input shape;
+//! * [`Network`]: the paper's CNN-6, MHE's CNN-9 ([`Cnn`]) and the CIFAR ResNets ([`ResNet`]),
+//!   adapting to any input shape;
+//! * [`mhe`]: the MHE and half-space MHE regularisers (the paper's controls);
 //! * [`loss`], [`MomentumSgd`], [`PiecewiseLr`], [`metrics`]: the training protocol of the official
 //!   code (spec §5);
 //! * [`Rng`]: a small seeded generator whose whole state fits in a checkpoint.
@@ -21,12 +23,15 @@ pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod metrics;
+pub mod mhe;
+pub mod network;
 pub mod opt_layer;
 pub mod optim;
 pub mod orth;
 pub(crate) mod par;
 pub mod params;
 pub mod pool;
+pub mod resnet;
 pub mod rng;
 pub mod schedule;
 pub mod sparse_opt;
@@ -34,9 +39,11 @@ pub mod sparse_opt;
 mod test_util;
 
 pub use batchnorm::BatchNorm;
-pub use cnn6::{Cnn6, Cnn6Config};
+pub use cnn6::{Cnn, Cnn6, Cnn6Config, CnnConfig};
 pub use error::{Error, Result};
+pub use network::{Network, NetworkConfig};
 pub use optim::MomentumSgd;
 pub use params::{ParamStore, Role};
+pub use resnet::{ResNet, ResNetConfig};
 pub use rng::Rng;
 pub use schedule::PiecewiseLr;

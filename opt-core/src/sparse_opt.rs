@@ -124,7 +124,7 @@ impl KernelFactory for SoptFactory {
         shape: KernelShape,
         rng: &mut Rng,
     ) -> Result<Box<dyn KernelSource>> {
-        if name == "conv1_0" {
+        if name == crate::layers::INPUT_LAYER {
             let cfg = OptLayerConfig {
                 rotation: Rotation::Exact(self.base),
                 init: RotationInit::Identity,

@@ -1,4 +1,4 @@
-//! Training throughput of CNN-6 on synthetic data: the real training step (forward, backward,
+//! Training throughput of any network on synthetic data: the real training step (forward, backward,
 //! momentum update, BN statistics), without data loading, so it measures the model's cost.
 
 use anyhow::Result;
@@ -14,7 +14,7 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub method: MethodConfig,
-    pub width: usize,
+    pub model: ModelConfig,
     pub input: (usize, usize, usize),
     pub classes: usize,
     pub batch: usize,
@@ -34,14 +34,7 @@ pub struct BenchResult {
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     let train = TrainConfig {
         data: opt_stages::preprocess::DataView::default(),
-        model: ModelConfig {
-            arch: opt_stages::model::Arch::Cnn6,
-            width: cfg.width,
-            widths: None,
-            fc6_width: None,
-            bn_decay: 0.999,
-            bn_eps: 1e-3,
-        },
+        model: cfg.model.clone(),
         method: cfg.method.clone(),
         schedule: ScheduleConfig {
             momentum: 0.9,
@@ -61,6 +54,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         augment: opt_stages::augment::AugmentConfig::NONE,
         seed: 0,
         device: cfg.device.resolve(),
+        regularizer: None,
     };
     measure_step(&train, cfg.input, cfg.classes, cfg.warmup, cfg.steps)
 }
@@ -85,13 +79,13 @@ pub fn measure_step(
     let y = Tensor::from_vec(labels, batch, &device)?;
     let kind = train.loss.kind();
     for i in 0..warmup {
-        step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
+        step(&model, &mut opt, kind, None, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
     let steps = steps.max(1);
     let t = Instant::now();
     for i in 0..steps {
-        step(&model, &mut opt, kind, &x, &y, 0.01, i as u64)?;
+        step(&model, &mut opt, kind, None, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
     let secs = t.elapsed().as_secs_f64();

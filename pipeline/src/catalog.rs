@@ -49,6 +49,27 @@ fn architectures(out: &mut String) {
     }
 }
 
+fn regularizers(out: &mut String) {
+    use opt_core::mhe::MhePower;
+    use opt_stages::regularizer::Power;
+    let _ = writeln!(
+        out,
+        "\n## Regularizers (`[regularizer]`, with any method)\n"
+    );
+    let _ = writeln!(
+        out,
+        "`kind` = `mhe` or `half-mhe` (`none`: off); `power` (default 0), `weight`, \
+         `classifier_weight` (defaults per power, the official ones), `layers` (default: every \
+         weight layer but the classifier).\n"
+    );
+    let _ = writeln!(out, "| power | weight | classifier_weight |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for p in MhePower::ALL {
+        let (w, c) = Power(p).official_weights();
+        let _ = writeln!(out, "| `{}` | {w} | {c} |", p.as_str());
+    }
+}
+
 fn datasets(out: &mut String) {
     let _ = writeln!(out, "\n## Datasets (`dataset.name`)\n");
     let _ = writeln!(out, "| name | images | classes | sources |");
@@ -96,6 +117,7 @@ pub fn describe() -> anyhow::Result<String> {
     let mut out = String::new();
     methods(&mut out);
     architectures(&mut out);
+    regularizers(&mut out);
     datasets(&mut out);
     defaults(&mut out)?;
     Ok(out)

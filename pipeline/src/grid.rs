@@ -1,6 +1,11 @@
 //! Ablation grids: a recipe's `[grid]` table (dotted keys → lists of values, and `seeds`)
 //! expanded into the cartesian product of *cells*, each run once per seed.
 //!
+//! Besides recipe keys, a grid may have one `variant` axis: a list of recipe fragments (tables
+//! of sections), each merged at the recipe's root, for cells that differ in several sections
+//! at once — `variant = [{ method = { name = "gs" } }, { regularizer = { kind = "mhe" } }]` —
+//! where a cartesian product of `method` and `regularizer` would be the wrong set of runs.
+//!
 //! Cells are ordered by axis key (sorted), the last axis varying fastest, seeds innermost; the
 //! position of a (cell, seed) pair in that order is its *index*, which `orthopt run --cell I` and
 //! Slurm job arrays use. A cell is named by its varied values (`name=cp,budget_channels=8`),
@@ -124,6 +129,48 @@ fn flatten(
     Ok(())
 }
 
+/// The grid axis whose values are whole recipe fragments.
+pub const VARIANT: &str = "variant";
+
+/// The dotted keys a `variant` axis sets (for refusing `--set` on them), after checking that
+/// every value is a table of recipe sections.
+fn variant_keys(loaded: &Loaded, values: &[Value]) -> Result<Vec<String>, RecipeError> {
+    fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Dict(_, d) => d
+                .iter()
+                .for_each(|(k, v)| leaves(&format!("{prefix}.{k}"), v, out)),
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut keys = Vec::new();
+    for v in values {
+        let Value::Dict(_, dict) = v else {
+            return Err(grid_error(
+                loaded,
+                "grid.variant",
+                format!(
+                    "expected tables of recipe sections, e.g. {{ method = {{ name = \"gs\" }} }}, \
+                     found {}",
+                    render(v)
+                ),
+            ));
+        };
+        for (section, inner) in dict {
+            if !SECTIONS.contains(&section.as_str()) || matches!(section.as_str(), "grid" | "name")
+            {
+                return Err(grid_error(
+                    loaded,
+                    "grid.variant",
+                    format!("unknown section `{section}` in a variant"),
+                ));
+            }
+            leaves(section, inner, &mut keys);
+        }
+    }
+    Ok(keys)
+}
+
 /// Renders a value for a cell name or a table column: strings bare, numbers as written, lists
 /// joined by `-`, tables by their values (`name` first).
 pub fn render(value: &Value) -> String {
@@ -149,6 +196,24 @@ pub fn render(value: &Value) -> String {
             );
             parts.join("-")
         }
+    }
+}
+
+/// A variant by what it trains — its model, method and regulariser (`sopt-gs`, `mhe-0`) —
+/// rather than by every value it carries (a schedule that comes with a method would drown the name);
+/// the whole fragment when it sets neither.
+pub fn render_axis_value(key: &str, value: &Value) -> String {
+    let (VARIANT, Value::Dict(_, dict)) = (key, value) else {
+        return render(value);
+    };
+    let parts: Vec<String> = ["model", "method", "regularizer"]
+        .iter()
+        .filter_map(|k| dict.get(*k).map(render))
+        .collect();
+    if parts.is_empty() {
+        render(value)
+    } else {
+        parts.join("-")
     }
 }
 
@@ -211,7 +276,14 @@ fn seeds_and_axes(
             continue;
         }
         let section = key.split('.').next().unwrap_or_default();
-        if !SECTIONS.contains(&section) || section == "grid" || section == "name" {
+        let leaf_keys = if key == VARIANT {
+            variant_keys(&loaded, &values)?
+        } else {
+            vec![key.clone()]
+        };
+        if key != VARIANT
+            && (!SECTIONS.contains(&section) || section == "grid" || section == "name")
+        {
             return Err(grid_error(
                 loaded,
                 &format!("grid.{key}"),
@@ -232,9 +304,11 @@ fn seeds_and_axes(
                 .map(|(k, _)| k)
                 .unwrap_or_default();
             let set_key = set_key.as_str();
-            let overlaps = set_key == key
-                || set_key.starts_with(&format!("{key}."))
-                || key.starts_with(&format!("{set_key}."));
+            let overlaps = leaf_keys.iter().any(|key| {
+                set_key == key
+                    || set_key.starts_with(&format!("{key}."))
+                    || key.starts_with(&format!("{set_key}."))
+            });
             if overlaps {
                 return Err(RecipeError::File {
                     file: "command line".into(),
@@ -303,7 +377,7 @@ fn build_entries(
         let params: Vec<(String, String)> = axes
             .iter()
             .zip(combo)
-            .map(|(a, &i)| (a.key.clone(), render(&a.values[i])))
+            .map(|(a, &i)| (a.key.clone(), render_axis_value(&a.key, &a.values[i])))
             .collect();
         let cell = if let (true, Some(base)) = (axes.is_empty(), base) {
             base.name.clone()

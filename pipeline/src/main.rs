@@ -14,7 +14,7 @@ use opt_pipeline::signals;
 use opt_pipeline::store::{ArtifactState, ArtifactStore};
 use opt_stages::device::DeviceChoice;
 use opt_stages::interrupt::Interrupt;
-use opt_stages::model::MethodConfig;
+use opt_stages::model::{Arch, MethodConfig, ModelConfig};
 use opt_stages::report::{self, RunRecord};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,7 +76,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         stop_after: Option<u64>,
         /// Run only entry I of the grid (see `orthopt plan`), as one job of a cluster array; without
-        /// a value, I is read from SLURM_ARRAY_TASK_ID. Gather the results with `orthopt report`.
+        /// a value, I is read from SLURM_ARRAY_TASK_ID (Slurm) or JOB_COMPLETION_INDEX (Kubernetes
+        /// indexed Job). Gather the results with `orthopt report`.
         #[arg(long, value_name = "I", num_args = 0..=1, default_missing_value = "slurm")]
         cell: Option<String>,
         /// Train and evaluate again even where the cache and the run directory hold a result
@@ -142,14 +143,21 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CACHE)]
         cache: PathBuf,
     },
-    /// Measure training throughput (images/s, ms/step) of CNN-6 on synthetic data, per method,
-    /// and the time of each orthogonal map.
+    /// Measure training throughput (images/s, ms/step) of a network on synthetic data, per
+    /// method, and the time of each orthogonal map.
     Bench {
         /// Methods to measure, comma-separated, or `all`.
         #[arg(long, default_value = "baseline")]
         methods: String,
-        #[arg(long, default_value_t = 64)]
-        width: usize,
+        /// Architecture: cnn6, cnn9 or resnet.
+        #[arg(long, default_value = "cnn6")]
+        arch: String,
+        /// ResNet depth (6n + 2).
+        #[arg(long, default_value_t = 20)]
+        depth: usize,
+        /// First-stage width (default: the architecture's, 64 for the CNNs, 16 for ResNet).
+        #[arg(long)]
+        width: Option<usize>,
         /// Input shape CxHxW.
         #[arg(long, default_value = "3x32x32")]
         input: String,
@@ -235,16 +243,48 @@ fn rerun_command(args: &RecipeArgs, out: Option<&PathBuf>) -> String {
         .join(" ")
 }
 
-/// `--cell I`, or `--cell` alone: SLURM_ARRAY_TASK_ID.
-fn cell_index(cell: &str, count: usize) -> Result<usize> {
-    let (text, origin) = if cell == "slurm" {
-        let v = std::env::var("SLURM_ARRAY_TASK_ID").map_err(|_| {
-            anyhow::anyhow!(
-                "--cell without a value reads SLURM_ARRAY_TASK_ID, which is not set; give the \
-                 entry's index (0..{count}, see `orthopt plan`)"
+/// `--cell I`, or `--cell` alone: the array index a cluster scheduler gives the process.
+/// The index a scheduler gives an array task, and the variable it came from: Slurm's
+/// `SLURM_ARRAY_TASK_ID`, else a Kubernetes indexed Job's `JOB_COMPLETION_INDEX`. Both set
+/// (a Slurm job inside a pod, say) would be ambiguous only if they differed; Slurm wins, since
+/// the array is what `sbatch --array` sized from `orthopt plan`.
+fn scheduler_index(var: impl Fn(&str) -> Option<String>) -> Option<(String, &'static str)> {
+    ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+        .into_iter()
+        .find_map(|name| var(name).map(|v| (v, name)))
+}
+
+/// The network `orthopt bench --arch/--depth/--width` asks for.
+fn bench_model(arch: &str, depth: usize, width: Option<usize>) -> Result<ModelConfig> {
+    let arch = Arch::ALL
+        .into_iter()
+        .find(|a| a.as_str() == arch)
+        .with_context(|| {
+            let known: Vec<&str> = Arch::ALL.iter().map(|a| a.as_str()).collect();
+            format!(
+                "--arch: unknown architecture {arch:?}; known: {}",
+                known.join(", ")
             )
         })?;
-        (v, "SLURM_ARRAY_TASK_ID")
+    let mut model = ModelConfig::cnn6(width.unwrap_or(arch.default_width()));
+    model.arch = arch;
+    if arch == Arch::Resnet {
+        model.depth = Some(depth);
+        model.opt_shortcuts = Some(false);
+        model.opt_classifier = Some(false);
+    }
+    Ok(model)
+}
+
+fn cell_index(cell: &str, count: usize) -> Result<usize> {
+    let (text, origin) = if cell == "slurm" {
+        scheduler_index(|name| std::env::var(name).ok()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--cell without a value reads SLURM_ARRAY_TASK_ID (Slurm job arrays) or \
+                 JOB_COMPLETION_INDEX (Kubernetes indexed Jobs), and neither is set; give the \
+                 entry's index (0..{count}, see `orthopt plan`)"
+            )
+        })?
     } else {
         (cell.to_string(), "--cell")
     };
@@ -449,7 +489,11 @@ fn plan_cmd(args: RecipeArgs, out: Option<PathBuf>, estimate: bool) -> Result<()
         println!("no grid axes");
     }
     for a in &grid.axes {
-        let values: Vec<String> = a.values.iter().map(grid::render).collect();
+        let values: Vec<String> = a
+            .values
+            .iter()
+            .map(|v| grid::render_axis_value(&a.key, v))
+            .collect();
         println!("axis {} = [{}]", a.key, values.join(", "));
     }
     println!(
@@ -776,7 +820,9 @@ fn bench_data(
 /// `orthopt bench`'s options.
 struct BenchArgs {
     methods: String,
-    width: usize,
+    arch: String,
+    depth: usize,
+    width: Option<usize>,
     input: String,
     classes: usize,
     batch: usize,
@@ -790,6 +836,8 @@ struct BenchArgs {
 fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
     let BenchArgs {
         methods,
+        arch,
+        depth,
         width,
         input,
         classes,
@@ -806,8 +854,9 @@ fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
         methods.split(',').map(str::trim).collect()
     };
     let shape = parse_shape(&input)?;
-    println!("| method | device | batch | input | images/s | ms/step | vs baseline |");
-    println!("|---|---|---:|---|---:|---:|---:|");
+    let model = bench_model(&arch, depth, width)?;
+    println!("| model | method | device | batch | input | images/s | ms/step | vs baseline |");
+    println!("|---|---|---|---:|---|---:|---:|---:|");
     let mut baseline: Option<f64> = None;
     for name in names {
         let method = MethodConfig::from_name(name).with_context(|| {
@@ -818,7 +867,7 @@ fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
         })?;
         let cfg = BenchConfig {
             method,
-            width,
+            model: model.clone(),
             input: shape,
             classes,
             batch,
@@ -834,8 +883,15 @@ fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
             .map(|b| format!("{:.2}×", r.images_per_sec / b))
             .unwrap_or_else(|| "–".into());
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.2} | {} |",
-            r.method, r.device, batch, input, r.images_per_sec, r.ms_per_step, ratio
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {} |",
+            model.describe(),
+            r.method,
+            r.device,
+            batch,
+            input,
+            r.images_per_sec,
+            r.ms_per_step,
+            ratio
         );
     }
     if let Some(sizes) = maps {
@@ -906,6 +962,8 @@ fn main() -> ExitCode {
         } => bench_data(images, &input, batch, batches, pad, flip),
         Command::Bench {
             methods,
+            arch,
+            depth,
             width,
             input,
             classes,
@@ -918,6 +976,8 @@ fn main() -> ExitCode {
         } => bench_cmd(
             BenchArgs {
                 methods,
+                arch,
+                depth,
                 width,
                 input,
                 classes,

@@ -4,15 +4,19 @@
 //! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
-use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, ScheduleSection};
+use crate::recipe::{
+    invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice, ScheduleSection,
+};
 use figment::Figment;
+use opt_core::mhe::MhePower;
 use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
 use opt_stages::model::{available_memory, check_step_memory, step_memory};
-use opt_stages::model::{MethodConfig, ModelConfig};
+use opt_stages::model::{Arch, MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
+use opt_stages::regularizer::{Power, RegularizerConfig, RegularizerKind};
 use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
 use opt_stages::StageError;
 use serde::Serialize;
@@ -148,39 +152,14 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         }
     }
 
-    let m = &r.model;
-    if m.width == 0 {
-        return Err(invalid(
-            loaded,
-            "model.width",
-            "expected a positive channel width, found 0",
-        ));
-    }
-    if m.widths.is_some_and(|w| w.contains(&0)) {
-        return Err(invalid(
-            loaded,
-            "model.widths",
-            "expected three positive widths",
-        ));
-    }
-    fraction(loaded, "model.bn_decay", m.bn_decay)?;
-    positive(loaded, "model.bn_eps", m.bn_eps)?;
-    if m.fc6_width == Some(0) {
-        return Err(invalid(
-            loaded,
-            "model.fc6_width",
-            "expected a positive width, found 0",
-        ));
-    }
+    let model = resolve_model(loaded)?;
     // S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
     // so the budget must fit the narrowest input; caught here, before any cell trains.
     if let MethodConfig::Sopt {
         budget_channels, ..
     } = &r.method
     {
-        let narrowest = m
-            .widths
-            .map_or(m.width, |w| w.into_iter().min().unwrap_or(0));
+        let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
         if *budget_channels == 0 || *budget_channels > narrowest {
             return Err(invalid(
                 loaded,
@@ -192,6 +171,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             ));
         }
     }
+    let regularizer = resolve_regularizer(loaded)?;
 
     let s = &r.schedule;
     positive(loaded, "schedule.lr", s.lr)?;
@@ -269,14 +249,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             validation: d.validation,
             validation_seed: d.validation_seed,
         },
-        model: ModelConfig {
-            arch: m.arch,
-            width: m.width,
-            widths: m.widths,
-            fc6_width: m.fc6_width,
-            bn_decay: m.bn_decay,
-            bn_eps: m.bn_eps,
-        },
+        model,
         method: r.method.clone(),
         schedule: ScheduleConfig {
             momentum: s.momentum,
@@ -299,6 +272,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         },
         seed: r.run.seed,
         device: r.run.device.resolve(),
+        regularizer,
     };
 
     check_device(loaded, train.device)?;
@@ -332,6 +306,119 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         print_table: r.report.print_table,
         figment: loaded.figment.clone(),
     })
+}
+
+/// `[model]` with the architecture's defaults filled in. Keys that belong to another
+/// architecture are refused rather than ignored.
+fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
+    let m = &loaded.recipe.model;
+    let width = m.width.unwrap_or(m.arch.default_width());
+    if width == 0 {
+        return Err(invalid(
+            loaded,
+            "model.width",
+            "expected a positive channel width, found 0",
+        ));
+    }
+    if m.widths.is_some_and(|w| w.contains(&0)) {
+        return Err(invalid(
+            loaded,
+            "model.widths",
+            "expected three positive widths",
+        ));
+    }
+    fraction(loaded, "model.bn_decay", m.bn_decay)?;
+    positive(loaded, "model.bn_eps", m.bn_eps)?;
+    if m.fc6_width == Some(0) {
+        return Err(invalid(
+            loaded,
+            "model.fc6_width",
+            "expected a positive width, found 0",
+        ));
+    }
+    let resnet = m.arch == Arch::Resnet;
+    let misplaced = [
+        ("model.depth", m.depth.is_some(), !resnet),
+        ("model.opt_shortcuts", m.opt_shortcuts.is_some(), !resnet),
+        ("model.opt_classifier", m.opt_classifier.is_some(), !resnet),
+        ("model.fc6_width", m.fc6_width.is_some(), resnet),
+    ];
+    for (key, set, wrong_arch) in misplaced {
+        if set && wrong_arch {
+            return Err(invalid(
+                loaded,
+                key,
+                format!(
+                    "does not apply to model.arch = \"{}\" ({} is for {})",
+                    m.arch.as_str(),
+                    key,
+                    if resnet { "cnn6 and cnn9" } else { "resnet" }
+                ),
+            ));
+        }
+    }
+    let depth = resnet.then(|| m.depth.unwrap_or(20));
+    if let Some(d) = depth.filter(|d| *d < 8 || !(d - 2).is_multiple_of(6)) {
+        return Err(invalid(
+            loaded,
+            "model.depth",
+            format!("expected 6n + 2 with n ≥ 1 (20, 32, 56, …), found {d}"),
+        ));
+    }
+    Ok(ModelConfig {
+        arch: m.arch,
+        width,
+        widths: m.widths,
+        fc6_width: m.fc6_width,
+        bn_decay: m.bn_decay,
+        bn_eps: m.bn_eps,
+        depth,
+        opt_shortcuts: resnet.then(|| m.opt_shortcuts.unwrap_or(false)),
+        opt_classifier: resnet.then(|| m.opt_classifier.unwrap_or(false)),
+    })
+}
+
+/// `[regularizer]` with the official weights of its power filled in; `None` without one or
+/// with `kind = "none"`.
+fn resolve_regularizer(loaded: &Loaded) -> Result<Option<RegularizerConfig>, RecipeError> {
+    let Some(r) = &loaded.recipe.regularizer else {
+        return Ok(None);
+    };
+    let kind = match r.kind {
+        RegularizerChoice::None => return Ok(None),
+        RegularizerChoice::Mhe => RegularizerKind::Mhe,
+        RegularizerChoice::HalfMhe => RegularizerKind::HalfMhe,
+    };
+    let power = r.power.unwrap_or(Power(MhePower::S0));
+    let (weight, classifier_weight) = power.official_weights();
+    let weight = r.weight.unwrap_or(weight);
+    let classifier_weight = r.classifier_weight.unwrap_or(classifier_weight);
+    for (key, v) in [
+        ("regularizer.weight", weight),
+        ("regularizer.classifier_weight", classifier_weight),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(
+                loaded,
+                key,
+                format!("expected a number ≥ 0, found {v}"),
+            ));
+        }
+    }
+    if r.layers.as_ref().is_some_and(|l| l.is_empty()) {
+        return Err(invalid(
+            loaded,
+            "regularizer.layers",
+            "expected at least one layer name (leave the key out for every hidden layer)",
+        ));
+    }
+    Ok(Some(RegularizerConfig {
+        kind,
+        power,
+        weight,
+        classifier_weight,
+        layers: r.layers.clone(),
+    }))
 }
 
 /// A device this build cannot open is refused now, before anything is downloaded.

@@ -13,13 +13,24 @@ use opt_stages::device::DeviceChoice;
 use opt_stages::fetch::DatasetName;
 use opt_stages::model::{Arch, MethodConfig};
 use opt_stages::preprocess::{DataFormat, LabelChoice, Normalization};
+use opt_stages::regularizer::Power;
 use opt_stages::train::LossName;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Top-level sections (and what `OPT_<SECTION>__…` variables may name).
-pub const SECTIONS: [&str; 10] = [
-    "dataset", "model", "method", "schedule", "loss", "augment", "run", "report", "name", "grid",
+pub const SECTIONS: [&str; 11] = [
+    "dataset",
+    "model",
+    "method",
+    "regularizer",
+    "schedule",
+    "loss",
+    "augment",
+    "run",
+    "report",
+    "name",
+    "grid",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +50,9 @@ pub struct Recipe {
     pub model: ModelSection,
     #[serde(default)]
     pub method: MethodConfig,
+    /// MHE / half-space MHE added to the loss of any method (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regularizer: Option<RegularizerSection>,
     #[serde(default)]
     pub schedule: ScheduleSection,
     #[serde(default)]
@@ -133,7 +147,9 @@ impl Default for DatasetSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     pub arch: Arch,
-    pub width: usize,
+    /// First-stage width (default per architecture: 64 for the CNNs, 16 for ResNet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub widths: Option<[usize; 3]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,19 +158,59 @@ pub struct ModelSection {
     pub bn_decay: f64,
     /// BN epsilon (official 1e-3).
     pub bn_eps: f64,
+    /// ResNet depth, 6n + 2 (default 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// ResNet: make the 1×1 projection shortcuts OPT layers too (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_shortcuts: Option<bool>,
+    /// ResNet: make the classifier an OPT layer too (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_classifier: Option<bool>,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
             arch: Arch::Cnn6,
-            width: 64,
+            width: None,
             widths: None,
             fc6_width: None,
             bn_decay: 0.999,
             bn_eps: 1e-3,
+            depth: None,
+            opt_shortcuts: None,
+            opt_classifier: None,
         }
     }
+}
+
+/// `regularizer.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegularizerChoice {
+    /// No regulariser (what a grid variant writes to switch a parent's off).
+    None,
+    Mhe,
+    HalfMhe,
+}
+
+/// `[regularizer]`: MHE (`wy1iu/MHE`) on top of any method. Weights default to the official
+/// ones for the power (hidden 1, classifier 10; 0.1 and 1 for a1/a2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegularizerSection {
+    pub kind: RegularizerChoice,
+    /// `0`, `1`, `2`, `a0`, `a1`, `a2` (default `0`, the official script's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<Power>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_weight: Option<f64>,
+    /// Hidden layers by name (default: every weight layer but the classifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -620,6 +676,10 @@ impl Provider for CellValue<'_> {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        if self.key == crate::grid::VARIANT {
+            // A variant is a fragment of the recipe itself, merged at its root.
+            return Serialized::defaults(self.value).data();
+        }
         Serialized::default(self.key, self.value).data()
     }
 }

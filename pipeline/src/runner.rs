@@ -250,7 +250,7 @@ fn result_row(
         dataset: plan.fetch.dataset.as_str().into(),
         model: plan.train.model.describe(),
         method: plan.train.method.name().into(),
-        method_label: plan.train.method.paper_name(),
+        method_label: plan.train.method_label(),
         seed: plan.train.seed,
         iterations: rep.train.iterations,
         test_acc: m.top1,

@@ -36,7 +36,8 @@ pub fn opt() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_orthopt"));
     c.env("RUST_LOG", "info")
         .env_remove("OPT_SCHEDULE__LR")
-        .env_remove("SLURM_ARRAY_TASK_ID");
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX");
     c
 }
 

@@ -183,6 +183,7 @@ fn bad_grids_are_rejected_with_the_key_and_what_was_expected() {
     for (args, expected) in [
         (vec!["--cell", "2"], "the grid has 2 entries"),
         (vec!["--cell"], "SLURM_ARRAY_TASK_ID"),
+        (vec!["--cell"], "JOB_COMPLETION_INDEX"),
     ] {
         let mut all = vec!["run", s(&recipe), "--cache", s(tmp.path())];
         all.extend(args);
@@ -337,7 +338,8 @@ fn a_grid_killed_in_its_second_cell_resumes_without_duplicate_rows() {
 }
 
 /// Slurm-style: one process per entry (and one duplicate) against one cache, started together;
-/// every artifact is built once, and `orthopt report` gathers the cells.
+/// every artifact is built once, and `orthopt report` gathers the cells. Two processes read
+/// their index from the environment: a Slurm array task's and a Kubernetes indexed Job's.
 #[test]
 #[ignore = "slow tier (just test-slow)"]
 fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
@@ -358,9 +360,12 @@ fn concurrent_cell_processes_share_one_cache_and_report_gathers_them() {
                 s(&out),
                 "-q",
             ]);
-            // The last process reads its index as a Slurm array task would.
+            // The last process reads its index as a Slurm array task would, the third as a pod of
+            // a Kubernetes indexed Job.
             if i == 3 {
                 c.arg("--cell").env("SLURM_ARRAY_TASK_ID", cell);
+            } else if i == 2 {
+                c.arg("--cell").env("JOB_COMPLETION_INDEX", cell);
             } else {
                 c.args(["--cell", cell]);
             }
@@ -438,4 +443,62 @@ fn grid_values_from_the_command_line_are_typed_like_file_values() {
         g.entries[2].params,
         [("model.width".to_string(), "8".to_string())]
     );
+}
+
+/// A `variant` axis merges whole recipe fragments: cells differ in several sections at once,
+/// are named by model, method and regulariser, refuse `--set` on any key a fragment sets, and
+/// reject fragments that are not tables of sections.
+#[test]
+fn variant_axis_merges_fragments_and_guards_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = grid_recipe(
+        tmp.path(),
+        "v.toml",
+        r#"seeds = [0, 1]
+variant = [
+    { method = { name = "gs" } },
+    { regularizer = { kind = "mhe", power = "a2" }, schedule = { lr = 0.02 } },
+]"#,
+    );
+    let g = expand(&recipe, &[]).unwrap();
+    assert_eq!(g.entries.len(), 4);
+    let cells: Vec<&str> = g.entries.iter().map(|e| e.cell.as_str()).collect();
+    assert_eq!(
+        cells,
+        [
+            "variant=gs",
+            "variant=gs",
+            "variant=mhe-a2",
+            "variant=mhe-a2"
+        ]
+    );
+    let gs = &g.entries[0].plan.train;
+    assert_eq!(gs.method.name(), "gs");
+    assert!(gs.regularizer.is_none());
+    let mhe = &g.entries[2].plan.train;
+    assert_eq!(mhe.method.name(), "baseline");
+    assert_eq!(mhe.schedule.lr, 0.02);
+    let r = mhe.regularizer.as_ref().unwrap();
+    // The official weights of the angular a2 power: 0.1 hidden, 1 on the classifier.
+    assert_eq!((r.weight, r.classifier_weight), (0.1, 1.0));
+    assert_eq!(mhe.method_label(), "MHE (a2)");
+    // Other keys stay free for --set; the fragments' keys do not.
+    assert!(expand(&recipe, &["schedule.batch_size=16".into()]).is_ok());
+    let err = expand(&recipe, &["schedule.lr=0.5".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("grid.variant"), "{err}");
+    let bad = grid_recipe(
+        tmp.path(),
+        "bad.toml",
+        "variant = [{ methd = { name = \"gs\" } }]",
+    );
+    let err = expand(&bad, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("grid.variant") && err.contains("methd"),
+        "{err}"
+    );
+    let bad = grid_recipe(tmp.path(), "bad2.toml", "variant = [\"gs\"]");
+    let err = expand(&bad, &[]).unwrap_err().to_string();
+    assert!(err.contains("expected tables"), "{err}");
 }

@@ -65,3 +65,63 @@ fn all_shipped_recipes_resolve() {
         assert!(methods.contains(m), "no shipped recipe uses method {m}");
     }
 }
+
+/// The paper's comparisons: grids over three seeds, each cell a resolvable run, covering the
+/// methods, regularisers and networks each table needs.
+#[test]
+fn paper_recipes_cover_their_tables() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/paper");
+    let labels = |file: &str| -> (Vec<String>, std::collections::BTreeSet<String>) {
+        let grid = expand(&dir.join(file), &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(grid.seeds, [0, 1, 2], "{file}");
+        let rows = grid
+            .entries
+            .iter()
+            .map(|e| e.plan.train.method_label())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let models = grid
+            .entries
+            .iter()
+            .map(|e| e.plan.train.model.describe())
+            .collect();
+        (rows, models)
+    };
+    let (rows, models) = labels("methods.toml");
+    for row in [
+        "Baseline",
+        "UPT",
+        "MHE (s=0)",
+        "HS-MHE (s=0)",
+        "OPT (CP)",
+        "OPT (GS)",
+        "OPT (HR)",
+        "OPT (LS)",
+        "OPT (OGD)",
+        "OPT (OR)",
+        "S-OPT (GS, 16 ch)",
+    ] {
+        assert!(
+            rows.iter().any(|r| r == row),
+            "methods.toml lacks {row}: {rows:?}"
+        );
+    }
+    assert_eq!(rows.len(), 11);
+    assert_eq!(models, ["cnn6-w64", "cnn9-w64"].map(String::from).into());
+    let (rows, models) = labels("architectures.toml");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(
+        models,
+        ["cnn6-w64", "cnn9-w64", "resnet20-w16", "resnet32-w16"]
+            .map(String::from)
+            .into()
+    );
+    let (rows, models) = labels("width.toml");
+    assert!(rows.len() >= 3 && models.len() == 4, "{rows:?} {models:?}");
+    let (rows, _) = labels("sopt_budget.toml");
+    assert!(
+        rows.len() >= 5 && rows.iter().all(|r| r.starts_with("S-OPT")),
+        "{rows:?}"
+    );
+}

@@ -9,7 +9,7 @@ use crate::{preprocess, Result};
 use candle_core::Device;
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
-use opt_core::Cnn6;
+use opt_core::Network;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -47,7 +47,7 @@ impl EvalMetrics {
 
 /// Evaluates `model` on `split` in batches of `batch`.
 pub fn evaluate(
-    model: &Cnn6,
+    model: &Network,
     split: &Split,
     norm: &Normalizer,
     kind: LossKind,

@@ -75,6 +75,20 @@ pub type ExportedShapes = Vec<(String, Vec<usize>)>;
 /// input shape, classes and normalisation) and writes the plain network to `out`.
 pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<ExportedShapes> {
     let cfg: TrainConfig = read_json(&train_dir.join(train::CONFIG_FILE))?;
+    // The PyTorch side (`bench/load_export.py`) builds CNN-6 only.
+    if cfg.model.arch != crate::model::Arch::Cnn6 {
+        return Err(StageError::Setting {
+            field: "model.arch",
+            message: format!(
+            "{}: export writes a plain CNN-6 for PyTorch; this model is {} (model.arch = {:?}), \
+             whose trained tensors are in {}",
+            train_dir.display(),
+            cfg.model.describe(),
+            cfg.model.arch.as_str(),
+            train_dir.join(train::MODEL_FILE).display()
+            ),
+        });
+    }
     let data = preprocess::load(prepared_dir, &cfg.data)?;
     let stats = &data.stats;
     // Weights do not depend on where they are evaluated: always export from the CPU.
@@ -87,7 +101,10 @@ pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<Exported
         &Device::Cpu,
     )?;
     checkpoint::load_model(&train_dir.join(train::MODEL_FILE), &store)?;
-    let tensors = plain_tensors(&model, &store)?;
+    let model = model
+        .as_cnn()
+        .ok_or_else(|| StageError::Internal("export: the model is not a plain CNN".into()))?;
+    let tensors = plain_tensors(model, &store)?;
     let c = &model.config;
     let json = |v: serde_json::Value| v.to_string();
     let metadata = HashMap::from([

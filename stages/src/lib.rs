@@ -27,6 +27,7 @@ pub mod parquet_images;
 pub mod pickle;
 pub mod preprocess;
 pub mod progress;
+pub mod regularizer;
 pub mod report;
 pub mod spec;
 pub mod train;

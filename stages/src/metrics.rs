@@ -5,7 +5,7 @@ use crate::Result;
 use opt_core::energy::hyperspherical_energy;
 use opt_core::opt_layer::kernel_to_weight;
 use opt_core::orth::orthogonality_error;
-use opt_core::Cnn6;
+use opt_core::Network;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,8 +22,9 @@ pub struct LayerMetrics {
     pub orth_error: Option<f64>,
 }
 
-/// Metrics of the seven OPT-able layers (the classifier is plain in every method).
-pub fn layer_metrics(model: &Cnn6) -> Result<Vec<LayerMetrics>> {
+/// Metrics of every weight layer but the classifier `score` (plain in every method unless a
+/// ResNet recipe makes it an OPT layer), in forward order under the network's layer names.
+pub fn layer_metrics(model: &Network) -> Result<Vec<LayerMetrics>> {
     let mut out = Vec::new();
     for conv in model.weight_layers().filter(|c| c.name != "score") {
         let w = kernel_to_weight(&conv.source.kernel()?.detach())?;

@@ -7,7 +7,7 @@ use opt_core::layers::{KernelFactory, PlainFactory};
 use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
 use opt_core::orth::OrthMap;
 use opt_core::sparse_opt::SoptFactory;
-use opt_core::{Cnn6, Cnn6Config, ParamStore, Rng};
+use opt_core::{CnnConfig, Network, NetworkConfig, ParamStore, ResNetConfig, Rng};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,15 +15,30 @@ use serde::{Deserialize, Serialize};
 pub enum Arch {
     /// The paper's CNN-6 (spec §5).
     Cnn6,
+    /// MHE's CIFAR network (`wy1iu/MHE`): CNN-6 with three convolutions per stage.
+    Cnn9,
+    /// The CIFAR ResNet family (ResNet-20/32/56).
+    Resnet,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 1] = [Arch::Cnn6];
+    pub const ALL: [Arch; 3] = [Arch::Cnn6, Arch::Cnn9, Arch::Resnet];
 
     /// The name recipes use.
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Cnn6 => "cnn6",
+            Arch::Cnn9 => "cnn9",
+            Arch::Resnet => "resnet",
+        }
+    }
+
+    /// `model.width` when a recipe gives none: 64 for the plain CNNs (official OPT and MHE),
+    /// 16 for ResNet (He et al.).
+    pub fn default_width(self) -> usize {
+        match self {
+            Arch::Cnn6 | Arch::Cnn9 => 64,
+            Arch::Resnet => 16,
         }
     }
 
@@ -32,8 +47,20 @@ impl Arch {
         match self {
             Arch::Cnn6 => {
                 "the paper's CNN-6: three stages of two 3×3 conv + BN + ReLU and a 2×2 max-pool \
-                 (`model.width`, or `model.widths` per stage), `fc6` over the last map, a plain 1×1 \
-                 classifier; adapts to the input's channels, size and classes"
+                 (`model.width`, default 64, or `model.widths` per stage), `fc6` over the last \
+                 map, a plain 1×1 classifier; adapts to the input's channels, size and classes"
+            }
+            Arch::Cnn9 => {
+                "MHE's CIFAR network (wy1iu/MHE): CNN-6 with three 3×3 conv + BN + ReLU per stage, \
+                 widths `model.width` × 1/2/4 (default 64/128/256) or `model.widths`, `fc6` as \
+                 wide as the last stage"
+            }
+            Arch::Resnet => {
+                "CIFAR ResNet-`model.depth` (20, 32, 56; 6n + 2): 3×3 stem, three stages of basic \
+                 blocks, widths `model.width` × 1/2/4 (default 16/32/64) or `model.widths`, \
+                 identity or 1×1-projection shortcuts, global average pooling; every 3×3 conv \
+                 is an OPT layer, the projections and the classifier plain unless \
+                 `model.opt_shortcuts` / `model.opt_classifier`"
             }
         }
     }
@@ -43,36 +70,117 @@ impl Arch {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub arch: Arch,
-    /// Channel width of every stage (64 in the official GS/HR/LS/OGD/OR/S-OPT nets).
+    /// Channel width of the first stage (CNN-6: every stage; CNN-9 and ResNet double it per
+    /// stage). 64 in the official OPT and MHE nets, 16 in ResNet.
     pub width: usize,
     /// Per-stage widths, overriding `width` (the CP folder uses `[32, 64, 128]`).
     pub widths: Option<[usize; 3]>,
-    /// Output width of `fc6`; defaults to the last stage's width, as in the official code.
+    /// Output width of `fc6` (plain CNNs); defaults to the last stage's width, as in the
+    /// official code.
     pub fc6_width: Option<usize>,
     /// EMA decay of the BN moving statistics (0.999 official; short runs want less, since the
     /// zero-initialised shadows need ~3/(1−decay) steps before test-mode BN is meaningful).
     pub bn_decay: f64,
     /// BN epsilon (1e-3 official).
     pub bn_eps: f64,
+    /// ResNet depth, 6n + 2 (resolved to 20 for ResNet; absent for the plain CNNs, so their
+    /// cache keys are what they were before ResNet existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// ResNet: the 1×1 projection shortcuts are OPT layers too (default: plain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_shortcuts: Option<bool>,
+    /// ResNet: the classifier is an OPT layer too (default: plain, as in every official net).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_classifier: Option<bool>,
 }
 
 impl ModelConfig {
-    pub fn cnn6_config(&self, input: (usize, usize, usize), classes: usize) -> Cnn6Config {
-        let widths = self.widths.unwrap_or([self.width; 3]);
-        let mut cfg = Cnn6Config::new(input, classes, self.width);
-        cfg.widths = widths;
-        cfg.fc6_width = self.fc6_width.unwrap_or(widths[2]);
-        cfg.batchnorm = BatchNormConfig {
+    /// CNN-6 with every stage `width` wide and the official BN (tests, benchmarks).
+    pub fn cnn6(width: usize) -> Self {
+        Self {
+            arch: Arch::Cnn6,
+            width,
+            widths: None,
+            fc6_width: None,
+            bn_decay: 0.999,
+            bn_eps: 1e-3,
+            depth: None,
+            opt_shortcuts: None,
+            opt_classifier: None,
+        }
+    }
+
+    /// The stage widths: `widths`, else `width` everywhere (CNN-6) or doubled per stage.
+    pub fn stage_widths(&self) -> [usize; 3] {
+        let w = self.width;
+        self.widths.unwrap_or(match self.arch {
+            Arch::Cnn6 => [w; 3],
+            Arch::Cnn9 | Arch::Resnet => [w, 2 * w, 4 * w],
+        })
+    }
+
+    /// ResNet's depth (20 unless given).
+    pub fn resnet_depth(&self) -> usize {
+        self.depth.unwrap_or(20)
+    }
+
+    fn batchnorm(&self) -> BatchNormConfig {
+        BatchNormConfig {
             eps: self.bn_eps,
             decay: self.bn_decay,
+        }
+    }
+
+    /// The plain CNN's configuration (CNN-6 or CNN-9; for ResNet, the CNN-6 of its widths).
+    pub fn cnn_config(&self, input: (usize, usize, usize), classes: usize) -> CnnConfig {
+        let widths = self.stage_widths();
+        let mut cfg = match self.arch {
+            Arch::Cnn9 => CnnConfig::cnn9(input, classes, widths),
+            _ => CnnConfig::new(input, classes, self.width),
         };
+        cfg.widths = widths;
+        cfg.fc6_width = self.fc6_width.unwrap_or(widths[2]);
+        cfg.batchnorm = self.batchnorm();
         cfg
     }
 
+    pub fn network_config(&self, input: (usize, usize, usize), classes: usize) -> NetworkConfig {
+        match self.arch {
+            Arch::Cnn6 | Arch::Cnn9 => NetworkConfig::Cnn(self.cnn_config(input, classes)),
+            Arch::Resnet => NetworkConfig::ResNet(ResNetConfig {
+                input,
+                depth: self.resnet_depth(),
+                widths: self.stage_widths(),
+                classes,
+                opt_shortcuts: self.opt_shortcuts.unwrap_or(false),
+                opt_classifier: self.opt_classifier.unwrap_or(false),
+                batchnorm: self.batchnorm(),
+            }),
+        }
+    }
+
+    /// A short name for tables: `cnn6-w64`, `cnn6-32-64-128`, `cnn9-w64`, `resnet20-w16`.
     pub fn describe(&self) -> String {
-        match self.widths {
-            Some([a, b, c]) => format!("cnn6-{a}-{b}-{c}"),
-            None => format!("cnn6-w{}", self.width),
+        let arch = match self.arch {
+            Arch::Resnet => format!("resnet{}", self.resnet_depth()),
+            a => a.as_str().to_string(),
+        };
+        let widths = match self.widths {
+            Some([a, b, c]) => format!("{arch}-{a}-{b}-{c}"),
+            None => format!("{arch}-w{}", self.width),
+        };
+        let opt_extra: Vec<&str> = [
+            (self.opt_shortcuts == Some(true)).then_some("opt-shortcuts"),
+            (self.opt_classifier == Some(true)).then_some("opt-classifier"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if opt_extra.is_empty() {
+            widths
+        } else {
+            format!("{widths}-{}", opt_extra.join("-"))
         }
     }
 }
@@ -314,11 +422,11 @@ pub fn build(
     classes: usize,
     seed: u64,
     device: &Device,
-) -> Result<(Cnn6, ParamStore)> {
+) -> Result<(Network, ParamStore)> {
     let mut store = ParamStore::new(device.clone());
     let mut rng = Rng::fork(seed, "init");
-    let cfg = model.cnn6_config(input, classes);
-    let net = Cnn6::new(cfg, method.factory().as_ref(), &mut store, &mut rng).map_err(|e| {
+    let cfg = model.network_config(input, classes);
+    let net = Network::new(cfg, method.factory().as_ref(), &mut store, &mut rng).map_err(|e| {
         StageError::Setting {
             field: "model",
             message: format!("cannot build {}: {e}", model.describe()),
@@ -346,6 +454,72 @@ impl StepMemory {
     }
 }
 
+/// One weight layer as the estimate sees it.
+struct LayerCost {
+    c_in: u64,
+    c_out: u64,
+    /// `k_h·k_w`.
+    taps: u64,
+    /// Output pixels per image.
+    pixels: u64,
+    /// Built by the method's factory (an OPT layer under an OPT method).
+    opt_able: bool,
+}
+
+/// The weight layers of the network `model` describes, in forward order.
+fn layer_costs(
+    model: &ModelConfig,
+    input: (usize, usize, usize),
+    classes: usize,
+) -> Vec<LayerCost> {
+    let layer = |c_in: u64, c_out: u64, taps: u64, pixels: u64, opt_able: bool| LayerCost {
+        c_in,
+        c_out,
+        taps,
+        pixels,
+        opt_able,
+    };
+    let (mut h, mut w) = (input.1 as u64, input.2 as u64);
+    let mut prev = input.0 as u64;
+    let mut layers = Vec::new();
+    match model.network_config(input, classes) {
+        NetworkConfig::Cnn(cfg) => {
+            let (fh, fw) = cfg.final_map();
+            for width in cfg.widths {
+                for _ in 0..cfg.convs_per_stage {
+                    layers.push(layer(prev, width as u64, 9, h * w, true));
+                    prev = width as u64;
+                }
+                (h, w) = (h / 2, w / 2);
+            }
+            let fc6 = cfg.fc6_width as u64;
+            layers.push(layer(prev, fc6, (fh * fw) as u64, 1, true));
+            layers.push(layer(fc6, classes as u64, 1, 1, false));
+        }
+        NetworkConfig::ResNet(cfg) => {
+            let blocks = cfg.blocks().unwrap_or(0);
+            layers.push(layer(prev, cfg.widths[0] as u64, 9, h * w, true));
+            prev = cfg.widths[0] as u64;
+            for (s, width) in cfg.widths.into_iter().enumerate() {
+                let width = width as u64;
+                for i in 0..blocks {
+                    if s > 0 && i == 0 {
+                        (h, w) = (h.div_ceil(2), w.div_ceil(2));
+                    }
+                    layers.push(layer(prev, width, 9, h * w, true));
+                    layers.push(layer(width, width, 9, h * w, true));
+                    if prev != width || (s > 0 && i == 0) {
+                        layers.push(layer(prev, width, 1, h * w, cfg.opt_shortcuts));
+                    }
+                    prev = width;
+                }
+            }
+            layers.push(layer(prev, classes as u64, 1, 1, cfg.opt_classifier));
+        }
+    }
+    layers
+}
+
 pub fn step_memory(
     model: &ModelConfig,
     method: &MethodConfig,
@@ -353,42 +527,25 @@ pub fn step_memory(
     classes: usize,
     batch: usize,
 ) -> StepMemory {
-    let cfg = model.cnn6_config(input, classes);
-    let (mut h, mut w) = (input.1 as u64, input.2 as u64);
-    let (fh, fw) = cfg.final_map();
-    // (c_in, c_out, k_h·k_w, output pixels, from the factory)
-    let mut layers: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
-    let mut prev = input.0 as u64;
-    for i in 0..6 {
-        let c_out = cfg.widths[i / 2] as u64;
-        layers.push((prev, c_out, 9, h * w, true));
-        prev = c_out;
-        if i % 2 == 1 {
-            (h, w) = (h / 2, w / 2);
-        }
-    }
-    let fc6 = cfg.fc6_width as u64;
-    layers.push((prev, fc6, (fh * fw) as u64, 1, true));
-    layers.push((fc6, classes as u64, 1, 1, false));
     let batch = batch as u64;
     let mut mem = StepMemory {
         activations: 0,
         parameters: 0,
     };
-    for (c_in, c_out, taps, pixels, opt_able) in layers {
-        let d = c_in * taps;
-        mem.activations += 4 * batch * pixels * (2 * d + 4 * c_out);
+    for l in layer_costs(model, input, classes) {
+        let d = l.c_in * l.taps;
+        mem.activations += 4 * batch * l.pixels * (2 * d + 4 * l.c_out);
         let rotated = match method {
-            _ if !opt_able => None,
+            _ if !l.opt_able => None,
             MethodConfig::Baseline {} => None,
             MethodConfig::Sopt {
                 budget_channels, ..
-            } => Some((taps * *budget_channels as u64).min(d)),
+            } => Some((l.taps * *budget_channels as u64).min(d)),
             _ => Some(d),
         };
         mem.parameters += match rotated {
-            Some(r) => r * r * (4 * 4 + 8 * 3) + d * c_out * 4 * 2,
-            None => d * c_out * 4 * 3,
+            Some(r) => r * r * (4 * 4 + 8 * 3) + d * l.c_out * 4 * 2,
+            None => d * l.c_out * 4 * 3,
         };
     }
     mem
@@ -445,14 +602,7 @@ mod memory_tests {
     use super::*;
 
     fn model(width: usize) -> ModelConfig {
-        ModelConfig {
-            arch: Arch::Cnn6,
-            width,
-            widths: None,
-            fc6_width: None,
-            bn_decay: 0.999,
-            bn_eps: 1e-3,
-        }
+        ModelConfig::cnn6(width)
     }
 
     /// Hand count for CNN-6 width 64, 3×32×32, 100 classes, batch 128, baseline: activation
@@ -484,6 +634,34 @@ mod memory_tests {
             gs.parameters,
             40 * rotations + 8 * opt_kernels + 12 * 64 * 100
         );
+    }
+
+    /// ResNet-20 (width 16) on 3×32×32, batch 1, baseline, by hand: stem 1024·(2·27 + 64);
+    /// stage 1: six 3×3 layers 1024·(2·144 + 64); stage 2 (16×16): conv a 256·(2·144 + 128),
+    /// five 256·(2·288 + 128), projection 256·(2·16 + 128); stage 3 (8×8): conv a
+    /// 64·(2·288 + 256), five 64·(2·576 + 256), projection 64·(2·32 + 256); score 2·64 + 40.
+    #[test]
+    fn resnet_matches_a_hand_count() {
+        let mut m = model(16);
+        m.arch = Arch::Resnet;
+        let est = step_memory(&m, &MethodConfig::Baseline {}, (3, 32, 32), 10, 1);
+        let floats: u64 = 1024 * (54 + 64)
+            + 6 * 1024 * (288 + 64)
+            + 256 * (288 + 128)
+            + 5 * 256 * (576 + 128)
+            + 256 * (32 + 128)
+            + 64 * (576 + 256)
+            + 5 * 64 * (1152 + 256)
+            + 64 * (64 + 256)
+            + (128 + 40);
+        assert_eq!(est.activations, 4 * floats);
+        // GS rotates every 3×3 layer (d = 27, 144, 288, 576), not the projections or score.
+        let gs = step_memory(&m, &MethodConfig::Gs {}, (3, 32, 32), 10, 1);
+        let rotations: u64 = 27 * 27 + 7 * 144 * 144 + 6 * 288 * 288 + 5 * 576 * 576;
+        let opt_kernels: u64 =
+            27 * 16 + 6 * 144 * 16 + (144 * 32 + 5 * 288 * 32) + (288 * 64 + 5 * 576 * 64);
+        let plain: u64 = 16 * 32 + 32 * 64 + 64 * 10;
+        assert_eq!(gs.parameters, 40 * rotations + 8 * opt_kernels + 12 * plain);
     }
 
     #[test]

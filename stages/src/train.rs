@@ -19,13 +19,14 @@ use crate::model::{
 };
 use crate::preprocess::{self, DataView, DatasetStats};
 use crate::progress::Progress;
+use crate::regularizer::RegularizerConfig;
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::cayley_sgd::CayleySgd;
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
 use opt_core::sparse_opt::SPARSE_ROTATION;
-use opt_core::{Cnn6, MomentumSgd, ParamStore, PiecewiseLr, Rng, Role};
+use opt_core::{MomentumSgd, Network, ParamStore, PiecewiseLr, Rng, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -122,6 +123,22 @@ pub struct TrainConfig {
     pub seed: u64,
     /// The resolved device (never `auto`): results differ across devices.
     pub device: DeviceChoice,
+    /// MHE / half-space MHE added to the loss (absent: none, and the key of every recipe
+    /// without one is what it was before regularisers existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regularizer: Option<RegularizerConfig>,
+}
+
+impl TrainConfig {
+    /// The method as the paper's tables name it, with its regulariser: `OPT (GS)`, `MHE (s=0)`
+    /// (baseline + MHE), `UPT + HS-MHE (s=2)`.
+    pub fn method_label(&self) -> String {
+        match (&self.regularizer, &self.method) {
+            (None, m) => m.paper_name(),
+            (Some(r), MethodConfig::Baseline {}) => r.label(),
+            (Some(r), m) => format!("{} + {}", m.paper_name(), r.label()),
+        }
+    }
 }
 
 /// How to run, without changing what is computed (not part of the cache key).
@@ -455,12 +472,14 @@ impl Optimizers {
 }
 
 /// One training step: forward in training mode, backward, optimizer update.
-/// Returns the batch loss (data loss plus any method penalty) and the expected number of
-/// correct top-1 predictions (before the update; ties count their share).
+/// Returns the batch loss (data loss plus any method penalty and regulariser) and the expected
+/// number of correct top-1 predictions (before the update; ties count their share).
+#[allow(clippy::too_many_arguments)]
 pub fn step(
-    model: &Cnn6,
+    model: &Network,
     optimizers: &mut Optimizers,
     loss_kind: LossKind,
+    regularizer: Option<&RegularizerConfig>,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
@@ -470,6 +489,9 @@ pub fn step(
     let mut l = loss(loss_kind, &logits, y)?;
     if let Some(p) = model.penalty()? {
         l = (l + p)?;
+    }
+    if let Some(r) = regularizer.map(|r| r.loss(model)).transpose()?.flatten() {
+        l = (l + r)?;
     }
     let loss_value = l.to_scalar::<f32>()? as f64;
     // A non-finite loss is divergence, said as such (the lr is the usual cause), before NaN
@@ -489,7 +511,7 @@ pub fn build_model(
     cfg: &TrainConfig,
     stats: &DatasetStats,
     device: &Device,
-) -> Result<(Cnn6, ParamStore)> {
+) -> Result<(Network, ParamStore)> {
     build(
         &cfg.model,
         &cfg.method,
@@ -506,7 +528,7 @@ pub fn build_model(
 /// layers' BN γ/β if the BN quirk is.
 fn end_sopt_episode(
     cfg: &TrainConfig,
-    model: &Cnn6,
+    model: &Network,
     store: &ParamStore,
     optimizers: &Optimizers,
     episode: u64,
@@ -525,7 +547,9 @@ fn end_sopt_episode(
     }
     if *reset_bn {
         for e in store.entries() {
-            let sparse_layer = !e.name.starts_with("conv1_0.");
+            let sparse_layer = !e
+                .name
+                .starts_with(&format!("{}.", opt_core::layers::INPUT_LAYER));
             if sparse_layer && e.name.ends_with(".bn.gamma") {
                 e.var.set(&e.var.as_tensor().ones_like()?)?;
             } else if sparse_layer && e.name.ends_with(".bn.beta") {
@@ -545,7 +569,7 @@ struct ResumeMeta {
 
 /// What a periodic evaluation needs from the run.
 struct Evaluator<'a> {
-    model: &'a Cnn6,
+    model: &'a Network,
     data: &'a preprocess::Prepared,
     device: &'a Device,
     loss_kind: LossKind,
@@ -612,6 +636,9 @@ pub fn run(
         }
     }
     let (model, store) = build_model(cfg, &data.stats, &device)?;
+    if let Some(r) = &cfg.regularizer {
+        r.check_layers(&model)?;
+    }
     let s = &cfg.schedule;
     let mut optimizers = Optimizers::new(cfg, &store)?;
     let mut sampler = Sampler::new(data.train.len(), s.batch_size, Rng::fork(cfg.seed, "data"))?;
@@ -690,7 +717,16 @@ pub fn run(
             &data.normalizer,
             &device,
         )?;
-        let (loss_v, correct) = step(&model, &mut optimizers, loss_kind, &x, &y, lr, i)?;
+        let (loss_v, correct) = step(
+            &model,
+            &mut optimizers,
+            loss_kind,
+            cfg.regularizer.as_ref(),
+            &x,
+            &y,
+            lr,
+            i,
+        )?;
         let acc = correct / s.batch_size as f64;
         meta.train_seconds += t0.elapsed().as_secs_f64();
         let done = i + 1;

@@ -257,6 +257,10 @@ fn best(means: impl Iterator<Item = f64>) -> Option<usize> {
 fn shown_elsewhere(key: &str) -> bool {
     key == "method"
         || key == "method.name"
+        || key == "model"
+        || key == "variant"
+        || key == "regularizer"
+        || key.starts_with("regularizer.")
         || key.starts_with("dataset.")
         || key.starts_with("model.")
 }
@@ -273,14 +277,31 @@ fn dataset_label(name: &str) -> String {
 }
 
 /// An architecture as the paper writes it (`cnn6-w64` → `CNN-6 (64)`,
-/// `cnn6-32-64-128` → `CNN-6 (32/64/128)`).
+/// `cnn6-32-64-128` → `CNN-6 (32/64/128)`, `cnn9-w64` → `CNN-9 (64)`, `resnet20-w16` →
+/// `ResNet-20 (16)`).
 fn model_label(name: &str) -> String {
-    match name.strip_prefix("cnn6-") {
-        Some(w) => format!(
-            "CNN-6 ({})",
-            w.strip_prefix('w').unwrap_or(w).replace('-', "/")
-        ),
-        None => name.into(),
+    let (arch, rest) = if let Some(rest) = name.strip_prefix("cnn6-") {
+        ("CNN-6".to_string(), rest)
+    } else if let Some(rest) = name.strip_prefix("cnn9-") {
+        ("CNN-9".to_string(), rest)
+    } else if let Some((depth, rest)) = name
+        .strip_prefix("resnet")
+        .and_then(|r| r.split_once('-'))
+        .filter(|(d, _)| d.parse::<usize>().is_ok())
+    {
+        (format!("ResNet-{depth}"), rest)
+    } else {
+        return name.into();
+    };
+    let widths = rest.strip_prefix('w').unwrap_or(rest);
+    // Extra words (`opt-shortcuts`) follow the widths.
+    let (widths, extra) = match widths.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (widths[..i].trim_end_matches('-'), Some(&widths[i..])),
+        None => (widths, None),
+    };
+    match extra {
+        Some(e) => format!("{arch} ({}, {e})", widths.replace('-', "/")),
+        None => format!("{arch} ({})", widths.replace('-', "/")),
     }
 }
 
