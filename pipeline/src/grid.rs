@@ -277,7 +277,7 @@ fn seeds_and_axes(
         }
         let section = key.split('.').next().unwrap_or_default();
         let leaf_keys = if key == VARIANT {
-            variant_keys(&loaded, &values)?
+            variant_keys(loaded, &values)?
         } else {
             vec![key.clone()]
         };
