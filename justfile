@@ -67,6 +67,13 @@ lint:
 bench *args:
     {{orthopt}} bench --methods all --maps 576,1024 --width 64 --input 3x32x32 --batch 128 "$@"
 
+# Measure every architecture's training throughput (CNN-6, CNN-9, ResNet-20/32; baseline, GS, S-OPT) and the maps at the fan-ins they meet, up to d = 2304.
+bench-archs *args:
+    {{orthopt}} bench --arch cnn6 --methods baseline,gs,sopt "$@"
+    {{orthopt}} bench --arch cnn9 --methods baseline,gs,sopt "$@"
+    {{orthopt}} bench --arch resnet --depth 20 --methods baseline,gs,sopt "$@"
+    {{orthopt}} bench --arch resnet --depth 32 --methods baseline,gs,sopt --maps 144,1152,2304 "$@"
+
 # Measure the same network in PyTorch eager for comparison (needs pip install torch).
 bench-torch *args:
     python3 bench/torch_cnn6.py --methods all "$@"

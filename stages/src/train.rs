@@ -546,13 +546,14 @@ fn end_sopt_episode(
         optimizers.sgd.reset(|n| n.ends_with(SPARSE_ROTATION))?;
     }
     if *reset_bn {
+        // The BN of the layers that are sparse (hold a small rotation): in CNN-6 every layer
+        // but the input one, as the official name-based re-initialisation; in ResNet not the
+        // plain projections either.
+        let sparse = |layer: &str| store.get(&format!("{layer}.{SPARSE_ROTATION}")).is_some();
         for e in store.entries() {
-            let sparse_layer = !e
-                .name
-                .starts_with(&format!("{}.", opt_core::layers::INPUT_LAYER));
-            if sparse_layer && e.name.ends_with(".bn.gamma") {
+            if e.name.strip_suffix(".bn.gamma").is_some_and(sparse) {
                 e.var.set(&e.var.as_tensor().ones_like()?)?;
-            } else if sparse_layer && e.name.ends_with(".bn.beta") {
+            } else if e.name.strip_suffix(".bn.beta").is_some_and(sparse) {
                 e.var.set(&e.var.as_tensor().zeros_like()?)?;
             }
         }
