@@ -855,3 +855,74 @@ fn resume_meta(path: &Path, snapshot: &checkpoint::Snapshot) -> Result<ResumeMet
 pub fn load_summary(dir: &Path) -> Result<TrainSummary> {
     read_json(&dir.join(SUMMARY_FILE))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sopt_config(reset_bn: bool) -> TrainConfig {
+        serde_json::from_value(serde_json::json!({
+            "augment": { "flip": false, "pad": 0 },
+            "data": { "normalization": "official", "test_limit": null, "train_limit": null,
+                      "validation": 0, "validation_seed": 0 },
+            "device": "cpu",
+            "loss": { "kind": "official", "label_smoothing": 0.01, "log_floor": 0.0001 },
+            "method": { "name": "sopt", "base": "gs", "budget_channels": 2, "episode_length": 10,
+                        "reset_bn": reset_bn, "stale_momentum": false },
+            "model": { "arch": "cnn6", "bn_decay": 0.9, "bn_eps": 0.001, "fc6_width": null,
+                       "width": 4, "widths": null },
+            "schedule": { "batch_size": 8, "eval_every": 0, "length": { "iterations": 20 },
+                          "lr": 0.05, "lr_factor": 0.1, "milestones": [], "momentum": 0.9,
+                          "weight_decay": 0.0005 },
+            "seed": 3
+        }))
+        .expect("a valid train config")
+    }
+
+    /// The official S-OPT quirk re-initialises γ/β of the sparse layers' BN at each episode
+    /// end, and only theirs: the dense input layer `conv1_0` keeps its values; without the
+    /// quirk nothing is touched.
+    #[test]
+    fn reset_bn_reinitialises_exactly_the_sparse_layers_bn() -> Result<()> {
+        for reset_bn in [true, false] {
+            let cfg = sopt_config(reset_bn);
+            let (model, store) = build(
+                &cfg.model,
+                &cfg.method,
+                (1, 28, 28),
+                10,
+                cfg.seed,
+                &Device::Cpu,
+            )?;
+            let optimizers = Optimizers::new(&cfg, &store)?;
+            let bn: Vec<String> = store
+                .entries()
+                .iter()
+                .filter(|e| e.name.ends_with(".bn.gamma") || e.name.ends_with(".bn.beta"))
+                .map(|e| e.name.clone())
+                .collect();
+            assert_eq!(bn.len(), 12, "{bn:?}");
+            for e in store.entries() {
+                if bn.contains(&e.name) {
+                    e.var.set(&(e.var.as_tensor().ones_like()? * 2.5)?)?;
+                }
+            }
+            end_sopt_episode(&cfg, &model, &store, &optimizers, 1)?;
+            for e in store.entries().iter().filter(|e| bn.contains(&e.name)) {
+                let values: Vec<f32> = e.var.as_tensor().to_vec1()?;
+                let reset = reset_bn && !e.name.starts_with("conv1_0.");
+                let expected = match (reset, e.name.ends_with("gamma")) {
+                    (false, _) => 2.5,
+                    (true, true) => 1.0,
+                    (true, false) => 0.0,
+                };
+                assert!(
+                    values.iter().all(|&v| v == expected),
+                    "reset_bn = {reset_bn}: {} = {values:?}, expected {expected}",
+                    e.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
