@@ -146,37 +146,8 @@ enum Command {
     /// Measure training throughput (images/s, ms/step) of a network on synthetic data, per
     /// method, and the time of each orthogonal map.
     Bench {
-        /// Methods to measure, comma-separated, or `all`.
-        #[arg(long, default_value = "baseline")]
-        methods: String,
-        /// Architecture: cnn6, cnn9 or resnet.
-        #[arg(long, default_value = "cnn6")]
-        arch: String,
-        /// ResNet depth (6n + 2).
-        #[arg(long, default_value_t = 20)]
-        depth: usize,
-        /// First-stage width (default: the architecture's, 64 for the CNNs, 16 for ResNet).
-        #[arg(long)]
-        width: Option<usize>,
-        /// Input shape CxHxW.
-        #[arg(long, default_value = "3x32x32")]
-        input: String,
-        #[arg(long, default_value_t = 100)]
-        classes: usize,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// Also time each orthogonal map at these sizes (comma-separated, e.g. 576,1024).
-        #[arg(long, value_name = "D,...")]
-        maps: Option<String>,
-        #[arg(long, default_value = "auto")]
-        device: DeviceChoice,
-        /// CPU threads (0 = all cores).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
+        #[command(flatten)]
+        args: BenchArgs,
     },
     /// Measure the data path: a decoded dataset loaded from its cache artifact, then per batch
     /// sampling, pad + crop + flip, normalisation and batch assembly (CPU), in images/s.
@@ -818,22 +789,43 @@ fn bench_data(
 }
 
 /// `orthopt bench`'s options.
+#[derive(Args)]
 struct BenchArgs {
+    /// Methods to measure, comma-separated, or `all`.
+    #[arg(long, default_value = "baseline")]
     methods: String,
+    /// Architecture: cnn6, cnn9 or resnet.
+    #[arg(long, default_value = "cnn6")]
     arch: String,
+    /// ResNet depth (6n + 2).
+    #[arg(long, default_value_t = 20)]
     depth: usize,
+    /// First-stage width (default: the architecture's, 64 for the CNNs, 16 for ResNet).
+    #[arg(long)]
     width: Option<usize>,
+    /// Input shape CxHxW.
+    #[arg(long, default_value = "3x32x32")]
     input: String,
+    #[arg(long, default_value_t = 100)]
     classes: usize,
+    #[arg(long, default_value_t = 128)]
     batch: usize,
+    #[arg(long, default_value_t = 2)]
     warmup: usize,
+    #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Also time each orthogonal map at these sizes (comma-separated, e.g. 576,1024).
+    #[arg(long, value_name = "D,...")]
+    maps: Option<String>,
+    #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
     threads: usize,
 }
 
 /// Training throughput per method, then (with `maps`) each orthogonal map's time.
-fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
+fn bench_cmd(args: BenchArgs) -> Result<()> {
     let BenchArgs {
         methods,
         arch,
@@ -844,6 +836,7 @@ fn bench_cmd(args: BenchArgs, maps: Option<String>) -> Result<()> {
         batch,
         warmup,
         steps,
+        maps,
         device,
         threads,
     } = args;
@@ -960,35 +953,7 @@ fn main() -> ExitCode {
             pad,
             flip,
         } => bench_data(images, &input, batch, batches, pad, flip),
-        Command::Bench {
-            methods,
-            arch,
-            depth,
-            width,
-            input,
-            classes,
-            batch,
-            warmup,
-            steps,
-            maps,
-            device,
-            threads,
-        } => bench_cmd(
-            BenchArgs {
-                methods,
-                arch,
-                depth,
-                width,
-                input,
-                classes,
-                batch,
-                warmup,
-                steps,
-                device,
-                threads,
-            },
-            maps,
-        ),
+        Command::Bench { args } => bench_cmd(args),
     };
     finish(result.map(|()| ExitCode::SUCCESS))
 }
