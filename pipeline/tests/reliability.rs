@@ -262,6 +262,21 @@ fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
     }
 }
 
+/// Runs `recipe` with a cache and run directory under `tmp`; it must fail. Returns stderr.
+fn failed_run(tmp: &Path, recipe: &Path) -> String {
+    let out = opt()
+        .args(["run", s(recipe), "--cache", s(&tmp.join("c"))])
+        .args(["--out", s(&tmp.join("o"))])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{} should have failed",
+        recipe.display()
+    );
+    text(&out)
+}
+
 /// Settings the data cannot satisfy are errors of the recipe key, in the file that set it.
 #[test]
 fn settings_the_data_cannot_satisfy_name_the_key_and_the_file() {
@@ -278,13 +293,7 @@ fn settings_the_data_cannot_satisfy_name_the_key_and_the_file() {
     ];
     for (i, (recipe_text, key)) in cases.iter().enumerate() {
         let recipe = write(tmp.path(), &format!("r{i}.toml"), recipe_text);
-        let out = opt()
-            .args(["run", s(&recipe), "--cache", s(&tmp.path().join("c"))])
-            .args(["--out", s(&tmp.path().join("o"))])
-            .output()
-            .unwrap();
-        let stderr = text(&out);
-        assert!(!out.status.success());
+        let stderr = failed_run(tmp.path(), &recipe);
         assert!(
             stderr.contains(&format!("r{i}.toml")) && stderr.contains(&format!("key `{key}`")),
             "{stderr}"
@@ -311,13 +320,7 @@ fn an_empty_class_folder_is_an_error_and_a_failed_stage_leaves_no_litter() {
          [schedule]\niterations = 2\n[run]\ndevice = \"cpu\"\n",
     );
     let cache = tmp.path().join("c");
-    let out = opt()
-        .args(["run", s(&recipe), "--cache", s(&cache)])
-        .args(["--out", s(&tmp.path().join("o"))])
-        .output()
-        .unwrap();
-    let stderr = text(&out);
-    assert!(!out.status.success());
+    let stderr = failed_run(tmp.path(), &recipe);
     assert!(
         stderr.contains("`dog`") && stderr.contains("no images"),
         "{stderr}"
@@ -353,13 +356,7 @@ fn divergence_is_reported_as_such() {
         "wild.toml",
         &TINY.replace("lr = 0.05", "lr = 1e30"),
     );
-    let out = opt()
-        .args(["run", s(&recipe), "--cache", s(&tmp.path().join("c"))])
-        .args(["--out", s(&tmp.path().join("o"))])
-        .output()
-        .unwrap();
-    let stderr = text(&out);
-    assert!(!out.status.success());
+    let stderr = failed_run(tmp.path(), &recipe);
     assert!(
         stderr.contains("training diverged at iteration") && stderr.contains("schedule.lr"),
         "{stderr}"
