@@ -15,8 +15,18 @@ fn main() {
     ];
     for python in ["python3.12", "python3.11", "python3.10", "python3.13"] {
         for venv in ["/opt/torch/.venv", "/usr/local", "/usr"] {
-            for sub in ["cu13/lib", "cublas/lib", "cusolver/lib", "cusparse/lib", "nvjitlink/lib"] {
-                let site = if venv == "/usr" { "dist-packages" } else { "site-packages" };
+            for sub in [
+                "cu13/lib",
+                "cublas/lib",
+                "cusolver/lib",
+                "cusparse/lib",
+                "nvjitlink/lib",
+            ] {
+                let site = if venv == "/usr" {
+                    "dist-packages"
+                } else {
+                    "site-packages"
+                };
                 dirs.push(format!("{venv}/lib/{python}/{site}/nvidia/{sub}"));
             }
         }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod datasets;
 pub mod estimate;
 pub mod export;
+pub mod gpu_check;
 pub mod grid;
 pub mod plan;
 pub mod progress;

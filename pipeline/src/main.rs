@@ -149,6 +149,12 @@ enum Command {
         #[command(flatten)]
         args: BenchArgs,
     },
+    /// Check the GPU path: every op and gradient against the CPU, a short training of every
+    /// method, the benchmark table; writes report.json and report.md (see `just gpu-check`).
+    GpuCheck {
+        #[command(flatten)]
+        args: GpuCheckArgs,
+    },
     /// Measure the data path: a decoded dataset loaded from its cache artifact, then per batch
     /// sampling, pad + crop + flip, normalisation and batch assembly (CPU), in images/s.
     BenchData {
@@ -788,6 +794,70 @@ fn bench_data(
     Ok(())
 }
 
+/// `orthopt gpu-check`'s options.
+#[derive(Args)]
+struct GpuCheckArgs {
+    /// The device under test ("cuda", "cuda:N"; "cpu" checks the plumbing against the composed
+    /// formulations, as CI does).
+    #[arg(long, default_value = "cuda")]
+    device: DeviceChoice,
+    /// CI's size: a tiny network, a few steps, no map timings unless --maps says so.
+    #[arg(long)]
+    quick: bool,
+    /// Time each orthogonal map at these sizes (default 576,1024; none with --quick).
+    #[arg(long, value_name = "D,...")]
+    maps: Option<String>,
+    /// Where report.json and report.md go.
+    #[arg(long, default_value = "outputs/gpu-check")]
+    out: PathBuf,
+}
+
+/// Exits 0 when every check passed, 1 when one failed (the report says which), 2 on an error.
+fn gpu_check_cmd(args: GpuCheckArgs) -> ExitCode {
+    let result = (|| -> Result<bool> {
+        let default_maps = if args.quick { "" } else { "576,1024" };
+        let map_sizes = parse_sizes(args.maps.as_deref().unwrap_or(default_maps), "--maps")?;
+        let cfg = opt_pipeline::gpu_check::GpuCheckConfig {
+            device: args.device,
+            size: if args.quick {
+                opt_pipeline::gpu_check::Size::Quick
+            } else {
+                opt_pipeline::gpu_check::Size::Full
+            },
+            map_sizes,
+        };
+        let report = opt_pipeline::gpu_check::run(&cfg, &args.out)?;
+        println!(
+            "gpu-check {} on {} in {:.0} s: {}",
+            if report.pass { "passed" } else { "FAILED" },
+            report.device,
+            report.seconds,
+            args.out.join("report.md").display()
+        );
+        Ok(report.pass)
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Comma-separated sizes; empty means none.
+fn parse_sizes(text: &str, flag: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse()
+                .with_context(|| format!("{flag}: {t:?} is not a size"))
+        })
+        .collect()
+}
+
 /// `orthopt bench`'s options.
 #[derive(Args)]
 struct BenchArgs {
@@ -954,6 +1024,7 @@ fn main() -> ExitCode {
             flip,
         } => bench_data(images, &input, batch, batches, pad, flip),
         Command::Bench { args } => bench_cmd(args),
+        Command::GpuCheck { args } => return gpu_check_cmd(args),
     };
     finish(result.map(|()| ExitCode::SUCCESS))
 }

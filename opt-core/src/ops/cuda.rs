@@ -7,9 +7,7 @@
 
 use super::conv2d::Patches;
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 
@@ -118,7 +116,8 @@ pub(super) fn conv2d_forward(
     if !kl.is_contiguous() {
         bail!("conv2d: kernel must be contiguous");
     }
-    let k_t = Layout::contiguous_with_offset((c_out, p.cols()), kl.start_offset()).transpose(0, 1)?;
+    let k_t =
+        Layout::contiguous_with_offset((c_out, p.cols()), kl.start_offset()).transpose(0, 1)?;
     let product = cols.matmul(
         k,
         (1, rows, c_out, p.cols()),
@@ -142,7 +141,11 @@ pub(super) fn max_pool_forward(
     let total = n * c * (h / 2) * (w / 2);
     let out = unsafe { dev.alloc::<f32>(total)? };
     let func = dev.get_or_load_custom_func("max_pool2x2_f32", MODULE, PTX)?;
-    let (planes, h32, w32) = (i32_of(n * c, "planes")?, i32_of(h, "height")?, i32_of(w, "width")?);
+    let (planes, h32, w32) = (
+        i32_of(n * c, "planes")?,
+        i32_of(h, "height")?,
+        i32_of(w, "width")?,
+    );
     let src = view(x, l, "max-pool")?;
     let mut b = func.builder();
     b.arg(&src);
@@ -166,8 +169,15 @@ pub(super) fn max_pool_backward(
     let windows = n * c * (h / 2) * (w / 2);
     let out = dev.alloc_zeros::<f32>(n * c * h * w)?;
     let func = dev.get_or_load_custom_func("max_pool2x2_backward_f32", MODULE, PTX)?;
-    let (planes, h32, w32) = (i32_of(n * c, "planes")?, i32_of(h, "height")?, i32_of(w, "width")?);
-    let (xv, gv) = (view(x, xl, "max-pool backward")?, view(g, gl, "max-pool backward")?);
+    let (planes, h32, w32) = (
+        i32_of(n * c, "planes")?,
+        i32_of(h, "height")?,
+        i32_of(w, "width")?,
+    );
+    let (xv, gv) = (
+        view(x, xl, "max-pool backward")?,
+        view(g, gl, "max-pool backward")?,
+    );
     let mut b = func.builder();
     b.arg(&xv);
     b.arg(&gv);
@@ -194,8 +204,16 @@ pub(super) fn batch_norm_forward(
     let dev = x.device();
     let len = n * c * hw;
     let out = unsafe { dev.alloc::<f32>(len + 2 * c)? };
-    let (xv, gv, bv) = (view(x, xl, "batchnorm")?, view(g, gl, "batchnorm")?, view(b, bl, "batchnorm")?);
-    let (n32, c32, hw32) = (i32_of(n, "batch")?, i32_of(c, "channels")?, i32_of(hw, "plane")?);
+    let (xv, gv, bv) = (
+        view(x, xl, "batchnorm")?,
+        view(g, gl, "batchnorm")?,
+        view(b, bl, "batchnorm")?,
+    );
+    let (n32, c32, hw32) = (
+        i32_of(n, "batch")?,
+        i32_of(c, "channels")?,
+        i32_of(hw, "plane")?,
+    );
     let relu32 = relu as i32;
     let stats = dev.get_or_load_custom_func("bn_stats_f32", MODULE, PTX)?;
     let mut l = stats.builder();
@@ -236,8 +254,17 @@ pub(super) fn batch_norm_backward(
     let len = n * c * hw;
     let out = unsafe { dev.alloc::<f32>(len + 2 * c)? };
     let op = "batchnorm backward";
-    let (xv, dyv, rv, gv) = (view(x, xl, op)?, view(dy, dyl, op)?, view(res, rl, op)?, view(gamma, gl, op)?);
-    let (n32, c32, hw32) = (i32_of(n, "batch")?, i32_of(c, "channels")?, i32_of(hw, "plane")?);
+    let (xv, dyv, rv, gv) = (
+        view(x, xl, op)?,
+        view(dy, dyl, op)?,
+        view(res, rl, op)?,
+        view(gamma, gl, op)?,
+    );
+    let (n32, c32, hw32) = (
+        i32_of(n, "batch")?,
+        i32_of(c, "channels")?,
+        i32_of(hw, "plane")?,
+    );
     let relu32 = relu as i32;
     let sums = dev.get_or_load_custom_func("bn_backward_sums_f32", MODULE, PTX)?;
     let mut l = sums.builder();
