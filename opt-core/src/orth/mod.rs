@@ -9,14 +9,19 @@
 //! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes `P` through host
 //! memory, factorises there and returns `Q` on the device; the backward does the same with
 //! `∂L/∂Q`. Callers never move tensors themselves. A d×d round trip per layer and step is what
-//! the GPU path pays until the maps run in cuSOLVER.
+//! the GPU path pays for CP, GS and HR until they run in cuSOLVER; Löwdin on a GPU runs as a
+//! Newton–Schulz iteration in candle ops on the device ([`polar_newton_schulz`], tested
+//! against the exact map here on the CPU).
 
 mod cayley;
 mod dense;
+mod newton_schulz;
 mod polar;
 mod qr;
 #[cfg(test)]
 mod tests;
+
+pub use newton_schulz::{polar_newton_schulz, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, MatRef};
@@ -73,6 +78,13 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
             map.name(),
             p.dtype()
         );
+    }
+    // On a GPU, Löwdin runs where P lives (Newton–Schulz in candle ops); a P that route cannot
+    // finish takes the exact host route below rather than a worse rotation.
+    if map == OrthMap::Lowdin && !p.device().is_cpu() {
+        if let Ok(q) = polar_newton_schulz(p, newton_schulz::MAX_ITERS) {
+            return Ok(q);
+        }
     }
     p.apply_op1(OrthOp {
         map,

@@ -455,3 +455,43 @@ fn orth_reports_invalid_input() {
         .to_string();
     assert!(e.contains("singular"), "{e}");
 }
+
+/// The device-generic Newton–Schulz route against the exact (faer, f64) Löwdin map: values
+/// and gradients at the layer sizes OPT meets, from OPT's Gaussian init in f32.
+#[test]
+fn newton_schulz_polar_matches_exact_lowdin() {
+    use super::polar_newton_schulz;
+    for (d, check_grad) in [(27, true), (576, true), (1024, false)] {
+        let p = Var::from_tensor(&tensor(&gauss(d as u64, d * d), d, DType::F32)).expect("var");
+        let w = tensor(&gauss(7 + d as u64, d * d), d, DType::F32);
+        let ns = polar_newton_schulz(p.as_tensor(), super::newton_schulz::MAX_ITERS).expect("ns");
+        let exact = orthogonalize(p.as_tensor(), OrthMap::Lowdin).expect("exact");
+        let diff = max_diff(&rows(&ns), &rows(&exact));
+        assert!(diff < 2e-5, "d = {d}: values differ by {diff:.2e}");
+        let err = orthogonality_error(&ns).expect("error");
+        assert!(err <= 1e-4, "d = {d}: ‖QQᵀ − I‖_F = {err:.2e} in f32");
+        if check_grad {
+            let g_ns = (ns * &w)
+                .and_then(|t| t.sum_all())
+                .and_then(|l| l.backward())
+                .expect("bwd");
+            let g_ex = (exact * &w)
+                .and_then(|t| t.sum_all())
+                .and_then(|l| l.backward())
+                .expect("bwd");
+            let (a, b) = (
+                rows(g_ns.get(&p).expect("grad")),
+                rows(g_ex.get(&p).expect("grad")),
+            );
+            let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let rel = max_diff(&a, &b) / scale;
+            assert!(
+                rel < 1e-4,
+                "d = {d}: gradients differ by {rel:.2e} of their scale"
+            );
+        }
+    }
+    // A singular P is an error, not a wrong rotation.
+    let singular = tensor(&vec![1.0; 9], 3, DType::F64);
+    assert!(polar_newton_schulz(&singular, 80).is_err());
+}
