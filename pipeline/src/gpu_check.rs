@@ -312,26 +312,30 @@ fn op_cases(size: Size) -> Result<Vec<OpCase>> {
             cases.push(orth_case(&mut rng, map, d)?);
         }
     }
-    // The device-generic Löwdin route against the exact map (on the CPU in both columns when
-    // the device is the CPU), from OPT's Gaussian init.
+    // The device-generic Löwdin and Cayley routes against the exact maps on the CPU, from
+    // OPT's Gaussian init.
     let polar_sizes: &[usize] = match size {
         Size::Quick => &[27, 144],
         Size::Full => &[27, 576, 1024],
     };
-    for &d in polar_sizes {
-        let p = host_tensor(&mut rng, &[d, d], 1.0)?;
-        cases.push(OpCase {
-            name: format!("polar Newton–Schulz vs exact Löwdin d={d}"),
-            inputs: vec![p],
-            op: Box::new(|t| {
-                Ok(vec![opt_core::orth::polar_newton_schulz(
-                    &t[0],
-                    opt_core::orth::NEWTON_SCHULZ_MAX_ITERS,
-                )?])
-            }),
-            composed: Box::new(|t| Ok(vec![ops::orthogonalize(&t[0], ops::OrthMap::Lowdin)?])),
-            tolerance: 1e-4,
-        });
+    type Route = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
+    let routes: [(ops::OrthMap, Route); 2] = [
+        (ops::OrthMap::Lowdin, opt_core::orth::polar_newton_schulz),
+        (ops::OrthMap::Cayley, opt_core::orth::cayley_newton_schulz),
+    ];
+    for (map, route) in routes {
+        for &d in polar_sizes {
+            let p = host_tensor(&mut rng, &[d, d], 1.0)?;
+            cases.push(OpCase {
+                name: format!("{} Newton–Schulz vs exact d={d}", map.name()),
+                inputs: vec![p],
+                op: Box::new(move |t| {
+                    Ok(vec![route(&t[0], opt_core::orth::NEWTON_SCHULZ_MAX_ITERS)?])
+                }),
+                composed: Box::new(move |t| Ok(vec![ops::orthogonalize(&t[0], map)?])),
+                tolerance: 1e-4,
+            });
+        }
     }
     Ok(cases)
 }
