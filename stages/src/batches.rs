@@ -8,6 +8,7 @@ use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::Rng;
 
+#[derive(Debug, Clone)]
 pub struct Sampler {
     pub batch: usize,
     pub permutation: Vec<u32>,
@@ -48,7 +49,8 @@ impl Sampler {
         &self.permutation[t * self.batch..(t + 1) * self.batch]
     }
 
-    /// Assembles the augmented, normalised batch of `iteration`: `([batch, c, h, w] f32, [batch] u32)`.
+    /// Assembles the augmented, normalised batch of `iteration` on `device`:
+    /// `([batch, c, h, w] f32, [batch] u32)`.
     pub fn batch(
         &mut self,
         iteration: u64,
@@ -57,10 +59,22 @@ impl Sampler {
         norm: &Normalizer,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        self.host_batch(iteration, split, aug, norm).to_device(device)
+    }
+
+    /// The same batch in host memory, so a worker thread can build the next one while the
+    /// device trains on this one.
+    pub fn host_batch(
+        &mut self,
+        iteration: u64,
+        split: &Split,
+        aug: &AugmentConfig,
+        norm: &Normalizer,
+    ) -> HostBatch {
         let indices = self.indices(iteration).to_vec();
         let len = split.image_len();
-        let mut x = vec![0f32; indices.len() * len];
-        let mut y = Vec::with_capacity(indices.len());
+        let mut pixels = vec![0f32; indices.len() * len];
+        let mut labels = Vec::with_capacity(indices.len());
         for (k, &i) in indices.iter().enumerate() {
             augment_into(
                 split.image(i as usize),
@@ -68,15 +82,35 @@ impl Sampler {
                 aug,
                 norm,
                 &mut self.rng,
-                &mut x[k * len..(k + 1) * len],
+                &mut pixels[k * len..(k + 1) * len],
             );
-            y.push(split.labels[i as usize]);
+            labels.push(split.labels[i as usize]);
         }
         let (c, h, w) = split.shape;
-        let n = indices.len();
+        HostBatch {
+            shape: (indices.len(), c, h, w),
+            pixels,
+            labels,
+        }
+    }
+}
+
+/// An augmented, normalised batch in host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// `(n, c, h, w)` of `pixels`.
+    pub shape: (usize, usize, usize, usize),
+    pub pixels: Vec<f32>,
+    pub labels: Vec<u32>,
+}
+
+impl HostBatch {
+    /// `([n, c, h, w] f32, [n] u32)` on `device`.
+    pub fn to_device(self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let n = self.labels.len();
         Ok((
-            Tensor::from_vec(x, (n, c, h, w), device)?,
-            Tensor::from_vec(y, n, device)?,
+            Tensor::from_vec(self.pixels, self.shape, device)?,
+            Tensor::from_vec(self.labels, n, device)?,
         ))
     }
 }
