@@ -6,9 +6,9 @@ use candle_core::Tensor;
 use opt_core::orth::{orthogonality_error, orthogonalize, OrthMap};
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::train::{
-    step, Length, LossConfig, LossName, Optimizers, ScheduleConfig, TrainConfig,
-};
+use opt_stages::optimizers::Optimizers;
+use opt_stages::train::step;
+use opt_stages::train_config::{Length, LossConfig, LossName, ScheduleConfig, TrainConfig};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]

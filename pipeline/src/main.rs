@@ -309,8 +309,8 @@ fn run(args: RecipeArgs, flags: RunFlags) -> Result<ExitCode> {
         plan.train.method.name(),
         plan.fetch.dataset.as_str(),
         match plan.train.schedule.length {
-            opt_stages::train::Length::Iterations(n) => format!("{n} iterations"),
-            opt_stages::train::Length::Epochs(e) => format!("{e} epochs"),
+            opt_stages::train_config::Length::Iterations(n) => format!("{n} iterations"),
+            opt_stages::train_config::Length::Epochs(e) => format!("{e} epochs"),
         },
         plan.train.device,
         if grid.is_grid() {

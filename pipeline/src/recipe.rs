@@ -14,7 +14,7 @@ use opt_stages::fetch::DatasetName;
 use opt_stages::model::{Arch, MethodConfig};
 use opt_stages::preprocess::{DataFormat, LabelChoice, Normalization};
 use opt_stages::regularizer::Power;
-use opt_stages::train::LossName;
+use opt_stages::train_config::LossName;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

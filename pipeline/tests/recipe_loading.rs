@@ -136,7 +136,7 @@ fn an_empty_recipe_is_an_error_unless_it_extends_another() {
 
 #[test]
 fn a_child_switches_its_parent_between_iterations_and_epochs() {
-    use opt_stages::train::Length;
+    use opt_stages::train_config::Length;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "base.toml", TINY);
     let child = write(
