@@ -33,6 +33,9 @@ pub const SECTIONS: [&str; 11] = [
     "grid",
 ];
 
+/// The grid axis whose values are whole recipe fragments, merged at the recipe's root.
+pub const VARIANT: &str = "variant";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -676,7 +679,7 @@ impl Provider for CellValue<'_> {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        if self.key == crate::grid::VARIANT {
+        if self.key == VARIANT {
             // A variant is a fragment of the recipe itself, merged at its root.
             return Serialized::defaults(self.value).data();
         }
