@@ -119,26 +119,75 @@ fn fraction(loaded: &Loaded, key: &str, v: f64) -> Result<(), RecipeError> {
     }
 }
 
+/// Validates a loaded recipe into the stage configurations, one concern at a time (ripgrep's
+/// flag resolution as the model): the name, the data, the model and method, the regulariser,
+/// the schedule, the loss and the run settings; then what the machine must allow.
 pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
     let r = &loaded.recipe;
-    let name = match &r.name {
-        Some(n) if !n.is_empty() && !n.contains(['/', '\\']) && n != "." && n != ".." => n.clone(),
-        Some(n) => {
-            return Err(invalid(
-                loaded,
-                "name",
-                format!("expected a plain name usable as a directory, found {n:?}"),
-            ))
+    let name = resolve_name(loaded)?;
+    let (fetch, preprocess, data) = resolve_data(loaded)?;
+    let model = resolve_model(loaded)?;
+    check_sopt_budget(loaded, &model)?;
+    let regularizer = resolve_regularizer(loaded)?;
+    let schedule = resolve_schedule(loaded)?;
+    let loss = resolve_loss(loaded)?;
+    let (train_options, evaluate) = resolve_run(loaded)?;
+    let train = TrainConfig {
+        data,
+        model,
+        method: r.method.clone(),
+        schedule,
+        loss,
+        augment: AugmentConfig {
+            pad: r.augment.pad,
+            flip: r.augment.flip,
+        },
+        seed: r.run.seed,
+        device: r.run.device.resolve(),
+        regularizer,
+    };
+    check_device(loaded, train.device)?;
+    check_memory(loaded, &train)?;
+    Ok(Plan {
+        name,
+        recipe: r.clone(),
+        recipe_file: loaded.file.clone(),
+        fetch,
+        preprocess,
+        train,
+        evaluate,
+        train_options,
+        threads: r.run.threads,
+        out_dir: r.report.out_dir.clone(),
+        print_table: r.report.print_table,
+        figment: loaded.figment.clone(),
+    })
+}
+
+/// `name`, else the recipe file's stem: a plain name, usable as a directory.
+fn resolve_name(loaded: &Loaded) -> Result<String, RecipeError> {
+    match &loaded.recipe.name {
+        Some(n) if !n.is_empty() && !n.contains(['/', '\\']) && n != "." && n != ".." => {
+            Ok(n.clone())
         }
-        None => loaded
+        Some(n) => Err(invalid(
+            loaded,
+            "name",
+            format!("expected a plain name usable as a directory, found {n:?}"),
+        )),
+        None => Ok(loaded
             .file
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("recipe")
-            .to_string(),
-    };
+            .to_string()),
+    }
+}
 
-    let d = &r.dataset;
+/// `[dataset]`: where the files come from (fetch), how they are decoded (preprocess) and the
+/// view training sees.
+fn resolve_data(loaded: &Loaded) -> Result<(FetchConfig, PreprocessConfig, DataView), RecipeError> {
+    let d = &loaded.recipe.dataset;
     let (source, format) = crate::datasets::resolve_source(loaded, d)?;
     for (key, v) in [
         ("dataset.train_limit", d.train_limit),
@@ -152,29 +201,51 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             ));
         }
     }
+    let fetch = FetchConfig {
+        dataset: d.name,
+        source,
+    };
+    let preprocess = PreprocessConfig {
+        dataset: d.name,
+        format,
+        label: d.label,
+    };
+    let view = DataView {
+        normalization: d.normalization,
+        train_limit: d.train_limit,
+        test_limit: d.test_limit,
+        validation: d.validation,
+        validation_seed: d.validation_seed,
+    };
+    Ok((fetch, preprocess, view))
+}
 
-    let model = resolve_model(loaded)?;
-    // S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
-    // so the budget must fit the narrowest input; caught here, before any cell trains.
-    if let MethodConfig::Sopt {
+/// S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
+/// so the budget must fit the narrowest input; caught here, before any cell trains.
+fn check_sopt_budget(loaded: &Loaded, model: &ModelConfig) -> Result<(), RecipeError> {
+    let MethodConfig::Sopt {
         budget_channels, ..
-    } = &r.method
-    {
-        let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
-        if *budget_channels == 0 || *budget_channels > narrowest {
-            return Err(invalid(
-                loaded,
-                "method.budget_channels",
-                format!(
-                    "expected 1 to {narrowest} (the narrowest layer's input channels), found \
-                     {budget_channels}"
-                ),
-            ));
-        }
+    } = &loaded.recipe.method
+    else {
+        return Ok(());
+    };
+    let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
+    if *budget_channels == 0 || *budget_channels > narrowest {
+        return Err(invalid(
+            loaded,
+            "method.budget_channels",
+            format!(
+                "expected 1 to {narrowest} (the narrowest layer's input channels), found \
+                 {budget_channels}"
+            ),
+        ));
     }
-    let regularizer = resolve_regularizer(loaded)?;
+    Ok(())
+}
 
-    let s = &r.schedule;
+/// `[schedule]`: the optimizer's settings and the training length.
+fn resolve_schedule(loaded: &Loaded) -> Result<ScheduleConfig, RecipeError> {
+    let s = &loaded.recipe.schedule;
     positive(loaded, "schedule.lr", s.lr)?;
     positive(loaded, "schedule.lr_factor", s.lr_factor)?;
     fraction(loaded, "schedule.momentum", s.momentum)?;
@@ -202,30 +273,44 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             ),
         ));
     }
-    let length = match (s.iterations, s.epochs) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                loaded,
-                "schedule.epochs",
-                "set either schedule.iterations or schedule.epochs, not both",
-            ))
-        }
-        (Some(0), None) => {
-            return Err(invalid(
-                loaded,
-                "schedule.iterations",
-                "expected a positive number, found 0",
-            ))
-        }
-        (Some(n), None) => Length::Iterations(n),
+    Ok(ScheduleConfig {
+        momentum: s.momentum,
+        lr: s.lr,
+        milestones: s.milestones.clone(),
+        lr_factor: s.lr_factor,
+        length: resolve_length(loaded)?,
+        batch_size: s.batch_size,
+        weight_decay: s.weight_decay,
+        eval_every: s.eval_every,
+    })
+}
+
+/// `schedule.iterations` or `schedule.epochs` (not both; neither: the official length).
+fn resolve_length(loaded: &Loaded) -> Result<Length, RecipeError> {
+    let s = &loaded.recipe.schedule;
+    match (s.iterations, s.epochs) {
+        (Some(_), Some(_)) => Err(invalid(
+            loaded,
+            "schedule.epochs",
+            "set either schedule.iterations or schedule.epochs, not both",
+        )),
+        (Some(0), None) => Err(invalid(
+            loaded,
+            "schedule.iterations",
+            "expected a positive number, found 0",
+        )),
+        (Some(n), None) => Ok(Length::Iterations(n)),
         (None, Some(e)) => {
             positive(loaded, "schedule.epochs", e)?;
-            Length::Epochs(e)
+            Ok(Length::Epochs(e))
         }
-        (None, None) => Length::Iterations(ScheduleSection::DEFAULT_ITERATIONS),
-    };
+        (None, None) => Ok(Length::Iterations(ScheduleSection::DEFAULT_ITERATIONS)),
+    }
+}
 
-    let l = &r.loss;
+/// `[loss]`.
+fn resolve_loss(loaded: &Loaded) -> Result<LossConfig, RecipeError> {
+    let l = &loaded.recipe.loss;
     fraction(loaded, "loss.label_smoothing", l.label_smoothing)?;
     if !(l.log_floor.is_finite() && l.log_floor >= 0.0) {
         return Err(invalid(
@@ -234,79 +319,35 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             format!("expected a number ≥ 0, found {}", l.log_floor),
         ));
     }
-    if r.run.eval_batch == 0 {
+    Ok(LossConfig {
+        kind: l.kind,
+        label_smoothing: l.label_smoothing,
+        log_floor: l.log_floor,
+    })
+}
+
+/// `[run]`: how training runs (checkpoints, evaluation batches, the memory check) and the
+/// evaluate stage's configuration.
+fn resolve_run(loaded: &Loaded) -> Result<(TrainOptions, EvaluateConfig), RecipeError> {
+    let run = &loaded.recipe.run;
+    if run.eval_batch == 0 {
         return Err(invalid(
             loaded,
             "run.eval_batch",
             "expected a positive batch size, found 0",
         ));
     }
-
-    let train = TrainConfig {
-        data: DataView {
-            normalization: d.normalization,
-            train_limit: d.train_limit,
-            test_limit: d.test_limit,
-            validation: d.validation,
-            validation_seed: d.validation_seed,
-        },
-        model,
-        method: r.method.clone(),
-        schedule: ScheduleConfig {
-            momentum: s.momentum,
-            lr: s.lr,
-            milestones: s.milestones.clone(),
-            lr_factor: s.lr_factor,
-            length,
-            batch_size: s.batch_size,
-            weight_decay: s.weight_decay,
-            eval_every: s.eval_every,
-        },
-        loss: LossConfig {
-            kind: l.kind,
-            label_smoothing: l.label_smoothing,
-            log_floor: l.log_floor,
-        },
-        augment: AugmentConfig {
-            pad: r.augment.pad,
-            flip: r.augment.flip,
-        },
-        seed: r.run.seed,
-        device: r.run.device.resolve(),
-        regularizer,
+    let options = TrainOptions {
+        checkpoint_every: run.checkpoint_every,
+        eval_batch: run.eval_batch,
+        stop_after: None,
+        memory_check: run.memory_check,
+        interrupt: Default::default(),
     };
-
-    check_device(loaded, train.device)?;
-    check_memory(loaded, &train)?;
-    Ok(Plan {
-        name,
-        recipe: r.clone(),
-        recipe_file: loaded.file.clone(),
-        fetch: FetchConfig {
-            dataset: d.name,
-            source,
-        },
-        preprocess: PreprocessConfig {
-            dataset: d.name,
-            format,
-            label: d.label,
-        },
-        train,
-        evaluate: EvaluateConfig {
-            batch_size: r.run.eval_batch,
-        },
-        train_options: TrainOptions {
-            checkpoint_every: r.run.checkpoint_every,
-            eval_batch: r.run.eval_batch,
-            stop_after: None,
-            memory_check: r.run.memory_check,
-            interrupt: Default::default(),
-        },
-        threads: r.run.threads,
-        out_dir: r.report.out_dir.clone(),
-        print_table: r.report.print_table,
-        figment: loaded.figment.clone(),
-    })
+    let evaluate = EvaluateConfig {
+        batch_size: run.eval_batch,
+    };
+    Ok((options, evaluate))
 }
 
 /// `[model]` with the architecture's defaults filled in. Keys that belong to another
