@@ -82,6 +82,14 @@ bench-torch *args:
 bench-data *args:
     {{orthopt}} bench-data --images 50000 --input 3x32x32 --batch 128 "$@"
 
+# Build the CUDA orthopt into .cuda/target (installs CUDA 13.0 from PyPI when the machine has no toolkit; about 15 minutes the first time).
+build-cuda *args:
+    scripts/build-cuda.sh "$@"
+
+# Check the GPU path (ops and gradients against the CPU, every method's training, the benchmark) with the CUDA build; --cpu checks the plumbing on the CPU.
+gpu-check *args:
+    scripts/gpu-check.sh "$@"
+
 # Install Debian's full Fashion-MNIST (used by recipes/fashion_mnist/full.toml and a test).
 fetch-fashion-mnist:
     apt-get install -y dataset-fashion-mnist

@@ -165,7 +165,7 @@ impl Cnn {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             h = bn.forward_relu(&conv.forward(&h)?, train)?;
             if i % per_stage == per_stage - 1 {
-                h = crate::pool::max_pool2x2(&h)?;
+                h = crate::ops::max_pool2x2(&h)?;
             }
         }
         let h = self.fc6.forward(&h)?;

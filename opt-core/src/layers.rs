@@ -143,18 +143,7 @@ impl Conv {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.source.kernel()?;
-        // The im2col op is f32-only (as the fused BN and pooling paths); other dtypes and
-        // devices take candle's convolution.
-        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-            Ok(crate::conv::conv2d_im2col(
-                x,
-                &k,
-                self.padding,
-                self.stride,
-            )?)
-        } else {
-            Ok(x.conv2d(&k, self.padding, self.stride, 1, 1)?)
-        }
+        Ok(crate::ops::conv2d(x, &k, self.padding, self.stride)?)
     }
 }
 

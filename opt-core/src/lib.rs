@@ -12,12 +12,13 @@
 //! * [`mhe`]: the MHE and half-space MHE regularisers (the paper's controls);
 //! * [`loss`], [`MomentumSgd`], [`PiecewiseLr`], [`metrics`]: the training protocol of the official
 //!   code (spec §5);
-//! * [`Rng`]: a small seeded generator whose whole state fits in a checkpoint.
+//! * [`Rng`]: a small seeded generator whose whole state fits in a checkpoint;
+//! * [`ops`]: the device seam — one op type per fused op (convolution, BN+ReLU, max-pool,
+//!   orthogonalize), each with a CPU and (feature `cuda`) a CUDA forward.
 
 pub mod batchnorm;
 pub mod cayley_sgd;
 pub mod cnn6;
-pub mod conv;
 pub mod energy;
 pub mod error;
 pub mod layers;
@@ -25,12 +26,12 @@ pub mod loss;
 pub mod metrics;
 pub mod mhe;
 pub mod network;
+pub mod ops;
 pub mod opt_layer;
 pub mod optim;
 pub mod orth;
 pub(crate) mod par;
 pub mod params;
-pub mod pool;
 pub mod resnet;
 pub mod rng;
 pub mod schedule;

@@ -32,7 +32,19 @@ pub struct BenchResult {
 }
 
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
-    let train = TrainConfig {
+    measure_step(
+        &train_config(cfg),
+        cfg.input,
+        cfg.classes,
+        cfg.warmup,
+        cfg.steps,
+    )
+}
+
+/// The training configuration a benchmark runs: the official schedule's optimizer and loss,
+/// no augmentation, seed 0.
+pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
+    TrainConfig {
         data: opt_stages::preprocess::DataView::default(),
         model: cfg.model.clone(),
         method: cfg.method.clone(),
@@ -55,8 +67,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         seed: 0,
         device: cfg.device.resolve(),
         regularizer: None,
-    };
-    measure_step(&train, cfg.input, cfg.classes, cfg.warmup, cfg.steps)
+    }
 }
 
 /// Times `steps` real training steps (after `warmup` untimed ones) of the network and method

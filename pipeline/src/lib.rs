@@ -10,6 +10,7 @@ pub mod commands;
 pub mod datasets;
 pub mod estimate;
 pub mod export;
+pub mod gpu_check;
 pub mod grid;
 pub mod plan;
 pub mod progress;

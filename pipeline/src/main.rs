@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use opt_pipeline::commands::bench::BenchArgs;
+use opt_pipeline::commands::gpu_check::GpuCheckArgs;
 use opt_pipeline::commands::run::RunFlags;
 use opt_pipeline::commands::{self, RecipeArgs, DEFAULT_CACHE};
 use std::io::Write;
@@ -124,6 +125,12 @@ enum Command {
         #[command(flatten)]
         args: BenchArgs,
     },
+    /// Check the GPU path: every op and gradient against the CPU, a short training of every
+    /// method, the benchmark table; writes report.json and report.md (see `just gpu-check`).
+    GpuCheck {
+        #[command(flatten)]
+        args: GpuCheckArgs,
+    },
     /// Measure the data path: a decoded dataset loaded from its cache artifact, then per batch
     /// sampling, pad + crop + flip, normalisation and batch assembly (CPU), in images/s.
     BenchData {
@@ -197,6 +204,18 @@ fn main() -> ExitCode {
             flip,
         } => commands::bench::bench_data(images, &input, batch, batches, pad, flip, stdout),
         Command::Bench { args } => commands::bench::bench(args, stdout),
+        Command::GpuCheck { args } => {
+            // 0 when every check passed, 1 when one failed (the report says which), 2 on an
+            // error.
+            return match commands::gpu_check::gpu_check(&args, stdout) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     finish(result.map(|()| ExitCode::SUCCESS))
 }

@@ -5,6 +5,11 @@
 //! faer's blocked routines and returns the result in the input's dtype. The backward is the
 //! closed form of the spec, also in f64 on the CPU; it reuses the factorisation the forward
 //! kept (the op object lives exactly as long as the autograd graph that needs it).
+//!
+//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes `P` through host
+//! memory, factorises there and returns `Q` on the device; the backward does the same with
+//! `∂L/∂Q`. Callers never move tensors themselves. A d×d round trip per layer and step is what
+//! the GPU path pays until the maps run in cuSOLVER.
 
 mod cayley;
 mod dense;
@@ -13,7 +18,7 @@ mod qr;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, MatRef};
 use std::sync::Mutex;
 
@@ -51,8 +56,8 @@ impl OrthMap {
 
 /// `Q = orth(P)` for a square `P` (`[d, d]`, f32 or f64, any device), differentiable w.r.t. `P`.
 ///
-/// The work happens on the CPU in f64; on another device `P` is copied to the CPU and `Q` back
-/// (correct, not fast). Fails on a non-square or non-float input, non-finite entries, and a
+/// The work happens on the CPU in f64; on another device the op copies `P` to the host and `Q`
+/// back (correct, not fast). Fails on a non-square or non-float input, non-finite entries, and a
 /// (numerically) singular `P` for Gram–Schmidt / Householder.
 pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
     let (rows, cols) = p.dims2()?;
@@ -69,13 +74,10 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
             p.dtype()
         );
     }
-    let device = p.device().clone();
-    // Both copies are autograd ops, so gradients flow back to P's own device.
-    let q = p.to_device(&Device::Cpu)?.apply_op1(OrthOp {
+    p.apply_op1(OrthOp {
         map,
         factors: Mutex::new(None),
-    })?;
-    q.to_device(&device)
+    })
 }
 
 /// `‖Q Qᵀ − I‖_F` computed in f64 (a metric; no autograd).
@@ -189,6 +191,19 @@ impl CustomOp1 for OrthOp {
         let out = dense::mat_to_storage(f.q(), dtype)?;
         *self.factors.lock().map_err(|_| self.lock_err())? = Some(f);
         Ok((out, Shape::from((d, d))))
+    }
+
+    /// Through host memory: `P` down, the CPU factorisation, `Q` up.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let host = storage.to_cpu_storage()?;
+        let (q, shape) = self.cpu_fwd(&host, layout)?;
+        Ok((storage.device().storage_from_cpu_storage_owned(q)?, shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

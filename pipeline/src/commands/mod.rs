@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod gpu_check;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -1,12 +1,13 @@
-//! 2×2, stride-2 max-pooling as one graph node on the CPU.
+//! 2×2, stride-2 max-pooling as one graph node, on every device.
 //!
 //! candle 0.11's own `max_pool2d` backward is wrong: it multiplies the gradient by the
 //! fraction of maxima in the window instead of dividing by their count, so a unique maximum
 //! receives ¼ of its gradient (tested below). Here the backward routes each gradient to the
-//! window's first maximum (TensorFlow's rule) in one pass on the CPU; other devices take the
-//! maximum with reshape + `max` reductions, whose backward is correct.
+//! window's first maximum (TensorFlow's rule) in one pass, on the CPU and in a CUDA kernel;
+//! [`max_pool2x2_composed`] takes the maximum with reshape + `max` reductions, whose backward
+//! is correct too (ties share the gradient), and is the op's test oracle.
 
-use crate::conv::contiguous_f32;
+use super::contiguous_f32;
 use crate::par::for_each_chunk;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -49,6 +50,17 @@ impl CustomOp1 for MaxPool2x2 {
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let out = super::cuda::max_pool_forward(storage, layout, (n, c, h, w))?;
+        Ok((out, Shape::from((n, c, h / 2, w / 2))))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.detach().contiguous()?.apply_op2_no_bwd(
             &grad.contiguous()?,
@@ -87,20 +99,34 @@ impl CustomOp2 for MaxPool2x2Backward {
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
-}
 
-/// 2×2 max-pooling with stride 2 (odd trailing rows/columns dropped).
-pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(MaxPool2x2)
-    } else {
-        max_pool2x2_reduce(x)
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = xl.shape().dims4()?;
+        let out = super::cuda::max_pool_backward(xs, xl, gs, gl, dims)?;
+        Ok((out, xl.shape().clone()))
     }
 }
 
-/// The same by reshaping into windows and reducing: any device, correct gradients (ties
-/// share them).
-pub fn max_pool2x2_reduce(x: &Tensor) -> Result<Tensor> {
+/// 2×2 max-pooling with stride 2 (odd trailing rows/columns dropped); f32 through the op on
+/// every device, other dtypes through [`max_pool2x2_composed`].
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(MaxPool2x2)
+    } else {
+        max_pool2x2_composed(x)
+    }
+}
+
+/// The same by reshaping into windows and reducing: any device and dtype, correct gradients
+/// (ties share them). The oracle of [`max_pool2x2`].
+pub fn max_pool2x2_composed(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (ho, wo) = (h / 2, w / 2);
     let x = x.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?.contiguous()?;
@@ -130,7 +156,7 @@ mod tests {
                 &Device::Cpu,
             )?;
             let ours = max_pool2x2(&x)?;
-            let theirs = max_pool2x2_reduce(&x)?;
+            let theirs = max_pool2x2_composed(&x)?;
             assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
             let go = (ours * &weights)?.sum_all()?.backward()?;
             let gt = (theirs * &weights)?.sum_all()?.backward()?;
@@ -152,7 +178,7 @@ mod tests {
         let want = vec![0f32, 10., 0., 0., 0., 0., 20., 0.];
         let g = (max_pool2x2(&x)? * &w)?.sum_all()?.backward()?;
         assert_eq!(g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?, want);
-        let g = (max_pool2x2_reduce(&x)? * &w)?.sum_all()?.backward()?;
+        let g = (max_pool2x2_composed(&x)? * &w)?.sum_all()?.backward()?;
         assert_eq!(g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?, want);
         let g = (x.max_pool2d(2)? * &w)?.sum_all()?.backward()?;
         let candle: Vec<f32> = g.get(&x).unwrap().flatten_all()?.to_vec1()?;

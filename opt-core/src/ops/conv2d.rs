@@ -1,41 +1,44 @@
-//! Convolution as im2col + one matrix product, for the CPU.
+//! Convolution as im2col + one matrix product, on every device.
 //!
 //! candle's CPU `conv2d` backward computes the input gradient with a direct (vec-dot per
 //! output pixel) `conv_transpose2d`, which makes CNN-6 training several times slower than the
 //! forward pass justifies. Lowering the convolution to `im2col(x) · Kᵀ` puts forward and both
 //! backward products into gemm; the only non-gemm work is the im2col gather and its adjoint,
 //! the col2im scatter-add, implemented here as custom ops with exact adjoint backward passes.
-//! On other devices the network uses candle's native convolution.
+//! On CUDA the same three ops run as kernels (`ops/cuda.rs`) around cuBLAS products: candle's
+//! own CUDA backward goes through a naive `conv_transpose2d` kernel, which the training path
+//! must not use.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
+use super::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Geometry of a strided, zero-padded 2-D convolution's patch matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Patches {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k_h: usize,
-    k_w: usize,
-    pad: usize,
-    stride: usize,
+pub(super) struct Patches {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub pad: usize,
+    pub stride: usize,
 }
 
 impl Patches {
-    fn out_hw(&self) -> (usize, usize) {
+    pub fn out_hw(&self) -> (usize, usize) {
         (
             (self.h + 2 * self.pad - self.k_h) / self.stride + 1,
             (self.w + 2 * self.pad - self.k_w) / self.stride + 1,
         )
     }
 
-    fn rows_per_image(&self) -> usize {
+    pub fn rows_per_image(&self) -> usize {
         let (ho, wo) = self.out_hw();
         ho * wo
     }
 
-    fn cols(&self) -> usize {
+    pub fn cols(&self) -> usize {
         self.c * self.k_h * self.k_w
     }
 
@@ -69,21 +72,6 @@ impl Patches {
     }
 }
 
-pub(crate) fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("{op}: only f32 is supported"),
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 /// `[n, c, h, w] → [n·ho·wo, c·k_h·k_w]`.
 struct Im2Col(Patches);
 
@@ -101,6 +89,19 @@ impl CustomOp1 for Im2Col {
         let out = im2col(&p, input);
         Ok((
             CpuStorage::F32(out),
+            Shape::from((p.n * p.rows_per_image(), p.cols())),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let p = self.0;
+        Ok((
+            super::cuda::im2col(storage, layout, &p)?,
             Shape::from((p.n * p.rows_per_image(), p.cols())),
         ))
     }
@@ -123,6 +124,19 @@ impl CustomOp1 for Col2Im {
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((p.n, p.c, p.h, p.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let p = self.0;
+        Ok((
+            super::cuda::col2im(storage, layout, &p)?,
+            Shape::from((p.n, p.c, p.h, p.w)),
+        ))
     }
 }
 
@@ -200,6 +214,22 @@ impl CustomOp2 for Conv2dIm2col {
         ))
     }
 
+    /// The same product on the GPU: the im2col kernel, one cuBLAS gemm against the kernel read
+    /// transposed in place, and a strided copy from `[n, ho·wo, c_out]` to NCHW.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ks: &candle_core::CudaStorage,
+        kl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (p, c_out) = self.patches(xl, kl)?;
+        let (ho, wo) = p.out_hw();
+        let out = super::cuda::conv2d_forward(xs, xl, ks, kl, &p, c_out)?;
+        Ok((out, Shape::from((p.n, c_out, ho, wo))))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -244,15 +274,24 @@ fn im2col(p: &Patches, input: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Convolution of `x` (`[n, c, h, w]`, f32) with `kernel` (`[c_out, c, k_h, k_w]`), symmetric
-/// zero padding and a stride, as `im2col(x) · Kᵀ`. Same result as
+/// Convolution of `x` (`[n, c, h, w]`) with `kernel` (`[c_out, c, k_h, k_w]`), symmetric
+/// zero padding and a stride, as `im2col(x) · Kᵀ` for f32 on every device (one graph node,
+/// gemm-based backward); other dtypes take [`conv2d_composed`]. Same result as
 /// `x.conv2d(kernel, pad, stride, 1, 1)`.
-pub fn conv2d_im2col(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+pub fn conv2d(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
     if stride == 0 {
-        candle_core::bail!("conv2d_im2col: stride must be positive");
+        candle_core::bail!("conv2d: stride must be positive");
+    }
+    if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 {
+        return conv2d_composed(x, kernel, pad, stride);
     }
     x.contiguous()?
         .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad, stride })
+}
+
+/// candle's own convolution: the oracle [`conv2d`] is tested against.
+pub fn conv2d_composed(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+    x.conv2d(kernel, pad, stride, 1, 1)
 }
 
 #[cfg(test)]
@@ -283,8 +322,8 @@ mod tests {
             let x = Var::from_tensor(&randn(&shape, 1))?;
             let k = Var::from_tensor(&randn(&kshape, 2))?;
             let probe = randn(&[1], 3); // fixed weights for a scalar loss
-            let ours = conv2d_im2col(&x, &k, pad, stride)?;
-            let theirs = x.conv2d(&k, pad, stride, 1, 1)?;
+            let ours = conv2d(&x, &k, pad, stride)?;
+            let theirs = conv2d_composed(&x, &k, pad, stride)?;
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_abs_diff(&ours, &theirs) < 1e-4);
             let weights = randn(ours.dims(), 4);

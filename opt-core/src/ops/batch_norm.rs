@@ -1,0 +1,361 @@
+//! Training-mode batch normalisation (+ReLU) as one op: `(x, γ, β) ↦ [y, mean, var]` packed in
+//! one vector, so the batch statistics the moving averages need leave the op as an output on
+//! any device (no side channel). Biased variance over (N, H, W), as the official TF code.
+//!
+//! The CPU path makes one fused pass forward and one backward (the composed version spends
+//! most of its time in strided reductions and broadcast gradients); the CUDA path runs a
+//! per-channel reduction kernel and an element-wise kernel each way. The backward reads the
+//! statistics from the packed output. [`batch_norm_train_composed`] is the oracle.
+
+use super::contiguous_f32;
+use crate::par::{for_each_chunk, map_ranges};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+/// `(x, γ, β) ↦ [y, batch mean, batch biased variance]`, `y = relu?(γ·(x − mean)/√(var + eps) + β)`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormTrain {
+    pub eps: f64,
+    /// Apply `max(0, ·)` to `y` (and mask the gradient by `y > 0`).
+    pub relu: bool,
+}
+
+/// Training-mode BN of `x` (`[n, c, h, w]`) with per-channel `gamma`, `beta`: returns `y` and the
+/// batch mean and biased variance (`[c]`, detached). f32 through [`BatchNormTrain`] on every
+/// device; other dtypes through [`batch_norm_train_composed`].
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let all_f32 = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
+    if !all_f32 {
+        return batch_norm_train_composed(x, gamma, beta, eps, relu);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let len = n * c * h * w;
+    let packed = x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BatchNormTrain { eps, relu },
+    )?;
+    let y = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
+    let mean = packed.narrow(0, len, c)?.detach();
+    let var = packed.narrow(0, len + c, c)?.detach();
+    Ok((y, mean, var))
+}
+
+/// The same from candle's elementary ops (any device and dtype; autograd through every node).
+pub fn batch_norm_train_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(1)?;
+    let mean = x.mean_keepdim((0, 2, 3))?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+    let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+    let y = centered
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let x = contiguous_f32(xs, xl, "batchnorm")?;
+        let gamma = contiguous_f32(gs, gl, "batchnorm")?;
+        let beta = contiguous_f32(bs, bl, "batchnorm")?;
+        let (mean, var) = batch_stats(x, n, c, hw);
+        let scale: Vec<f32> = (0..c)
+            .map(|ch| (gamma[ch] as f64 / (var[ch] + self.eps).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| beta[ch] - (mean[ch] as f32) * scale[ch])
+            .collect();
+        let len = n * c * hw;
+        let mut out = vec![0f32; len + 2 * c];
+        let (ys, stats) = out.split_at_mut(len);
+        for_each_chunk(ys, c * hw, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(hw).enumerate() {
+                let ch = k % c;
+                let src = &x[first * c * hw + k * hw..][..hw];
+                if self.relu {
+                    for (y, &v) in o.iter_mut().zip(src) {
+                        *y = (v * scale[ch] + shift[ch]).max(0.0);
+                    }
+                } else {
+                    for (y, &v) in o.iter_mut().zip(src) {
+                        *y = v * scale[ch] + shift[ch];
+                    }
+                }
+            }
+        });
+        for ch in 0..c {
+            stats[ch] = mean[ch] as f32;
+            stats[c + ch] = var[ch] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let out = super::cuda::batch_norm_forward(
+            (xs, xl),
+            (gs, gl),
+            (bs, bl),
+            (n, c, hw),
+            self.eps,
+            self.relu,
+        )?;
+        Ok((out, Shape::from(n * c * hw + 2 * c)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = BatchNormTrainBackward {
+            eps: self.eps,
+            relu: self.relu,
+            gamma: gamma.detach(),
+        };
+        let packed = x.detach().contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &res.detach().contiguous()?,
+            &op,
+        )?;
+        let (n, c, h, w) = x.dims4()?;
+        let len = n * c * h * w;
+        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
+        let dgamma = packed.narrow(0, len, c)?;
+        let dbeta = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// `(x, d[y, mean, var], [y, mean, var]) ↦ [dx, dγ, dβ]` packed in one vector:
+/// `dβ = Σ g`, `dγ = Σ g·x̂`, `dx = γ/σ · (g − dβ/M − x̂·dγ/M)`, sums over (N, H, W), where
+/// `g = dy`, or `dy·[y > 0]` when the forward applied a ReLU. The statistics' own gradients
+/// are ignored (they leave the forward detached).
+struct BatchNormTrainBackward {
+    eps: f64,
+    relu: bool,
+    /// `γ`, on the op's device (read there, never copied to the host by the CUDA path).
+    gamma: Tensor,
+}
+
+impl CustomOp3 for BatchNormTrainBackward {
+    fn name(&self) -> &'static str {
+        "batchnorm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let len = n * c * hw;
+        let x = contiguous_f32(xs, xl, "batchnorm backward")?;
+        let dy = &contiguous_f32(gs, gl, "batchnorm backward")?[..len];
+        let res = contiguous_f32(rs, rl, "batchnorm backward")?;
+        let (y, stats) = res.split_at(len);
+        let gamma: Vec<f32> = self.gamma.to_vec1()?;
+        // g = dy, masked by the ReLU's output sign where the forward applied one.
+        let relu = self.relu;
+        let g_at = |i: usize| if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
+        let m = (n * hw) as f64;
+        let mean: Vec<f64> = stats[..c].iter().map(|&v| v as f64).collect();
+        let inv_std: Vec<f64> = stats[c..2 * c]
+            .iter()
+            .map(|&v| 1.0 / (v as f64 + self.eps).sqrt())
+            .collect();
+        let (dbeta, dgamma) = channel_sums(n, c, hw, |o, ch| {
+            let mut a = 0f64;
+            let mut b = 0f64;
+            for (i, &v) in (o..o + hw).zip(&x[o..o + hw]) {
+                let g = g_at(i) as f64;
+                a += g;
+                b += g * (v as f64 - mean[ch]) * inv_std[ch];
+            }
+            (a, b)
+        });
+        let mut out = vec![0f32; len + 2 * c];
+        let (dx, tail) = out.split_at_mut(len);
+        for_each_chunk(dx, c * hw, |first, chunk| {
+            for (k, o) in chunk.chunks_mut(hw).enumerate() {
+                let ch = k % c;
+                let off = first * c * hw + k * hw;
+                let k1 = gamma[ch] as f64 * inv_std[ch];
+                let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
+                for ((d, &v), i) in o.iter_mut().zip(&x[off..off + hw]).zip(off..) {
+                    let xhat = (v as f64 - mean[ch]) * inv_std[ch];
+                    *d = (k1 * (g_at(i) as f64 - mb - xhat * mg)) as f32;
+                }
+            }
+        });
+        for ch in 0..c {
+            tail[ch] = dgamma[ch] as f32;
+            tail[c + ch] = dbeta[ch] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        rs: &candle_core::CudaStorage,
+        rl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw) = dims(xl)?;
+        let gamma = self.gamma.contiguous()?;
+        let (storage, gamma_l) = gamma.storage_and_layout();
+        let gamma_s = match &*storage {
+            candle_core::Storage::Cuda(s) => s,
+            _ => candle_core::bail!("batchnorm backward: γ is not on the CUDA device"),
+        };
+        let out = super::cuda::batch_norm_backward(
+            (xs, xl),
+            (gs, gl),
+            (rs, rl),
+            (gamma_s, gamma_l),
+            (n, c, hw),
+            self.eps,
+            self.relu,
+        )?;
+        Ok((out, Shape::from(n * c * hw + 2 * c)))
+    }
+}
+
+fn dims(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (n, c, h, w) = layout.shape().dims4()?;
+    Ok((n, c, h * w))
+}
+
+/// Per-channel `(Σ f(a), Σ g(a, b))` over images, accumulated in f64.
+fn channel_sums(
+    n: usize,
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let partial = map_ranges(n, |images| {
+        let mut s = (vec![0f64; c], vec![0f64; c]);
+        for i in images {
+            for ch in 0..c {
+                let (a, b) = f((i * c + ch) * hw, ch);
+                s.0[ch] += a;
+                s.1[ch] += b;
+            }
+        }
+        s
+    });
+    partial
+        .into_iter()
+        .fold((vec![0f64; c], vec![0f64; c]), |mut acc, p| {
+            for ch in 0..c {
+                acc.0[ch] += p.0[ch];
+                acc.1[ch] += p.1[ch];
+            }
+            acc
+        })
+}
+
+/// Per-channel batch mean and biased variance of `[n, c, hw]` data, in two passes (mean, then
+/// centred squares) for accuracy.
+fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    let (sum, _) = channel_sums(n, c, hw, |o, _| {
+        (x[o..o + hw].iter().map(|&v| v as f64).sum(), 0.0)
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let (sq, _) = channel_sums(n, c, hw, |o, ch| {
+        (
+            x[o..o + hw]
+                .iter()
+                .map(|&v| (v as f64 - mean[ch]).powi(2))
+                .sum(),
+            0.0,
+        )
+    });
+    (mean, sq.iter().map(|s| s / m).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::max_abs_diff;
+    use candle_core::{Device, Var};
+
+    /// The op against the composed candle-ops formulation: outputs, statistics and all three
+    /// gradients, with and without the fused ReLU.
+    #[test]
+    fn op_matches_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let gamma = Var::from_tensor(&Tensor::new(&[1.5f32, -0.5, 2.0], &dev)?)?;
+        let beta = Var::from_tensor(&Tensor::new(&[0.1f32, 0.2, -0.3], &dev)?)?;
+        let mut rng = crate::Rng::seed(5);
+        let x = Var::from_tensor(&Tensor::from_vec(
+            rng.normal_vec(4 * 3 * 5 * 2, 2.0),
+            (4, 3, 5, 2),
+            &dev,
+        )?)?;
+        let w = Tensor::from_vec(rng.normal_vec(4 * 3 * 5 * 2, 1.0), (4, 3, 5, 2), &dev)?;
+        for relu in [false, true] {
+            let (yf, mf, vf) = batch_norm_train(&x, &gamma, &beta, 1e-3, relu)?;
+            let (yo, mo, vo) = batch_norm_train_composed(&x, &gamma, &beta, 1e-3, relu)?;
+            assert!(max_abs_diff(&yf, &yo) < 1e-5);
+            assert!(max_abs_diff(&mf, &mo) < 1e-5 && max_abs_diff(&vf, &vo) < 1e-5);
+            // The statistics are part of the loss here too: their gradients must not leak.
+            let lf = ((yf * &w)?.sum_all()? + (mf.sum_all()? + vf.sum_all()?)?)?;
+            let gf = lf.backward()?;
+            let go = (yo * &w)?.sum_all()?.backward()?;
+            for t in [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()] {
+                let d = max_abs_diff(gf.get(t).unwrap(), go.get(t).unwrap());
+                assert!(d < 1e-4, "relu {relu}: gradient differs by {d}");
+            }
+        }
+        Ok(())
+    }
+}

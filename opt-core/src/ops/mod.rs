@@ -1,0 +1,43 @@
+//! The device seam: every fused op of the training step is one op type here, with a
+//! `cpu_fwd` and (with the `cuda` feature) a `cuda_fwd`, so callers never branch on the device.
+//!
+//! candle-nn's pattern: each op's public function applies the op for f32 inputs on any device
+//! and falls back to its composed candle formulation for other dtypes; the composed formulation
+//! stays beside each op (`*_composed`) as its test oracle. Backward passes are written in
+//! tensors, from further ops of this module, so they run wherever the forward ran.
+//!
+//! | op | CPU | CUDA |
+//! |---|---|---|
+//! | [`conv2d`] | im2col + one gemm; backward gemms + col2im | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
+//! | [`batch_norm_train`] | one fused pass forward and backward, packed `[y, mean, var]` | reduction + apply kernels, same packing |
+//! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
+//! | [`orthogonalize`] | f64 factorisations (faer) | the same, through host memory (see `orth`) |
+
+mod batch_norm;
+mod conv2d;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod max_pool;
+
+pub use crate::orth::{orthogonalize, OrthMap};
+pub use batch_norm::{batch_norm_train, batch_norm_train_composed, BatchNormTrain};
+pub use conv2d::{conv2d, conv2d_composed};
+pub use max_pool::{max_pool2x2, max_pool2x2_composed};
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The contiguous f32 elements of a CPU storage, or an error naming the op.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is supported"),
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
