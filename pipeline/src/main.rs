@@ -6,6 +6,8 @@ use opt_pipeline::commands::bench::BenchArgs;
 use opt_pipeline::commands::gpu_check::GpuCheckArgs;
 use opt_pipeline::commands::run::RunFlags;
 use opt_pipeline::commands::{self, RecipeArgs, DEFAULT_CACHE};
+use opt_stages::augment::AugmentConfig;
+use opt_stages::train_config::ScheduleConfig;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,13 +142,15 @@ enum Command {
         /// Input shape CxHxW.
         #[arg(long, default_value = "3x32x32")]
         input: String,
-        #[arg(long, default_value_t = 128)]
+        /// Images per batch.
+        #[arg(long, default_value_t = ScheduleConfig::DEFAULT_BATCH_SIZE.get())]
         batch: usize,
         #[arg(long, default_value_t = 200)]
         batches: usize,
-        #[arg(long, default_value_t = 4)]
+        /// Padding before the random crop.
+        #[arg(long, default_value_t = AugmentConfig::OFFICIAL.pad)]
         pad: usize,
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, default_value_t = AugmentConfig::OFFICIAL.flip, action = clap::ArgAction::Set)]
         flip: bool,
     },
 }

@@ -4,12 +4,9 @@
 //! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
-use crate::recipe::{
-    invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice, ScheduleSection,
-};
+use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice};
 use figment::Figment;
 use opt_core::mhe::MhePower;
-use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
@@ -21,6 +18,7 @@ use opt_stages::train::{self, TrainOptions};
 use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use opt_stages::StageError;
 use serde::Serialize;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 /// Everything a run needs, validated.
@@ -138,10 +136,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         method: r.method.clone(),
         schedule,
         loss,
-        augment: AugmentConfig {
-            pad: r.augment.pad,
-            flip: r.augment.flip,
-        },
+        augment: r.augment.clone(),
         seed: r.run.seed,
         device: r.run.device.resolve(),
         regularizer,
@@ -189,18 +184,6 @@ fn resolve_name(loaded: &Loaded) -> Result<String, RecipeError> {
 fn resolve_data(loaded: &Loaded) -> Result<(FetchConfig, PreprocessConfig, DataView), RecipeError> {
     let d = &loaded.recipe.dataset;
     let (source, format) = crate::datasets::resolve_source(loaded, d)?;
-    for (key, v) in [
-        ("dataset.train_limit", d.train_limit),
-        ("dataset.test_limit", d.test_limit),
-    ] {
-        if v == Some(0) {
-            return Err(invalid(
-                loaded,
-                key,
-                "expected a positive number of images, found 0",
-            ));
-        }
-    }
     let fetch = FetchConfig {
         dataset: d.name,
         source,
@@ -210,14 +193,7 @@ fn resolve_data(loaded: &Loaded) -> Result<(FetchConfig, PreprocessConfig, DataV
         format,
         label: d.label,
     };
-    let view = DataView {
-        normalization: d.normalization,
-        train_limit: d.train_limit,
-        test_limit: d.test_limit,
-        validation: d.validation,
-        validation_seed: d.validation_seed,
-    };
-    Ok((fetch, preprocess, view))
+    Ok((fetch, preprocess, d.view()))
 }
 
 /// S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
@@ -256,13 +232,6 @@ fn resolve_schedule(loaded: &Loaded) -> Result<ScheduleConfig, RecipeError> {
             format!("expected a number ≥ 0, found {}", s.weight_decay),
         ));
     }
-    if s.batch_size == 0 {
-        return Err(invalid(
-            loaded,
-            "schedule.batch_size",
-            "expected a positive batch size, found 0",
-        ));
-    }
     if s.milestones.windows(2).any(|w| w[0] >= w[1]) {
         return Err(invalid(
             loaded,
@@ -279,7 +248,7 @@ fn resolve_schedule(loaded: &Loaded) -> Result<ScheduleConfig, RecipeError> {
         milestones: s.milestones.clone(),
         lr_factor: s.lr_factor,
         length: resolve_length(loaded)?,
-        batch_size: s.batch_size,
+        batch_size: s.batch_size.get(),
         weight_decay: s.weight_decay,
         eval_every: s.eval_every,
     })
@@ -294,17 +263,12 @@ fn resolve_length(loaded: &Loaded) -> Result<Length, RecipeError> {
             "schedule.epochs",
             "set either schedule.iterations or schedule.epochs, not both",
         )),
-        (Some(0), None) => Err(invalid(
-            loaded,
-            "schedule.iterations",
-            "expected a positive number, found 0",
-        )),
-        (Some(n), None) => Ok(Length::Iterations(n)),
+        (Some(n), None) => Ok(Length::Iterations(n.get())),
         (None, Some(e)) => {
             positive(loaded, "schedule.epochs", e)?;
             Ok(Length::Epochs(e))
         }
-        (None, None) => Ok(Length::Iterations(ScheduleSection::DEFAULT_ITERATIONS)),
+        (None, None) => Ok(Length::Iterations(ScheduleConfig::DEFAULT_ITERATIONS.get())),
     }
 }
 
@@ -319,33 +283,22 @@ fn resolve_loss(loaded: &Loaded) -> Result<LossConfig, RecipeError> {
             format!("expected a number ≥ 0, found {}", l.log_floor),
         ));
     }
-    Ok(LossConfig {
-        kind: l.kind,
-        label_smoothing: l.label_smoothing,
-        log_floor: l.log_floor,
-    })
+    Ok(l.clone())
 }
 
 /// `[run]`: how training runs (checkpoints, evaluation batches, the memory check) and the
 /// evaluate stage's configuration.
 fn resolve_run(loaded: &Loaded) -> Result<(TrainOptions, EvaluateConfig), RecipeError> {
     let run = &loaded.recipe.run;
-    if run.eval_batch == 0 {
-        return Err(invalid(
-            loaded,
-            "run.eval_batch",
-            "expected a positive batch size, found 0",
-        ));
-    }
     let options = TrainOptions {
         checkpoint_every: run.checkpoint_every,
-        eval_batch: run.eval_batch,
+        eval_batch: run.eval_batch.get(),
         stop_after: None,
         memory_check: run.memory_check,
         interrupt: Default::default(),
     };
     let evaluate = EvaluateConfig {
-        batch_size: run.eval_batch,
+        batch_size: run.eval_batch.get(),
     };
     Ok((options, evaluate))
 }
@@ -354,30 +307,9 @@ fn resolve_run(loaded: &Loaded) -> Result<(TrainOptions, EvaluateConfig), Recipe
 /// architecture are refused rather than ignored.
 fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
     let m = &loaded.recipe.model;
-    let width = m.width.unwrap_or(m.arch.default_width());
-    if width == 0 {
-        return Err(invalid(
-            loaded,
-            "model.width",
-            "expected a positive channel width, found 0",
-        ));
-    }
-    if m.widths.is_some_and(|w| w.contains(&0)) {
-        return Err(invalid(
-            loaded,
-            "model.widths",
-            "expected three positive widths",
-        ));
-    }
+    let width = m.width.map_or(m.arch.default_width(), NonZeroUsize::get);
     fraction(loaded, "model.bn_decay", m.bn_decay)?;
     positive(loaded, "model.bn_eps", m.bn_eps)?;
-    if m.fc6_width == Some(0) {
-        return Err(invalid(
-            loaded,
-            "model.fc6_width",
-            "expected a positive width, found 0",
-        ));
-    }
     let resnet = m.arch == Arch::Resnet;
     let misplaced = [
         ("model.depth", m.depth.is_some(), !resnet),
@@ -399,7 +331,7 @@ fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
             ));
         }
     }
-    let depth = resnet.then(|| m.depth.unwrap_or(20));
+    let depth = resnet.then(|| m.depth.unwrap_or(ModelConfig::DEFAULT_RESNET_DEPTH));
     if let Some(d) = depth.filter(|d| *d < 8 || !(d - 2).is_multiple_of(6)) {
         return Err(invalid(
             loaded,
@@ -410,8 +342,8 @@ fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
     Ok(ModelConfig {
         arch: m.arch,
         width,
-        widths: m.widths,
-        fc6_width: m.fc6_width,
+        widths: m.widths.map(|w| w.map(NonZeroUsize::get)),
+        fc6_width: m.fc6_width.map(NonZeroUsize::get),
         bn_decay: m.bn_decay,
         bn_eps: m.bn_eps,
         depth,

@@ -32,6 +32,7 @@ use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
 use opt_core::sparse_opt::SPARSE_ROTATION;
 use opt_core::{Network, ParamStore, PiecewiseLr, Rng, Role};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -53,11 +54,17 @@ pub struct TrainOptions {
     pub interrupt: Interrupt,
 }
 
+impl TrainOptions {
+    /// Images per evaluation batch unless a recipe says otherwise.
+    pub const DEFAULT_EVAL_BATCH: NonZeroUsize = NonZeroUsize::new(500).unwrap();
+}
+
 impl Default for TrainOptions {
+    /// A checkpoint every 500 iterations, evaluations in batches of 500, the memory check on.
     fn default() -> Self {
         Self {
             checkpoint_every: 500,
-            eval_batch: 500,
+            eval_batch: Self::DEFAULT_EVAL_BATCH.get(),
             stop_after: None,
             memory_check: true,
             interrupt: Interrupt::default(),

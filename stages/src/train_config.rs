@@ -12,6 +12,7 @@ use candle_core::Device;
 use opt_core::loss::LossKind;
 use opt_core::{Network, ParamStore};
 use serde::{Deserialize, Serialize};
+use std::num::{NonZeroU64, NonZeroUsize};
 
 /// Training length: a number of iterations, or of passes over the training set
 /// (`⌈epochs · ⌊n / batch⌋⌉` iterations).
@@ -49,6 +50,30 @@ pub struct ScheduleConfig {
     pub eval_every: u64,
 }
 
+impl ScheduleConfig {
+    /// The official training length (spec §5).
+    pub const DEFAULT_ITERATIONS: NonZeroU64 = NonZeroU64::new(75_000).unwrap();
+    /// The official batch size.
+    pub const DEFAULT_BATCH_SIZE: NonZeroUsize = NonZeroUsize::new(128).unwrap();
+}
+
+impl Default for ScheduleConfig {
+    /// The official OPT schedule (spec §5): momentum 0.9, lr 0.1 divided by 10 at 30k, 50k and
+    /// 65k of 75k iterations, batch 128, weight decay 5e-4; an evaluation every 500.
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            lr: 0.1,
+            milestones: vec![30_000, 50_000, 65_000],
+            lr_factor: 0.1,
+            length: Length::Iterations(Self::DEFAULT_ITERATIONS.get()),
+            batch_size: Self::DEFAULT_BATCH_SIZE.get(),
+            weight_decay: 5e-4,
+            eval_every: 500,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossName {
@@ -58,12 +83,24 @@ pub enum LossName {
     CrossEntropy,
 }
 
+/// The loss (also the recipe's `[loss]` section; absent keys take the official values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     pub kind: LossName,
     pub label_smoothing: f64,
     pub log_floor: f64,
+}
+
+impl Default for LossConfig {
+    /// The official loss: label smoothing 0.01, `log(p + 1e-4)`.
+    fn default() -> Self {
+        Self {
+            kind: LossName::Official,
+            label_smoothing: 0.01,
+            log_floor: 1e-4,
+        }
+    }
 }
 
 impl LossConfig {

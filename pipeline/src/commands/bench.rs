@@ -8,6 +8,7 @@ use clap::Args;
 use opt_core::orth::OrthMap;
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{Arch, MethodConfig, ModelConfig};
+use opt_stages::train_config::ScheduleConfig;
 use std::io::Write;
 
 /// `orthopt bench`'s options.
@@ -20,7 +21,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cnn6")]
     pub arch: String,
     /// ResNet depth (6n + 2).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = ModelConfig::DEFAULT_RESNET_DEPTH)]
     pub depth: usize,
     /// First-stage width (default: the architecture's, 64 for the CNNs, 16 for ResNet).
     #[arg(long)]
@@ -30,7 +31,8 @@ pub struct BenchArgs {
     pub input: String,
     #[arg(long, default_value_t = 100)]
     pub classes: usize,
-    #[arg(long, default_value_t = 128)]
+    /// Images per step.
+    #[arg(long, default_value_t = ScheduleConfig::DEFAULT_BATCH_SIZE.get())]
     pub batch: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
