@@ -368,7 +368,7 @@ impl<'a> Trainer<'a> {
     /// stage's).
     fn evaluation_due(&self, done: u64) -> bool {
         let every = self.cfg.schedule.eval_every;
-        every > 0 && done % every == 0 && done < self.iterations
+        every > 0 && done.is_multiple_of(every) && done < self.iterations
     }
 
     /// One periodic evaluation after `done` steps, recorded in the curves.
@@ -395,7 +395,7 @@ impl<'a> Trainer<'a> {
     /// Ends an S-OPT episode when step `done` completes one (and is not the last step).
     fn end_episode_if_due(&self, done: u64) -> Result<()> {
         match self.episode {
-            Some(ep) if done % ep == 0 && done < self.iterations => end_sopt_episode(
+            Some(ep) if done.is_multiple_of(ep) && done < self.iterations => end_sopt_episode(
                 self.cfg,
                 &self.model,
                 &self.store,
@@ -423,7 +423,7 @@ impl<'a> Trainer<'a> {
         }
         let every = self.opts.checkpoint_every;
         let stop_here = self.opts.stop_after == Some(done);
-        if stop_here || (every > 0 && done % every == 0) {
+        if stop_here || (every > 0 && done.is_multiple_of(every)) {
             self.save_checkpoint(done)?;
         }
         if stop_here {

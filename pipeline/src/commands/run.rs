@@ -100,7 +100,7 @@ pub fn run(args: &RecipeArgs, flags: &RunFlags, out: &mut dyn Write) -> Result<R
         match run_entry(entry, &grid, &ctx, flags.force)? {
             Entry::Recorded { record, trained } => {
                 trained_any |= trained;
-                runs.push(record);
+                runs.push(*record);
             }
             Entry::Suspended(end) => return Ok(end),
         }
@@ -153,7 +153,10 @@ fn describe(grid: &Grid) -> String {
 /// What became of one entry.
 enum Entry {
     /// Recorded (now, or by an earlier run); `trained` when this run trained it.
-    Recorded { record: RunRecord, trained: bool },
+    Recorded {
+        record: Box<RunRecord>,
+        trained: bool,
+    },
     /// The run stops here.
     Suspended(RunEnd),
 }
@@ -181,7 +184,7 @@ fn run_entry(entry: &GridEntry, grid: &Grid, ctx: &RunContext<'_>, force: bool) 
     } else if let Some(record) = runner::finished(&ctx.run_dir, entry, &keys, ctx.store) {
         tracing::info!("{what}: finished earlier, skipped (`--force` runs it again)");
         return Ok(Entry::Recorded {
-            record,
+            record: Box::new(record),
             trained: false,
         });
     }
@@ -209,11 +212,11 @@ fn run_entry(entry: &GridEntry, grid: &Grid, ctx: &RunContext<'_>, force: bool) 
         RunResult::Finished { row, trained } => {
             let curves = runner::entry_dir(&ctx.run_dir, entry).join(report::CURVES_CSV);
             let (curve, train) = report::read_curves(&curves)?;
-            let record = RunRecord {
+            let record = Box::new(RunRecord {
                 row: *row,
                 curve,
                 train,
-            };
+            });
             Ok(Entry::Recorded { record, trained })
         }
     }
