@@ -8,28 +8,15 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let mut dirs = vec![
-        "$ORIGIN/lib".to_string(),
-        "/usr/local/cuda/lib64".to_string(),
-        "/usr/lib/x86_64-linux-gnu".to_string(),
-    ];
-    for python in ["python3.12", "python3.11", "python3.10", "python3.13"] {
-        for venv in ["/opt/torch/.venv", "/usr/local", "/usr"] {
-            for sub in [
-                "cu13/lib",
-                "cublas/lib",
-                "cusolver/lib",
-                "cusparse/lib",
-                "nvjitlink/lib",
-            ] {
-                let site = if venv == "/usr" {
-                    "dist-packages"
-                } else {
-                    "site-packages"
-                };
-                dirs.push(format!("{venv}/lib/{python}/{site}/nvidia/{sub}"));
-            }
-        }
+    let mut dirs: Vec<String> = ["$ORIGIN/lib", "/usr/local/cuda/lib64"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // CUDA 13 wheels put their libraries in nvidia/cu13/lib (the H100/H200 machines' PyTorch).
+    for python in ["python3.12", "python3.11"] {
+        dirs.push(format!(
+            "/opt/torch/.venv/lib/{python}/site-packages/nvidia/cu13/lib"
+        ));
     }
     // The toolkit this binary was linked against (a PyPI install on the build machine).
     if let Ok(lib) = std::env::var("ORTHOPT_CUDA_LIB") {

@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${ORTHOPT_CUDA_DIR:-$PWD/.cuda}"
 mkdir -p "$dir"
-dir="$(cd "$dir" && pwd)"
+# The physical path: the build scripts see it in CUDA_ROOT, and a changed value rebuilds
+# candle's kernels (minutes), so a symlinked cache must not look like a new place.
+dir="$(cd "$dir" && pwd -P)"
 
 system_nvcc="$(command -v nvcc || true)"
 [ -z "$system_nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ] && system_nvcc=/usr/local/cuda/bin/nvcc

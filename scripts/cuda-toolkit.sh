@@ -43,6 +43,9 @@ grep -ohE '#define (cu[A-Za-z0-9_]+) +(cu[A-Za-z0-9_]+)' "$wheel/include/cuda.h"
     awk '{ print "int " $1 "(void) { return 34; }" }' >>"$stub_c"
 sort -u -o "$stub_c" "$stub_c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib64/stubs/libcuda.so" "$stub_c"
+# Under its run-time name too, so a CUDA build can run its CPU paths on a machine without a
+# driver (CI: LD_LIBRARY_PATH=root/lib64/stubs); every driver call then reports "stub library".
+ln -sf libcuda.so "$root/lib64/stubs/libcuda.so.1"
 "$root/bin/nvcc" --version | tail -2 >&2
 echo "$version" >"$root/.complete"
 echo "$root"

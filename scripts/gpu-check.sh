@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `just gpu-check`: runs `orthopt gpu-check` and leaves report.md and report.json in
-# $GPU_CHECK_OUT (default gpu-check/).
+# $GPU_CHECK_OUT (default outputs/gpu-check/).
 #
 #   scripts/gpu-check.sh [BINARY] [ARGS...]        the CUDA check, on this machine's GPU
 #   scripts/gpu-check.sh --cpu [BINARY] [ARGS...]  the same plumbing on the CPU, quick (CI)
@@ -22,7 +22,7 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     bin="$1"
     shift
 fi
-out="${GPU_CHECK_OUT:-gpu-check}"
+out="${GPU_CHECK_OUT:-outputs/gpu-check}"
 
 if [ "$mode" = cpu ]; then
     if [ -z "$bin" ]; then

@@ -193,3 +193,12 @@ extern "C" __global__ void bn_backward_apply_f32(const float *x, const float *dy
         out[i] = (float)(gamma[ch] * inv_std * (g - mb - xhat * mg));
     }
 }
+
+// Clamped arccos (the MHE angular energies).
+extern "C" __global__ void acos_f32(const float *x, float *y, unsigned long long n) {
+    GRID_STRIDE(i, n) { y[i] = acosf(fminf(fmaxf(x[i], -1.f), 1.f)); }
+}
+
+extern "C" __global__ void acos_f64(const double *x, double *y, unsigned long long n) {
+    GRID_STRIDE(i, n) { y[i] = acos(fmin(fmax(x[i], -1.0), 1.0)); }
+}

@@ -49,18 +49,22 @@ impl CayleySgd {
             let w = (&what - what.t()?)?;
             // 3. M ← W X (the projected momentum is what is stored)
             let mom = w.matmul(xt)?;
-            // 4. α = min(lr, 1/(‖W‖_F + 1e-8))
-            let norm = w
+            // 4. α = min(lr, 1/(‖W‖_F + 1e-8)), in f64 as the official code's Python float,
+            // kept on the device (no host read per layer and step) as a 1-element tensor.
+            let alpha = w
                 .sqr()?
                 .sum_all()?
                 .sqrt()?
                 .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            let alpha = lr.min(1.0 / (norm + 1e-8));
+                .affine(1.0, 1e-8)?
+                .recip()?
+                .clamp(f64::MIN, lr)?
+                .to_dtype(xt.dtype())?;
+            let half_alpha = (&alpha * 0.5)?;
             // 5. Two fixed-point iterations of Y = X + (α/2) W (X + Y), from Y₀ = X + αM.
-            let y0 = (xt + (&mom * alpha)?)?;
-            let y1 = (xt + (w.matmul(&(xt + &y0)?)? * (alpha / 2.0))?)?;
-            let y2 = (xt + (w.matmul(&(xt + &y1)?)? * (alpha / 2.0))?)?;
+            let y0 = (xt + mom.broadcast_mul(&alpha)?)?;
+            let y1 = (xt + w.matmul(&(xt + &y0)?)?.broadcast_mul(&half_alpha)?)?;
+            let y2 = (xt + w.matmul(&(xt + &y1)?)?.broadcast_mul(&half_alpha)?)?;
             m.set(&mom)?;
             x.set(&y2)?;
         }

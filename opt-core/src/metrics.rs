@@ -38,6 +38,33 @@ pub fn topk_correct(logits: &Tensor, labels: &Tensor, k: usize) -> Result<f64> {
     Ok(correct)
 }
 
+/// [`topk_correct`] computed where the logits are, as a 0-dim f64 tensor, so a training loop
+/// on a GPU can accumulate it without a host read per step. NaN logits make the result NaN
+/// (the reader at a log point reports the divergence); labels must be below the class count
+/// (the dataset stage guarantees it).
+pub fn topk_correct_on_device(logits: &Tensor, labels: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, c) = logits.dims2()?;
+    if k == 0 || k > c {
+        return Err(Error::Config(format!(
+            "top-{k} accuracy of {c} classes: k must be in 1..={c}"
+        )));
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    let labels = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    let target = logits.gather(&labels, 1)?;
+    let greater = logits.broadcast_gt(&target)?.to_dtype(DType::F64)?.sum(1)?;
+    // Ties include the target itself: `tied + 1` in the host formula.
+    let level = logits.broadcast_eq(&target)?.to_dtype(DType::F64)?.sum(1)?;
+    let slots = greater
+        .affine(-1.0, k as f64)?
+        .maximum(0.0)?
+        .minimum(&level)?;
+    let correct = (slots / level)?.sum_all()?;
+    let nan = logits.ne(&logits)?.to_dtype(DType::F64)?.sum_all()?;
+    let poisoned = Tensor::new(f64::NAN, logits.device())?;
+    Ok(nan.gt(0.0)?.where_cond(&poisoned, &correct)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +127,31 @@ mod tests {
             topk_correct(&ok, &labels, 5),
             Err(Error::Config(_))
         ));
+        Ok(())
+    }
+
+    /// The on-device count equals the host count, ties and all, for every k; NaN logits give NaN.
+    #[test]
+    fn on_device_count_equals_the_host_count() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(
+            &[
+                [1f32, 2., 2., 0.],
+                [5., 5., 5., 5.],
+                [0., 1., 2., 3.],
+                [3., 1., 3., 3.],
+            ],
+            &dev,
+        )?;
+        let labels = Tensor::new(&[1u32, 0, 3, 0], &dev)?;
+        for k in 1..=4 {
+            let host = topk_correct(&logits, &labels, k)?;
+            let device = topk_correct_on_device(&logits, &labels, k)?.to_scalar::<f64>()?;
+            assert_eq!(host, device, "k = {k}");
+        }
+        let nan = Tensor::new(&[[1f32, f32::NAN], [0., 1.]], &dev)?;
+        let got = topk_correct_on_device(&nan, &Tensor::new(&[0u32, 1], &dev)?, 1)?;
+        assert!(got.to_scalar::<f64>()?.is_nan());
         Ok(())
     }
 }

@@ -13,8 +13,9 @@
 //! 10, or 1 for a1/a2, always full-space) are defaults of the recipe section, not of this
 //! function.
 
+use crate::ops::acos;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use candle_core::Tensor;
 
 /// The energy's kernel: Riesz `s` on the chordal distance, or its angular form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,70 +93,12 @@ pub fn mhe_energy(w: &Tensor, power: MhePower, half: bool) -> Result<Tensor> {
     Ok(((values * mask)?.sum_all()? / pairs)?)
 }
 
-/// `arccos(x)` elementwise, differentiable. The argument is clamped to [−1, 1] (a cosine of
-/// normalised vectors can round past 1), and the derivative `−1/sqrt(1 − x²)` is bounded by
-/// flooring `1 − x²` at 1e-12: the MHE code divides by `sqrt(Σw² + 1e-4)`, so |c| < 1 in exact
-/// arithmetic, but in f32 a long neuron's cosine with itself rounds to 1, and the masked-out
-/// diagonal must not turn `0 · ∞` into NaN. candle has no `acos`; the op runs on the CPU (in the
-/// input's dtype) and other devices copy through it, as the orthogonal maps do.
-pub fn acos(x: &Tensor) -> Result<Tensor> {
-    let device = x.device().clone();
-    Ok(x.to_device(&Device::Cpu)?
-        .apply_op1(Acos)?
-        .to_device(&device)?)
-}
-
-struct Acos;
-
-impl CustomOp1 for Acos {
-    fn name(&self) -> &'static str {
-        "acos"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = layout.shape().clone();
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("acos: input must be contiguous".into()))?;
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(v[a..b].iter().map(|x| x.clamp(-1.0, 1.0).acos()).collect())
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(v[a..b].iter().map(|x| x.clamp(-1.0, 1.0).acos()).collect())
-            }
-            _ => candle_core::bail!("acos: only f32 and f64 are supported"),
-        };
-        Ok((out, shape))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let slope = arg
-            .sqr()?
-            .affine(-1.0, 1.0)?
-            .maximum(1e-12)?
-            .sqrt()?
-            .recip()?
-            .neg()?;
-        Ok(Some(grad_res.mul(&slope)?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::energy::hyperspherical_energy;
     use crate::Rng;
-    use candle_core::DType;
+    use candle_core::{DType, Device};
 
     fn randn(d: usize, n: usize, seed: u64) -> Tensor {
         let mut r = Rng::seed(seed);

@@ -95,7 +95,7 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
     let device = cfg.device.resolve().open()?;
     let on_cpu = device.is_cpu();
     eprintln!("gpu-check on {}: ops", cfg.device.resolve());
-    let ops = op_agreement(&device)?;
+    let ops = op_agreement(&device, cfg.size)?;
     eprintln!("gpu-check: training every method");
     let training = training_checks(&device, cfg.size)?;
     eprintln!("gpu-check: benchmark");
@@ -290,7 +290,7 @@ fn orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpC
     })
 }
 
-fn op_cases() -> Result<Vec<OpCase>> {
+fn op_cases(size: Size) -> Result<Vec<OpCase>> {
     let mut rng = opt_core::Rng::seed(11);
     let mut cases = vec![
         conv_case(&mut rng, [8, 3, 32, 32], [16, 3, 3, 3], 1, 1)?,
@@ -313,14 +313,39 @@ fn op_cases() -> Result<Vec<OpCase>> {
             cases.push(orth_case(&mut rng, map, d)?);
         }
     }
+    // The device-generic Löwdin and Cayley routes against the exact maps on the CPU, from
+    // OPT's Gaussian init.
+    let polar_sizes: &[usize] = match size {
+        Size::Quick => &[27, 144],
+        Size::Full => &[27, 576, 1024],
+    };
+    type Route = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
+    let routes: [(ops::OrthMap, Route); 2] = [
+        (ops::OrthMap::Lowdin, opt_core::orth::polar_newton_schulz),
+        (ops::OrthMap::Cayley, opt_core::orth::cayley_newton_schulz),
+    ];
+    for (map, route) in routes {
+        for &d in polar_sizes {
+            let p = host_tensor(&mut rng, &[d, d], 1.0)?;
+            cases.push(OpCase {
+                name: format!("{} Newton–Schulz vs exact d={d}", map.name()),
+                inputs: vec![p],
+                op: Box::new(move |t| {
+                    Ok(vec![route(&t[0], opt_core::orth::NEWTON_SCHULZ_MAX_ITERS)?])
+                }),
+                composed: Box::new(move |t| Ok(vec![ops::orthogonalize(&t[0], map)?])),
+                tolerance: 1e-4,
+            });
+        }
+    }
     Ok(cases)
 }
 
 /// Every op case on `device` against its reference.
-fn op_agreement(device: &Device) -> Result<Vec<OpAgreement>> {
+fn op_agreement(device: &Device, size: Size) -> Result<Vec<OpAgreement>> {
     let mut rows = Vec::new();
     let mut rng = opt_core::Rng::seed(12);
-    for case in op_cases()? {
+    for case in op_cases(size)? {
         let probe = (case.op)(&case.inputs)?;
         let weights: Vec<Tensor> = probe
             .iter()

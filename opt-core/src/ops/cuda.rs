@@ -295,3 +295,40 @@ pub(super) fn batch_norm_backward(
     unsafe { l.launch(elementwise(len)) }.w()?;
     Ok(wrap(out, dev))
 }
+
+/// Clamped `acos`, f32 or f64.
+pub(super) fn acos(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let dev = x.device();
+    if !l.is_contiguous() {
+        bail!("acos: input must be contiguous");
+    }
+    let n = l.shape().elem_count();
+    let n64 = n as u64;
+    match x.dtype() {
+        DType::F32 => {
+            let src = x.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
+            let out = unsafe { dev.alloc::<f32>(n)? };
+            let func = dev.get_or_load_custom_func("acos_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&src);
+            b.arg(&out);
+            b.arg(&n64);
+            // SAFETY: element-wise over n entries of both.
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(wrap(out, dev))
+        }
+        DType::F64 => {
+            let src = x.as_cuda_slice::<f64>()?.slice(l.start_offset()..);
+            let out = unsafe { dev.alloc::<f64>(n)? };
+            let func = dev.get_or_load_custom_func("acos_f64", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&src);
+            b.arg(&out);
+            b.arg(&n64);
+            // SAFETY: element-wise over n entries of both.
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        other => bail!("acos: only f32 and f64 are supported, got {other:?}"),
+    }
+}

@@ -11,8 +11,10 @@
 //! | [`conv2d`] | im2col + one gemm; backward gemms + col2im | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
 //! | [`batch_norm_train`] | one fused pass forward and backward, packed `[y, mean, var]` | reduction + apply kernels, same packing |
 //! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
-//! | [`orthogonalize`] | f64 factorisations (faer) | the same, through host memory (see `orth`) |
+//! | [`orthogonalize`] | f64 factorisations (faer) | LS, CP: Newton–Schulz on the device; GS, HR: through host memory (see `orth`) |
+//! | [`acos`] | clamped `acos` | the same, one kernel |
 
+mod acos;
 mod batch_norm;
 mod conv2d;
 #[cfg(feature = "cuda")]
@@ -20,6 +22,7 @@ mod cuda;
 mod max_pool;
 
 pub use crate::orth::{orthogonalize, OrthMap};
+pub use acos::acos;
 pub use batch_norm::{batch_norm_train, batch_norm_train_composed, BatchNormTrain};
 pub use conv2d::{conv2d, conv2d_composed};
 pub use max_pool::{max_pool2x2, max_pool2x2_composed};

@@ -9,14 +9,21 @@
 //! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes `P` through host
 //! memory, factorises there and returns `Q` on the device; the backward does the same with
 //! `∂L/∂Q`. Callers never move tensors themselves. A d×d round trip per layer and step is what
-//! the GPU path pays until the maps run in cuSOLVER.
+//! the GPU path pays for GS and HR until they run in cuSOLVER; Löwdin and Cayley on a GPU run
+//! as Newton–Schulz iterations in candle ops on the device ([`polar_newton_schulz`],
+//! [`cayley_newton_schulz`], tested against the exact maps here on the CPU).
 
 mod cayley;
 mod dense;
+mod newton_schulz;
 mod polar;
 mod qr;
 #[cfg(test)]
 mod tests;
+
+pub use newton_schulz::{
+    cayley_newton_schulz, polar_newton_schulz, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
+};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, MatRef};
@@ -73,6 +80,18 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
             map.name(),
             p.dtype()
         );
+    }
+    // On a GPU, Löwdin and Cayley run where P lives (Newton–Schulz in candle ops); a P those
+    // routes cannot finish takes the exact host route below rather than a worse rotation.
+    if !p.device().is_cpu() {
+        let on_device = match map {
+            OrthMap::Lowdin => Some(polar_newton_schulz(p, newton_schulz::MAX_ITERS)),
+            OrthMap::Cayley => Some(cayley_newton_schulz(p, newton_schulz::MAX_ITERS)),
+            OrthMap::GramSchmidt | OrthMap::Householder => None,
+        };
+        if let Some(Ok(q)) = on_device {
+            return Ok(q);
+        }
     }
     p.apply_op1(OrthOp {
         map,

@@ -455,3 +455,54 @@ fn orth_reports_invalid_input() {
         .to_string();
     assert!(e.contains("singular"), "{e}");
 }
+
+/// The device-generic Newton–Schulz routes against the exact (faer, f64) Löwdin and Cayley
+/// maps: values and gradients at the layer sizes OPT meets, from OPT's Gaussian init in f32.
+#[test]
+fn newton_schulz_routes_match_the_exact_maps() {
+    use super::{cayley_newton_schulz, polar_newton_schulz, NEWTON_SCHULZ_MAX_ITERS as N};
+    type Route = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
+    let routes: [(OrthMap, Route); 2] = [
+        (OrthMap::Lowdin, polar_newton_schulz),
+        (OrthMap::Cayley, cayley_newton_schulz),
+    ];
+    for (map, route) in routes {
+        for (d, check_grad) in [(27, true), (576, true), (1024, false)] {
+            let p = Var::from_tensor(&tensor(&gauss(d as u64, d * d), d, DType::F32)).expect("var");
+            let w = tensor(&gauss(7 + d as u64, d * d), d, DType::F32);
+            let ns = route(p.as_tensor(), N).expect("route");
+            let exact = orthogonalize(p.as_tensor(), map).expect("exact");
+            let diff = max_diff(&rows(&ns), &rows(&exact));
+            assert!(
+                diff < 2e-5,
+                "{} d = {d}: values differ by {diff:.2e}",
+                map.name()
+            );
+            let err = orthogonality_error(&ns).expect("error");
+            assert!(
+                err <= 1e-4,
+                "{} d = {d}: ‖QQᵀ − I‖_F = {err:.2e} in f32",
+                map.name()
+            );
+            if check_grad {
+                let grad = |q: Tensor| {
+                    let g = (q * &w)
+                        .and_then(|t| t.sum_all())
+                        .and_then(|l| l.backward());
+                    rows(g.expect("backward").get(&p).expect("grad"))
+                };
+                let (a, b) = (grad(ns), grad(exact));
+                let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let rel = max_diff(&a, &b) / scale;
+                assert!(
+                    rel < 1e-4,
+                    "{} d = {d}: gradients differ by {rel:.2e}",
+                    map.name()
+                );
+            }
+        }
+    }
+    // A singular P is an error for the polar route, not a wrong rotation.
+    let singular = tensor(&vec![1.0; 9], 3, DType::F64);
+    assert!(polar_newton_schulz(&singular, N).is_err());
+}
