@@ -6,14 +6,13 @@
 
 use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice};
 use figment::Figment;
-use opt_core::mhe::MhePower;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
 use opt_stages::model::{available_memory, check_step_memory, step_memory};
 use opt_stages::model::{Arch, MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
-use opt_stages::regularizer::{Power, RegularizerConfig, RegularizerKind};
+use opt_stages::regularizer::{RegularizerConfig, RegularizerKind};
 use opt_stages::train::{self, TrainOptions};
 use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use opt_stages::StageError;
@@ -363,7 +362,7 @@ fn resolve_regularizer(loaded: &Loaded) -> Result<Option<RegularizerConfig>, Rec
         RegularizerChoice::Mhe => RegularizerKind::Mhe,
         RegularizerChoice::HalfMhe => RegularizerKind::HalfMhe,
     };
-    let power = r.power.unwrap_or(Power(MhePower::S0));
+    let power = r.power.unwrap_or_default();
     let (weight, classifier_weight) = power.official_weights();
     let weight = r.weight.unwrap_or(weight);
     let classifier_weight = r.classifier_weight.unwrap_or(classifier_weight);
