@@ -9,7 +9,6 @@ use figment::Figment;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
-use opt_stages::model::{available_memory, check_step_memory, step_memory};
 use opt_stages::model::{Arch, MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::regularizer::{RegularizerConfig, RegularizerKind};
@@ -415,20 +414,13 @@ fn check_device(loaded: &Loaded, device: DeviceChoice) -> Result<(), RecipeError
 fn check_memory(loaded: &Loaded, train: &TrainConfig) -> Result<(), RecipeError> {
     let r = &loaded.recipe;
     let shape = preprocess::known_shape(r.dataset.name, r.dataset.label);
-    let (Some((input, classes)), Some(available)) = (shape, available_memory()) else {
+    let Some((input, classes)) = shape else {
         return Ok(());
     };
     if !r.run.memory_check || train.device != DeviceChoice::Cpu {
         return Ok(());
     }
-    let need = step_memory(
-        &train.model,
-        &train.method,
-        input,
-        classes,
-        train.schedule.batch_size,
-    );
-    match check_step_memory(need, available) {
+    match train.check_memory(input, classes) {
         Err(StageError::Setting { field, message }) => Err(invalid(loaded, field, message)),
         _ => Ok(()),
     }

@@ -16,7 +16,7 @@ use crate::checkpoint::{self, RunRecord};
 use crate::error::{write_json, IoContext};
 use crate::evaluation::evaluate_view;
 use crate::interrupt::Interrupt;
-use crate::model::{available_memory, check_step_memory, step_memory, MethodConfig};
+use crate::model::MethodConfig;
 use crate::optimizers::Optimizers;
 use crate::preprocess::{self, Prepared};
 use crate::progress::Progress;
@@ -231,7 +231,7 @@ impl<'a> Trainer<'a> {
         let data = preprocess::load(prepared_dir, &cfg.data)?;
         let device = cfg.device.open()?;
         if opts.memory_check && device.is_cpu() {
-            check_memory(cfg, &data)?;
+            cfg.check_memory(data.stats.shape, data.stats.classes)?;
         }
         let (model, store) = build_model(cfg, &data.stats, &device)?;
         if let Some(r) = &cfg.regularizer {
@@ -486,21 +486,6 @@ impl<'a> Trainer<'a> {
         std::fs::remove_dir_all(&ckpt_dir).at(&ckpt_dir)?;
         Ok(summary)
     }
-}
-
-/// Refuses a step whose estimated memory exceeds what the machine has available.
-fn check_memory(cfg: &TrainConfig, data: &Prepared) -> Result<()> {
-    if let Some(available) = available_memory() {
-        let need = step_memory(
-            &cfg.model,
-            &cfg.method,
-            data.stats.shape,
-            data.stats.classes,
-            cfg.schedule.batch_size,
-        );
-        check_step_memory(need, available)?;
-    }
-    Ok(())
 }
 
 fn status(loss: f64, acc: f64, images_per_sec: f64) -> String {

@@ -4,7 +4,9 @@
 
 use crate::augment::AugmentConfig;
 use crate::device::DeviceChoice;
-use crate::model::{build, MethodConfig, ModelConfig};
+use crate::model::{
+    available_memory, build, check_step_memory, step_memory, MethodConfig, ModelConfig,
+};
 use crate::preprocess::{DataView, DatasetStats};
 use crate::regularizer::RegularizerConfig;
 use crate::Result;
@@ -146,6 +148,22 @@ impl TrainConfig {
             (Some(r), MethodConfig::Baseline {}) => r.label(),
             (Some(r), m) => format!("{} + {}", m.paper_name(), r.label()),
         }
+    }
+
+    /// Refuses a training step on inputs of shape `input` with `classes` classes whose
+    /// estimated memory exceeds what the machine has available (when that is known).
+    pub fn check_memory(&self, input: (usize, usize, usize), classes: usize) -> Result<()> {
+        if let Some(available) = available_memory() {
+            let need = step_memory(
+                &self.model,
+                &self.method,
+                input,
+                classes,
+                self.schedule.batch_size,
+            );
+            check_step_memory(need, available)?;
+        }
+        Ok(())
     }
 }
 
