@@ -7,7 +7,7 @@
 //! variance, momentum 0.1), which changes early test curves, hence this type.
 
 use crate::ops::batch_norm_train;
-use crate::{ParamStore, Result, Role};
+use crate::{Kind, ParamStore, Result, Role};
 use candle_core::{DType, Tensor, Var};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,21 +47,25 @@ impl BatchNorm {
             &format!("{name}.gamma"),
             Tensor::ones(channels, DType::F32, &dev)?,
             Role::Trainable { decay: true },
+            Kind::BnScale,
         )?;
         let beta = store.add(
             &format!("{name}.beta"),
             Tensor::zeros(channels, DType::F32, &dev)?,
             Role::Trainable { decay: true },
+            Kind::BnShift,
         )?;
         let moving_mean = store.add(
             &format!("{name}.moving_mean"),
             Tensor::zeros(channels, DType::F32, &dev)?,
             Role::Statistic,
+            Kind::BnMovingMean,
         )?;
         let moving_var = store.add(
             &format!("{name}.moving_var"),
             Tensor::zeros(channels, DType::F32, &dev)?,
             Role::Statistic,
+            Kind::BnMovingVar,
         )?;
         Ok(Self {
             gamma,

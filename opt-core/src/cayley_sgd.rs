@@ -3,7 +3,7 @@
 //! the step bound and two fixed-point iterations of the implicit Cayley retraction (the
 //! authors' PyTorch original uses the 1-norm and five). No re-orthonormalisation, ever.
 
-use crate::{Error, ParamStore, Result};
+use crate::{Entry, Error, ParamStore, Result};
 use candle_core::{backprop::GradStore, Tensor, Var};
 use std::collections::HashMap;
 
@@ -13,10 +13,10 @@ pub struct CayleySgd {
 }
 
 impl CayleySgd {
-    /// One slot per trainable square matrix whose name `select` accepts.
-    pub fn new(store: &ParamStore, momentum: f64, select: impl Fn(&str) -> bool) -> Result<Self> {
+    /// One slot per trainable square matrix `select` accepts.
+    pub fn new(store: &ParamStore, momentum: f64, select: impl Fn(&Entry) -> bool) -> Result<Self> {
         let mut slots = Vec::new();
-        for e in store.trainable().filter(|e| select(&e.name)) {
+        for e in store.trainable().filter(|e| select(e)) {
             let (r, c) = e.var.as_tensor().dims2()?;
             if r != c {
                 return Err(Error::Config(format!(
@@ -90,7 +90,7 @@ impl CayleySgd {
 mod tests {
     use super::*;
     use crate::energy::hyperspherical_energy;
-    use crate::{Rng, Role};
+    use crate::{Kind, Rng, Role};
     use candle_core::{DType, Device};
 
     fn orth_err(x: &Tensor) -> f64 {
@@ -120,11 +120,12 @@ mod tests {
             "l.rotation",
             Tensor::eye(d, DType::F32, &dev)?,
             Role::Trainable { decay: false },
+            Kind::Rotation,
         )?;
         let w0 = Tensor::from_vec(rng.normal_vec(d * 8, 0.3), (d, 8), &dev)?;
         let target = Tensor::from_vec(rng.normal_vec(d * 8, 1.0), (d, 8), &dev)?;
         let e0 = hyperspherical_energy(&w0)?;
-        let mut opt = CayleySgd::new(&store, 0.9, |n| n.ends_with("rotation"))?;
+        let mut opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
         // A mean-squared loss: gradients of a realistic scale (the α cap is not hit).
         let loss0 = (x.as_tensor().matmul(&w0)? - &target)?
             .sqr()?

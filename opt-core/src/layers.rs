@@ -5,7 +5,7 @@
 //! network code never changes with the method. A [`KernelFactory`] decides what each weight layer
 //! of a network becomes.
 
-use crate::{ParamStore, Result, Rng, Role};
+use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{Tensor, Var};
 
 /// Shape of a convolution kernel in candle's OIHW layout.
@@ -85,6 +85,7 @@ impl PlainKernel {
             &format!("{name}.weight"),
             t,
             Role::Trainable { decay: true },
+            Kind::Kernel,
         )?;
         Ok(Self { weight })
     }

@@ -44,7 +44,7 @@ pub use cnn6::{Cnn, Cnn6, Cnn6Config, CnnConfig};
 pub use error::{Error, Result};
 pub use network::{Network, NetworkConfig};
 pub use optim::MomentumSgd;
-pub use params::{ParamStore, Role};
+pub use params::{Entry, Kind, ParamStore, Role};
 pub use resnet::{ResNet, ResNetConfig};
 pub use rng::Rng;
 pub use schedule::PiecewiseLr;

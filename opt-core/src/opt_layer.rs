@@ -7,7 +7,7 @@
 
 use crate::layers::{KernelFactory, KernelShape, KernelSource};
 use crate::orth::{orthogonalize, OrthMap};
-use crate::{ParamStore, Result, Rng, Role};
+use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
 
 /// How the learned matrix `P` becomes the rotation `R`.
@@ -77,13 +77,14 @@ impl OptKernel {
                 decay: cfg.decay_fixed,
             }
         };
-        let w0 = store.add(&format!("{name}.{FIXED}"), w0, w0_role)?;
+        let w0 = store.add(&format!("{name}.{FIXED}"), w0, w0_role, Kind::Neurons)?;
         let p = store.add(
             &format!("{name}.{ROTATION}"),
             p,
             Role::Trainable {
                 decay: cfg.decay_rotation,
             },
+            Kind::Rotation,
         )?;
         Ok(Self {
             shape,

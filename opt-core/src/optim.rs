@@ -5,12 +5,13 @@
 //! Adding `wd·θ` to the gradient is exactly the gradient of the official L2 term, without
 //! building it into the autograd graph.
 
-use crate::{Error, ParamStore, Result, Role};
+use crate::{Entry, Error, Kind, ParamStore, Result, Role};
 use candle_core::{backprop::GradStore, Tensor, Var};
 use std::collections::HashMap;
 
 struct Slot {
     name: String,
+    kind: Kind,
     param: Var,
     accum: Var,
     decay: bool,
@@ -34,7 +35,7 @@ impl MomentumSgd {
         store: &ParamStore,
         momentum: f64,
         weight_decay: f64,
-        select: impl Fn(&str) -> bool,
+        select: impl Fn(&Entry) -> bool,
     ) -> Result<Self> {
         if !(0.0..1.0).contains(&momentum) {
             return Err(Error::Config(format!(
@@ -42,10 +43,11 @@ impl MomentumSgd {
             )));
         }
         let mut slots = Vec::new();
-        for e in store.trainable().filter(|e| select(&e.name)) {
+        for e in store.trainable().filter(|e| select(e)) {
             let decay = matches!(e.role, Role::Trainable { decay: true });
             slots.push(Slot {
                 name: e.name.clone(),
+                kind: e.kind,
                 accum: Var::from_tensor(&e.var.as_tensor().zeros_like()?)?,
                 param: e.var.clone(),
                 decay,
@@ -75,9 +77,9 @@ impl MomentumSgd {
         Ok(())
     }
 
-    /// Zeroes the accumulators of the tensors `select` accepts (S-OPT's per-episode reset).
-    pub fn reset(&self, select: impl Fn(&str) -> bool) -> Result<()> {
-        for s in self.slots.iter().filter(|s| select(&s.name)) {
+    /// Zeroes the accumulators of the tensors of `kind` (S-OPT's per-episode reset).
+    pub fn reset(&self, kind: Kind) -> Result<()> {
+        for s in self.slots.iter().filter(|s| s.kind == kind) {
             s.accum.set(&s.accum.as_tensor().zeros_like()?)?;
         }
         Ok(())
@@ -114,6 +116,7 @@ mod tests {
             "w",
             Tensor::ones(1, DType::F32, &Device::Cpu)?,
             Role::Trainable { decay: true },
+            Kind::Other,
         )?;
         let mut opt = MomentumSgd::new(&store, 0.9, 0.1)?;
         for _ in 0..2 {

@@ -19,11 +19,47 @@ pub enum Role {
     Statistic,
 }
 
+/// What a tensor is in its layer. Code that needs "every rotation" or "every BN scale" asks for
+/// the kind, never for a spelling of the name (`rotation` is a suffix of `sparse_rotation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A plain convolution or classifier kernel.
+    Kernel,
+    /// OPT's neurons `W0` (fixed, or learned by `learn_w0` variants).
+    Neurons,
+    /// The raw matrix `P` of a full OPT layer (`R = orth(P)`, or `R = P` for OGD/OR/UPT).
+    Rotation,
+    /// The small `P` of an S-OPT layer, acting on a subset of the fan-in.
+    SparseRotation,
+    /// The S-OPT subset's indices.
+    SubsetIndices,
+    /// BN's `γ`.
+    BnScale,
+    /// BN's `β`.
+    BnShift,
+    /// BN's moving mean.
+    BnMovingMean,
+    /// BN's moving variance.
+    BnMovingVar,
+    /// Anything else (tests, optimizer fixtures).
+    Other,
+}
+
+/// A registered tensor. Names are `<layer>.<part…>` (`conv1_1.rotation`, `conv1_1.bn.gamma`);
+/// layer names contain no dot.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub name: String,
     pub var: Var,
     pub role: Role,
+    pub kind: Kind,
+}
+
+impl Entry {
+    /// The weight layer this tensor belongs to (its BN included).
+    pub fn layer(&self) -> &str {
+        self.name.split('.').next().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug)]
@@ -46,8 +82,8 @@ impl ParamStore {
         &self.device
     }
 
-    /// Registers `tensor` under `name`; names are unique.
-    pub fn add(&mut self, name: &str, tensor: Tensor, role: Role) -> Result<Var> {
+    /// Registers `tensor` under `name` (unique) with its role and kind.
+    pub fn add(&mut self, name: &str, tensor: Tensor, role: Role, kind: Kind) -> Result<Var> {
         if self.index.contains_key(name) {
             return Err(Error::DuplicateParam(name.to_string()));
         }
@@ -57,6 +93,7 @@ impl ParamStore {
             name: name.to_string(),
             var: var.clone(),
             role,
+            kind,
         });
         Ok(var)
     }
@@ -67,6 +104,11 @@ impl ParamStore {
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.index.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// Every tensor of `kind`, in registration order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| e.kind == kind)
     }
 
     pub fn trainable(&self) -> impl Iterator<Item = &Entry> {

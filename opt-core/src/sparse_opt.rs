@@ -10,7 +10,7 @@ use crate::opt_layer::{
     weight_to_kernel, OptKernel, OptLayerConfig, Rotation, RotationInit, FIXED,
 };
 use crate::orth::{orthogonalize, OrthMap};
-use crate::{Error, ParamStore, Result, Rng, Role};
+use crate::{Error, Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
 
 /// Name suffix of the small rotations (their optimizer state may be reset per episode).
@@ -55,17 +55,24 @@ impl SparseOptKernel {
         }
         let dev = store.device().clone();
         let w0 = Tensor::from_vec(rng.normal_vec(d * n, shape.he_std()), (d, n), &dev)?;
-        let w0 = store.add(&format!("{name}.{FIXED}"), w0, Role::Fixed { decay: true })?;
+        let w0 = store.add(
+            &format!("{name}.{FIXED}"),
+            w0,
+            Role::Fixed { decay: true },
+            Kind::Neurons,
+        )?;
         let p = store.add(
             &format!("{name}.{SPARSE_ROTATION}"),
             Tensor::eye(budget, DType::F32, &dev)?,
             Role::Trainable { decay: true },
+            Kind::SparseRotation,
         )?;
         let idx = sample_indices(rng, d, budget);
         let indices = store.add(
             &format!("{name}.{INDICES}"),
             Tensor::from_vec(idx, budget, &dev)?,
             Role::Statistic,
+            Kind::SubsetIndices,
         )?;
         Ok(Self {
             shape,
@@ -166,11 +173,7 @@ mod tests {
             &mut rng,
         )?;
         // Move every small rotation away from the identity, as training would.
-        for e in store
-            .entries()
-            .iter()
-            .filter(|e| e.name.ends_with(SPARSE_ROTATION))
-        {
+        for e in store.of_kind(Kind::SparseRotation) {
             let b = e.var.dim(0)?;
             let noise = Tensor::from_vec(rng.normal_vec(b * b, 0.3), (b, b), &dev)?;
             e.var.set(&(e.var.as_tensor() + noise)?)?;

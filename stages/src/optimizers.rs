@@ -5,7 +5,7 @@ use crate::train_config::TrainConfig;
 use crate::Result;
 use candle_core::Tensor;
 use opt_core::cayley_sgd::CayleySgd;
-use opt_core::{MomentumSgd, ParamStore, PiecewiseLr};
+use opt_core::{Entry, Kind, MomentumSgd, ParamStore, PiecewiseLr};
 use std::collections::HashMap;
 
 /// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,
@@ -18,13 +18,13 @@ pub struct Optimizers {
 impl Optimizers {
     pub fn new(cfg: &TrainConfig, store: &ParamStore) -> Result<Self> {
         let s = &cfg.schedule;
-        let is_rotation = |n: &str| n.ends_with(opt_core::opt_layer::ROTATION);
+        let is_rotation = |e: &Entry| e.kind == Kind::Rotation;
         let ogd = cfg.method.is_ogd();
         let sgd = MomentumSgd::for_params(
             store,
             s.momentum,
             s.weight_decay * cfg.method.weight_decay_scale(),
-            |n| !(ogd && is_rotation(n)),
+            |e| !(ogd && is_rotation(e)),
         )?;
         let cayley = match &cfg.method {
             MethodConfig::Ogd {

@@ -30,8 +30,7 @@ use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct;
-use opt_core::sparse_opt::SPARSE_ROTATION;
-use opt_core::{Network, ParamStore, PiecewiseLr, Rng, Role};
+use opt_core::{Entry, Kind, Network, ParamStore, PiecewiseLr, Rng, Role};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -162,17 +161,23 @@ fn end_sopt_episode(
     };
     model.end_episode(&mut Rng::fork(cfg.seed, &format!("sopt-episode-{episode}")))?;
     if !stale_momentum {
-        optimizers.sgd.reset(|n| n.ends_with(SPARSE_ROTATION))?;
+        optimizers.sgd.reset(Kind::SparseRotation)?;
     }
     if *reset_bn {
         // The BN of the layers that are sparse (hold a small rotation): in CNN-6 every layer
         // but the input one, as the official name-based re-initialisation; in ResNet not the
         // plain projections either.
-        let sparse = |layer: &str| store.get(&format!("{layer}.{SPARSE_ROTATION}")).is_some();
-        for e in store.entries() {
-            if e.name.strip_suffix(".bn.gamma").is_some_and(sparse) {
+        let sparse: std::collections::HashSet<&str> = store
+            .of_kind(Kind::SparseRotation)
+            .map(Entry::layer)
+            .collect();
+        for e in store.of_kind(Kind::BnScale) {
+            if sparse.contains(e.layer()) {
                 e.var.set(&e.var.as_tensor().ones_like()?)?;
-            } else if e.name.strip_suffix(".bn.beta").is_some_and(sparse) {
+            }
+        }
+        for e in store.of_kind(Kind::BnShift) {
+            if sparse.contains(e.layer()) {
                 e.var.set(&e.var.as_tensor().zeros_like()?)?;
             }
         }
@@ -535,7 +540,7 @@ mod tests {
             let bn: Vec<String> = store
                 .entries()
                 .iter()
-                .filter(|e| e.name.ends_with(".bn.gamma") || e.name.ends_with(".bn.beta"))
+                .filter(|e| matches!(e.kind, Kind::BnScale | Kind::BnShift))
                 .map(|e| e.name.clone())
                 .collect();
             assert_eq!(bn.len(), 12, "{bn:?}");
@@ -548,7 +553,7 @@ mod tests {
             for e in store.entries().iter().filter(|e| bn.contains(&e.name)) {
                 let values: Vec<f32> = e.var.as_tensor().to_vec1()?;
                 let reset = reset_bn && !e.name.starts_with("conv1_0.");
-                let expected = match (reset, e.name.ends_with("gamma")) {
+                let expected = match (reset, e.kind == Kind::BnScale) {
                     (false, _) => 2.5,
                     (true, true) => 1.0,
                     (true, false) => 0.0,

@@ -38,11 +38,7 @@ fn exact_maps_preserve_the_energy_of_the_fixed_neurons() {
         let m = MethodConfig::from_name(method).unwrap();
         let (net, store) = build(&model(), &m, (3, 16, 16), 10, 1, &Device::Cpu).unwrap();
         // Move every rotation's raw matrix: energies must not care.
-        for e in store
-            .entries()
-            .iter()
-            .filter(|e| e.name.ends_with("rotation"))
-        {
+        for e in store.of_kind(opt_core::Kind::Rotation) {
             let t = e.var.as_tensor();
             e.var
                 .set(&(t * 1.7).unwrap().affine(1.0, 0.3).unwrap())
@@ -114,11 +110,7 @@ fn unconstrained_rotations_change_the_energy() {
     let m = MethodConfig::from_name("upt").unwrap();
     let (net, store) = build(&model(), &m, (3, 16, 16), 10, 1, &Device::Cpu).unwrap();
     let mut rng = opt_core::Rng::seed(9);
-    for e in store
-        .entries()
-        .iter()
-        .filter(|e| e.name.ends_with("rotation"))
-    {
+    for e in store.of_kind(opt_core::Kind::Rotation) {
         let d = e.var.dim(0).unwrap();
         let noise = candle_core::Tensor::from_vec(rng.normal_vec(d * d, 0.5), (d, d), &Device::Cpu)
             .unwrap();
