@@ -6,9 +6,9 @@ use candle_core::Tensor;
 use opt_core::orth::{orthogonality_error, orthogonalize, OrthMap};
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::train::{
-    step, Length, LossConfig, LossName, Optimizers, ScheduleConfig, TrainConfig,
-};
+use opt_stages::optimizers::Optimizers;
+use opt_stages::train::step;
+use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -49,20 +49,14 @@ pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
         model: cfg.model.clone(),
         method: cfg.method.clone(),
         schedule: ScheduleConfig {
-            momentum: 0.9,
             lr: 0.01,
             milestones: vec![],
-            lr_factor: 0.1,
             length: Length::Iterations(1),
             batch_size: cfg.batch,
-            weight_decay: 5e-4,
             eval_every: 0,
+            ..ScheduleConfig::default()
         },
-        loss: LossConfig {
-            kind: LossName::Official,
-            label_smoothing: 0.01,
-            log_floor: 1e-4,
-        },
+        loss: LossConfig::default(),
         augment: opt_stages::augment::AugmentConfig::NONE,
         seed: 0,
         device: cfg.device.resolve(),

@@ -2,10 +2,11 @@
 //! with options and defaults, read from the very definitions recipes are validated against
 //! (serde defaults of the method and section types), so it cannot drift from them.
 
-use crate::recipe::{Recipe, ScheduleSection};
+use crate::recipe::Recipe;
 use opt_stages::fetch::DatasetName;
 use opt_stages::model::{Arch, MethodConfig};
 use opt_stages::preprocess::{known_shape, LabelChoice};
+use opt_stages::train_config::ScheduleConfig;
 use std::fmt::Write;
 
 /// A method's options and their defaults, as `key = value` pairs (empty for none).
@@ -107,7 +108,7 @@ fn defaults(out: &mut String) -> anyhow::Result<()> {
     let _ = writeln!(
         out,
         "Without `schedule.iterations` or `schedule.epochs`: schedule.iterations = {}.",
-        ScheduleSection::DEFAULT_ITERATIONS
+        ScheduleConfig::DEFAULT_ITERATIONS
     );
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! the defaults for known datasets (official URLs and checksums, the usual hub repositories).
 
 use crate::recipe::{invalid, DatasetSection, Loaded, RecipeError, SourceKind};
-use opt_stages::fetch::{self, DatasetName, Download, Source};
+use opt_stages::catalogue;
+use opt_stages::fetch::{DatasetName, Download, Source};
 use opt_stages::preprocess::DataFormat;
 
 /// The hub endpoint when the recipe names none: `HF_ENDPOINT`, else the public hub.
@@ -112,10 +113,10 @@ fn url_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError
         }
         (None, Some(_)) => return Err(invalid(loaded, "dataset.url", "dataset.md5 without a url")),
         (None, None) => {
-            let format = d
-                .format
-                .unwrap_or_else(|| fetch::default_format(d.name, &Source::Url { files: vec![] }));
-            fetch::default_downloads(d.name, format).ok_or_else(|| {
+            let format = d.format.unwrap_or_else(|| {
+                catalogue::default_format(d.name, &Source::Url { files: vec![] })
+            });
+            catalogue::default_downloads(d.name, format).ok_or_else(|| {
                 invalid(
                     loaded,
                     "dataset.url",
@@ -134,7 +135,7 @@ fn url_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError
 /// `source = "hub"`: a dataset repository, the usual one of the dataset by default.
 fn hub_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError> {
     unused(loaded, d, "hub")?;
-    let defaults = fetch::default_hub(d.name);
+    let defaults = catalogue::default_hub(d.name);
     let repo = match (&d.repo, &defaults) {
         (Some(r), _) => r.clone(),
         (None, Some((r, _))) => r.to_string(),
@@ -187,7 +188,7 @@ pub fn resolve_source(
     };
     let format = d
         .format
-        .unwrap_or_else(|| fetch::default_format(d.name, &source));
+        .unwrap_or_else(|| catalogue::default_format(d.name, &source));
     let fits = match d.name {
         DatasetName::FashionMnist | DatasetName::Mnist => {
             matches!(format, DataFormat::Idx | DataFormat::Parquet)

@@ -6,7 +6,8 @@ use crate::bench;
 use crate::plan::{Keys, Plan};
 use crate::store::ArtifactStore;
 use opt_stages::preprocess::{self, DatasetStats};
-use opt_stages::train::{self, Length, TrainConfig};
+use opt_stages::train_artifact;
+use opt_stages::train_config::{Length, TrainConfig};
 
 /// Where a step time came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +65,7 @@ impl<'a> Estimator<'a> {
             };
             let same_data = manifest.inputs.first() == Some(&keys.preprocess);
             if same_data && same_cost(&config, &plan.train) {
-                let summary = train::load_summary(&entry.path()).ok()?;
+                let summary = train_artifact::load_summary(&entry.path()).ok()?;
                 return Some(StepTime {
                     ms: summary.ms_per_step,
                     source: Source::Recorded(key),

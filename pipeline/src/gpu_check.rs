@@ -16,7 +16,8 @@ use opt_core::ops;
 use opt_core::orth::orthogonality_error;
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::train::{step, Optimizers};
+use opt_stages::optimizers::Optimizers;
+use opt_stages::train::step;
 use serde::Serialize;
 use std::path::Path;
 

@@ -12,7 +12,7 @@
 //! so its directory, its rows and its cache keys say what it is.
 
 use crate::plan::{self, Plan};
-use crate::recipe::{self, Loaded, RecipeError, SECTIONS};
+use crate::recipe::{self, Loaded, RecipeError, SECTIONS, VARIANT};
 use figment::value::{Dict, Num, Value};
 use std::path::Path;
 
@@ -128,9 +128,6 @@ fn flatten(
     }
     Ok(())
 }
-
-/// The grid axis whose values are whole recipe fragments.
-pub const VARIANT: &str = "variant";
 
 /// The dotted keys a `variant` axis sets (for refusing `--set` on them), after checking that
 /// every value is a table of recipe sections.

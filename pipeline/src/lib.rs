@@ -1,11 +1,12 @@
 //! The opt pipeline: recipe loading and validation ([`recipe`], [`plan`]), the
 //! content-addressed [`store`], stage scheduling ([`runner`]), progress and logs
-//! ([`progress`]) and the throughput benchmark ([`bench`]). The `orthopt` binary is a thin CLI over
-//! these.
+//! ([`progress`]) and the throughput benchmark ([`bench`]). The commands of the `orthopt` binary are [`commands`]; the binary itself only parses
+//! arguments and dispatches.
 
 pub mod bench;
 pub mod cache;
 pub mod catalog;
+pub mod commands;
 pub mod datasets;
 pub mod estimate;
 pub mod export;

@@ -4,22 +4,19 @@
 //! configuration, its input artifacts' keys and (for fetch) a fingerprint of the source files —
 //! nothing else, so e.g. changing the schedule re-uses fetch and preprocess.
 
-use crate::recipe::{
-    invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice, ScheduleSection,
-};
+use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice};
 use figment::Figment;
-use opt_core::mhe::MhePower;
-use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
-use opt_stages::model::{available_memory, check_step_memory, step_memory};
 use opt_stages::model::{Arch, MethodConfig, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
-use opt_stages::regularizer::{Power, RegularizerConfig, RegularizerKind};
-use opt_stages::train::{self, Length, LossConfig, ScheduleConfig, TrainConfig, TrainOptions};
+use opt_stages::regularizer::{RegularizerConfig, RegularizerKind};
+use opt_stages::train::{self, TrainOptions};
+use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use opt_stages::StageError;
 use serde::Serialize;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 /// Everything a run needs, validated.
@@ -118,62 +115,111 @@ fn fraction(loaded: &Loaded, key: &str, v: f64) -> Result<(), RecipeError> {
     }
 }
 
+/// Validates a loaded recipe into the stage configurations, one concern at a time (ripgrep's
+/// flag resolution as the model): the name, the data, the model and method, the regulariser,
+/// the schedule, the loss and the run settings; then what the machine must allow.
 pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
     let r = &loaded.recipe;
-    let name = match &r.name {
-        Some(n) if !n.is_empty() && !n.contains(['/', '\\']) && n != "." && n != ".." => n.clone(),
-        Some(n) => {
-            return Err(invalid(
-                loaded,
-                "name",
-                format!("expected a plain name usable as a directory, found {n:?}"),
-            ))
+    let name = resolve_name(loaded)?;
+    let (fetch, preprocess, data) = resolve_data(loaded)?;
+    let model = resolve_model(loaded)?;
+    check_sopt_budget(loaded, &model)?;
+    let regularizer = resolve_regularizer(loaded)?;
+    let schedule = resolve_schedule(loaded)?;
+    let loss = resolve_loss(loaded)?;
+    let (train_options, evaluate) = resolve_run(loaded)?;
+    let train = TrainConfig {
+        data,
+        model,
+        method: r.method.clone(),
+        schedule,
+        loss,
+        augment: r.augment.clone(),
+        seed: r.run.seed,
+        device: r.run.device.resolve(),
+        regularizer,
+    };
+    check_device(loaded, train.device)?;
+    check_memory(loaded, &train)?;
+    Ok(Plan {
+        name,
+        recipe: r.clone(),
+        recipe_file: loaded.file.clone(),
+        fetch,
+        preprocess,
+        train,
+        evaluate,
+        train_options,
+        threads: r.run.threads,
+        out_dir: r.report.out_dir.clone(),
+        print_table: r.report.print_table,
+        figment: loaded.figment.clone(),
+    })
+}
+
+/// `name`, else the recipe file's stem: a plain name, usable as a directory.
+fn resolve_name(loaded: &Loaded) -> Result<String, RecipeError> {
+    match &loaded.recipe.name {
+        Some(n) if !n.is_empty() && !n.contains(['/', '\\']) && n != "." && n != ".." => {
+            Ok(n.clone())
         }
-        None => loaded
+        Some(n) => Err(invalid(
+            loaded,
+            "name",
+            format!("expected a plain name usable as a directory, found {n:?}"),
+        )),
+        None => Ok(loaded
             .file
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("recipe")
-            .to_string(),
-    };
+            .to_string()),
+    }
+}
 
-    let d = &r.dataset;
+/// `[dataset]`: where the files come from (fetch), how they are decoded (preprocess) and the
+/// view training sees.
+fn resolve_data(loaded: &Loaded) -> Result<(FetchConfig, PreprocessConfig, DataView), RecipeError> {
+    let d = &loaded.recipe.dataset;
     let (source, format) = crate::datasets::resolve_source(loaded, d)?;
-    for (key, v) in [
-        ("dataset.train_limit", d.train_limit),
-        ("dataset.test_limit", d.test_limit),
-    ] {
-        if v == Some(0) {
-            return Err(invalid(
-                loaded,
-                key,
-                "expected a positive number of images, found 0",
-            ));
-        }
-    }
+    let fetch = FetchConfig {
+        dataset: d.name,
+        source,
+    };
+    let preprocess = PreprocessConfig {
+        dataset: d.name,
+        format,
+        label: d.label,
+    };
+    Ok((fetch, preprocess, d.view()))
+}
 
-    let model = resolve_model(loaded)?;
-    // S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
-    // so the budget must fit the narrowest input; caught here, before any cell trains.
-    if let MethodConfig::Sopt {
+/// S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
+/// so the budget must fit the narrowest input; caught here, before any cell trains.
+fn check_sopt_budget(loaded: &Loaded, model: &ModelConfig) -> Result<(), RecipeError> {
+    let MethodConfig::Sopt {
         budget_channels, ..
-    } = &r.method
-    {
-        let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
-        if *budget_channels == 0 || *budget_channels > narrowest {
-            return Err(invalid(
-                loaded,
-                "method.budget_channels",
-                format!(
-                    "expected 1 to {narrowest} (the narrowest layer's input channels), found \
-                     {budget_channels}"
-                ),
-            ));
-        }
+    } = &loaded.recipe.method
+    else {
+        return Ok(());
+    };
+    let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
+    if *budget_channels == 0 || *budget_channels > narrowest {
+        return Err(invalid(
+            loaded,
+            "method.budget_channels",
+            format!(
+                "expected 1 to {narrowest} (the narrowest layer's input channels), found \
+                 {budget_channels}"
+            ),
+        ));
     }
-    let regularizer = resolve_regularizer(loaded)?;
+    Ok(())
+}
 
-    let s = &r.schedule;
+/// `[schedule]`: the optimizer's settings and the training length.
+fn resolve_schedule(loaded: &Loaded) -> Result<ScheduleConfig, RecipeError> {
+    let s = &loaded.recipe.schedule;
     positive(loaded, "schedule.lr", s.lr)?;
     positive(loaded, "schedule.lr_factor", s.lr_factor)?;
     fraction(loaded, "schedule.momentum", s.momentum)?;
@@ -182,13 +228,6 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             loaded,
             "schedule.weight_decay",
             format!("expected a number ≥ 0, found {}", s.weight_decay),
-        ));
-    }
-    if s.batch_size == 0 {
-        return Err(invalid(
-            loaded,
-            "schedule.batch_size",
-            "expected a positive batch size, found 0",
         ));
     }
     if s.milestones.windows(2).any(|w| w[0] >= w[1]) {
@@ -201,30 +240,39 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             ),
         ));
     }
-    let length = match (s.iterations, s.epochs) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                loaded,
-                "schedule.epochs",
-                "set either schedule.iterations or schedule.epochs, not both",
-            ))
-        }
-        (Some(0), None) => {
-            return Err(invalid(
-                loaded,
-                "schedule.iterations",
-                "expected a positive number, found 0",
-            ))
-        }
-        (Some(n), None) => Length::Iterations(n),
+    Ok(ScheduleConfig {
+        momentum: s.momentum,
+        lr: s.lr,
+        milestones: s.milestones.clone(),
+        lr_factor: s.lr_factor,
+        length: resolve_length(loaded)?,
+        batch_size: s.batch_size.get(),
+        weight_decay: s.weight_decay,
+        eval_every: s.eval_every,
+    })
+}
+
+/// `schedule.iterations` or `schedule.epochs` (not both; neither: the official length).
+fn resolve_length(loaded: &Loaded) -> Result<Length, RecipeError> {
+    let s = &loaded.recipe.schedule;
+    match (s.iterations, s.epochs) {
+        (Some(_), Some(_)) => Err(invalid(
+            loaded,
+            "schedule.epochs",
+            "set either schedule.iterations or schedule.epochs, not both",
+        )),
+        (Some(n), None) => Ok(Length::Iterations(n.get())),
         (None, Some(e)) => {
             positive(loaded, "schedule.epochs", e)?;
-            Length::Epochs(e)
+            Ok(Length::Epochs(e))
         }
-        (None, None) => Length::Iterations(ScheduleSection::DEFAULT_ITERATIONS),
-    };
+        (None, None) => Ok(Length::Iterations(ScheduleConfig::DEFAULT_ITERATIONS.get())),
+    }
+}
 
-    let l = &r.loss;
+/// `[loss]`.
+fn resolve_loss(loaded: &Loaded) -> Result<LossConfig, RecipeError> {
+    let l = &loaded.recipe.loss;
     fraction(loaded, "loss.label_smoothing", l.label_smoothing)?;
     if !(l.log_floor.is_finite() && l.log_floor >= 0.0) {
         return Err(invalid(
@@ -233,109 +281,33 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
             format!("expected a number ≥ 0, found {}", l.log_floor),
         ));
     }
-    if r.run.eval_batch == 0 {
-        return Err(invalid(
-            loaded,
-            "run.eval_batch",
-            "expected a positive batch size, found 0",
-        ));
-    }
+    Ok(l.clone())
+}
 
-    let train = TrainConfig {
-        data: DataView {
-            normalization: d.normalization,
-            train_limit: d.train_limit,
-            test_limit: d.test_limit,
-            validation: d.validation,
-            validation_seed: d.validation_seed,
-        },
-        model,
-        method: r.method.clone(),
-        schedule: ScheduleConfig {
-            momentum: s.momentum,
-            lr: s.lr,
-            milestones: s.milestones.clone(),
-            lr_factor: s.lr_factor,
-            length,
-            batch_size: s.batch_size,
-            weight_decay: s.weight_decay,
-            eval_every: s.eval_every,
-        },
-        loss: LossConfig {
-            kind: l.kind,
-            label_smoothing: l.label_smoothing,
-            log_floor: l.log_floor,
-        },
-        augment: AugmentConfig {
-            pad: r.augment.pad,
-            flip: r.augment.flip,
-        },
-        seed: r.run.seed,
-        device: r.run.device.resolve(),
-        regularizer,
+/// `[run]`: how training runs (checkpoints, evaluation batches, the memory check) and the
+/// evaluate stage's configuration.
+fn resolve_run(loaded: &Loaded) -> Result<(TrainOptions, EvaluateConfig), RecipeError> {
+    let run = &loaded.recipe.run;
+    let options = TrainOptions {
+        checkpoint_every: run.checkpoint_every,
+        eval_batch: run.eval_batch.get(),
+        stop_after: None,
+        memory_check: run.memory_check,
+        interrupt: Default::default(),
     };
-
-    check_device(loaded, train.device)?;
-    check_memory(loaded, &train)?;
-    Ok(Plan {
-        name,
-        recipe: r.clone(),
-        recipe_file: loaded.file.clone(),
-        fetch: FetchConfig {
-            dataset: d.name,
-            source,
-        },
-        preprocess: PreprocessConfig {
-            dataset: d.name,
-            format,
-            label: d.label,
-        },
-        train,
-        evaluate: EvaluateConfig {
-            batch_size: r.run.eval_batch,
-        },
-        train_options: TrainOptions {
-            checkpoint_every: r.run.checkpoint_every,
-            eval_batch: r.run.eval_batch,
-            stop_after: None,
-            memory_check: r.run.memory_check,
-            interrupt: Default::default(),
-        },
-        threads: r.run.threads,
-        out_dir: r.report.out_dir.clone(),
-        print_table: r.report.print_table,
-        figment: loaded.figment.clone(),
-    })
+    let evaluate = EvaluateConfig {
+        batch_size: run.eval_batch.get(),
+    };
+    Ok((options, evaluate))
 }
 
 /// `[model]` with the architecture's defaults filled in. Keys that belong to another
 /// architecture are refused rather than ignored.
 fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
     let m = &loaded.recipe.model;
-    let width = m.width.unwrap_or(m.arch.default_width());
-    if width == 0 {
-        return Err(invalid(
-            loaded,
-            "model.width",
-            "expected a positive channel width, found 0",
-        ));
-    }
-    if m.widths.is_some_and(|w| w.contains(&0)) {
-        return Err(invalid(
-            loaded,
-            "model.widths",
-            "expected three positive widths",
-        ));
-    }
+    let width = m.width.map_or(m.arch.default_width(), NonZeroUsize::get);
     fraction(loaded, "model.bn_decay", m.bn_decay)?;
     positive(loaded, "model.bn_eps", m.bn_eps)?;
-    if m.fc6_width == Some(0) {
-        return Err(invalid(
-            loaded,
-            "model.fc6_width",
-            "expected a positive width, found 0",
-        ));
-    }
     let resnet = m.arch == Arch::Resnet;
     let misplaced = [
         ("model.depth", m.depth.is_some(), !resnet),
@@ -357,7 +329,7 @@ fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
             ));
         }
     }
-    let depth = resnet.then(|| m.depth.unwrap_or(20));
+    let depth = resnet.then(|| m.depth.unwrap_or(ModelConfig::DEFAULT_RESNET_DEPTH));
     if let Some(d) = depth.filter(|d| *d < 8 || !(d - 2).is_multiple_of(6)) {
         return Err(invalid(
             loaded,
@@ -368,8 +340,8 @@ fn resolve_model(loaded: &Loaded) -> Result<ModelConfig, RecipeError> {
     Ok(ModelConfig {
         arch: m.arch,
         width,
-        widths: m.widths,
-        fc6_width: m.fc6_width,
+        widths: m.widths.map(|w| w.map(NonZeroUsize::get)),
+        fc6_width: m.fc6_width.map(NonZeroUsize::get),
         bn_decay: m.bn_decay,
         bn_eps: m.bn_eps,
         depth,
@@ -389,7 +361,7 @@ fn resolve_regularizer(loaded: &Loaded) -> Result<Option<RegularizerConfig>, Rec
         RegularizerChoice::Mhe => RegularizerKind::Mhe,
         RegularizerChoice::HalfMhe => RegularizerKind::HalfMhe,
     };
-    let power = r.power.unwrap_or(Power(MhePower::S0));
+    let power = r.power.unwrap_or_default();
     let (weight, classifier_weight) = power.official_weights();
     let weight = r.weight.unwrap_or(weight);
     let classifier_weight = r.classifier_weight.unwrap_or(classifier_weight);
@@ -442,20 +414,13 @@ fn check_device(loaded: &Loaded, device: DeviceChoice) -> Result<(), RecipeError
 fn check_memory(loaded: &Loaded, train: &TrainConfig) -> Result<(), RecipeError> {
     let r = &loaded.recipe;
     let shape = preprocess::known_shape(r.dataset.name, r.dataset.label);
-    let (Some((input, classes)), Some(available)) = (shape, available_memory()) else {
+    let Some((input, classes)) = shape else {
         return Ok(());
     };
     if !r.run.memory_check || train.device != DeviceChoice::Cpu {
         return Ok(());
     }
-    let need = step_memory(
-        &train.model,
-        &train.method,
-        input,
-        classes,
-        train.schedule.batch_size,
-    );
-    match check_step_memory(need, available) {
+    match train.check_memory(input, classes) {
         Err(StageError::Setting { field, message }) => Err(invalid(loaded, field, message)),
         _ => Ok(()),
     }

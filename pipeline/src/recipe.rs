@@ -9,13 +9,17 @@
 use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::{Figment, Metadata, Provider, Source};
+use opt_core::batchnorm::BatchNormConfig;
+use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
 use opt_stages::fetch::DatasetName;
 use opt_stages::model::{Arch, MethodConfig};
-use opt_stages::preprocess::{DataFormat, LabelChoice, Normalization};
+use opt_stages::preprocess::{DataFormat, DataView, LabelChoice, Normalization};
 use opt_stages::regularizer::Power;
-use opt_stages::train::LossName;
+use opt_stages::train::TrainOptions;
+use opt_stages::train_config::{LossConfig, ScheduleConfig};
 use serde::{Deserialize, Serialize};
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// Top-level sections (and what `OPT_<SECTION>__…` variables may name).
@@ -32,6 +36,9 @@ pub const SECTIONS: [&str; 11] = [
     "name",
     "grid",
 ];
+
+/// The grid axis whose values are whole recipe fragments, merged at the recipe's root.
+pub const VARIANT: &str = "variant";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,10 +62,12 @@ pub struct Recipe {
     pub regularizer: Option<RegularizerSection>,
     #[serde(default)]
     pub schedule: ScheduleSection,
+    /// The stage's own type: its `Default` is the official loss.
     #[serde(default)]
-    pub loss: LossSection,
+    pub loss: LossConfig,
+    /// The stage's own type: its `Default` is the official augmentation.
     #[serde(default)]
-    pub augment: AugmentSection,
+    pub augment: AugmentConfig,
     #[serde(default)]
     pub run: RunSection,
     #[serde(default)]
@@ -112,16 +121,31 @@ pub struct DatasetSection {
     pub endpoint: Option<String>,
     pub normalization: Normalization,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_limit: Option<usize>,
+    pub train_limit: Option<NonZeroUsize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_limit: Option<usize>,
+    pub test_limit: Option<NonZeroUsize>,
     /// Images moved from train to a validation split (0 = none), drawn with `validation_seed`.
     pub validation: usize,
     pub validation_seed: u64,
 }
 
+impl DatasetSection {
+    /// The train stage's view of the data this section selects.
+    pub fn view(&self) -> DataView {
+        DataView {
+            normalization: self.normalization,
+            train_limit: self.train_limit.map(NonZeroUsize::get),
+            test_limit: self.test_limit.map(NonZeroUsize::get),
+            validation: self.validation,
+            validation_seed: self.validation_seed,
+        }
+    }
+}
+
 impl Default for DatasetSection {
+    /// The embedded Fashion-MNIST subset, seen through the default [`DataView`].
     fn default() -> Self {
+        let view = DataView::default();
         Self {
             name: DatasetName::FashionMnist,
             source: SourceKind::Embedded,
@@ -134,11 +158,11 @@ impl Default for DatasetSection {
             revision: None,
             files: None,
             endpoint: None,
-            normalization: Normalization::Official,
+            normalization: view.normalization,
             train_limit: None,
             test_limit: None,
-            validation: 0,
-            validation_seed: 0,
+            validation: view.validation,
+            validation_seed: view.validation_seed,
         }
     }
 }
@@ -149,11 +173,11 @@ pub struct ModelSection {
     pub arch: Arch,
     /// First-stage width (default per architecture: 64 for the CNNs, 16 for ResNet).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<usize>,
+    pub width: Option<NonZeroUsize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub widths: Option<[usize; 3]>,
+    pub widths: Option<[NonZeroUsize; 3]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fc6_width: Option<usize>,
+    pub fc6_width: Option<NonZeroUsize>,
     /// EMA decay of BN moving statistics (official 0.999).
     pub bn_decay: f64,
     /// BN epsilon (official 1e-3).
@@ -170,14 +194,16 @@ pub struct ModelSection {
 }
 
 impl Default for ModelSection {
+    /// CNN-6 with its architecture's widths and the official (TF) batch norm.
     fn default() -> Self {
+        let bn = BatchNormConfig::default();
         Self {
             arch: Arch::Cnn6,
             width: None,
             widths: None,
             fc6_width: None,
-            bn_decay: 0.999,
-            bn_eps: 1e-3,
+            bn_decay: bn.decay,
+            bn_eps: bn.eps,
             depth: None,
             opt_shortcuts: None,
             opt_classifier: None,
@@ -229,64 +255,33 @@ pub struct ScheduleSection {
     pub lr: f64,
     pub milestones: Vec<u64>,
     pub lr_factor: f64,
+    /// The length in iterations (default: [`ScheduleConfig::DEFAULT_ITERATIONS`]), or:
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iterations: Option<u64>,
+    pub iterations: Option<NonZeroU64>,
+    /// the length in passes over the training set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<f64>,
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
     pub weight_decay: f64,
     pub eval_every: u64,
 }
 
 impl Default for ScheduleSection {
+    /// [`ScheduleConfig`]'s default, the official schedule.
     fn default() -> Self {
+        let s = ScheduleConfig::default();
         Self {
             optimizer: OptimizerName::Momentum,
-            momentum: 0.9,
-            lr: 0.1,
-            milestones: vec![30_000, 50_000, 65_000],
-            lr_factor: 0.1,
+            momentum: s.momentum,
+            lr: s.lr,
+            milestones: s.milestones,
+            lr_factor: s.lr_factor,
             iterations: None,
             epochs: None,
-            batch_size: 128,
-            weight_decay: 5e-4,
-            eval_every: 500,
+            batch_size: ScheduleConfig::DEFAULT_BATCH_SIZE,
+            weight_decay: s.weight_decay,
+            eval_every: s.eval_every,
         }
-    }
-}
-
-impl ScheduleSection {
-    pub const DEFAULT_ITERATIONS: u64 = 75_000;
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LossSection {
-    pub kind: LossName,
-    pub label_smoothing: f64,
-    pub log_floor: f64,
-}
-
-impl Default for LossSection {
-    fn default() -> Self {
-        Self {
-            kind: LossName::Official,
-            label_smoothing: 0.01,
-            log_floor: 1e-4,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentSection {
-    pub pad: usize,
-    pub flip: bool,
-}
-
-impl Default for AugmentSection {
-    fn default() -> Self {
-        Self { pad: 4, flip: true }
     }
 }
 
@@ -298,20 +293,22 @@ pub struct RunSection {
     /// CPU threads (0 = all cores).
     pub threads: usize,
     pub checkpoint_every: u64,
-    pub eval_batch: usize,
+    pub eval_batch: NonZeroUsize,
     /// Refuse a training step whose estimated memory exceeds what the machine has.
     pub memory_check: bool,
 }
 
 impl Default for RunSection {
+    /// Seed 0, the best device, every core, and [`TrainOptions`]' defaults.
     fn default() -> Self {
+        let options = TrainOptions::default();
         Self {
             seed: 0,
             device: DeviceChoice::Auto,
             threads: 0,
-            checkpoint_every: 500,
-            eval_batch: 500,
-            memory_check: true,
+            checkpoint_every: options.checkpoint_every,
+            eval_batch: TrainOptions::DEFAULT_EVAL_BATCH,
+            memory_check: options.memory_check,
         }
     }
 }
@@ -676,7 +673,7 @@ impl Provider for CellValue<'_> {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        if self.key == crate::grid::VARIANT {
+        if self.key == VARIANT {
             // A variant is a fragment of the recipe itself, merged at its root.
             return Serialized::defaults(self.value).data();
         }

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
-use opt_stages::train::{Suspension, TrainOutcome, TrainSummary};
+use opt_stages::train::{Suspension, TrainOutcome};
+use opt_stages::train_artifact::TrainSummary;
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
 

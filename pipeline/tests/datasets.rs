@@ -102,7 +102,7 @@ eval_batch = 32
     // The best evaluation is chosen on validation — at iteration 0, 2 or the final 4, the
     // earliest among equals — and the test accuracy reported is that evaluation's.
     let train_curves = cache.join("train").join(&keys.train).join("curves.json");
-    let curves: opt_stages::train::Curves =
+    let curves: opt_stages::train_artifact::Curves =
         serde_json::from_str(&std::fs::read_to_string(train_curves).unwrap()).unwrap();
     let mut evals: Vec<(u64, f64, f64)> = curves
         .eval

@@ -63,7 +63,7 @@ fn extends_chains_override_parents_and_resolve_relative_paths() {
     let loaded = load(&leaf, &[]).unwrap();
     assert_eq!(loaded.chain.len(), 3);
     let s = &loaded.recipe.schedule;
-    assert_eq!((s.lr, s.momentum, s.batch_size), (0.1, 0.5, 16));
+    assert_eq!((s.lr, s.momentum, s.batch_size.get()), (0.1, 0.5, 16));
     let plan = resolve(&loaded).unwrap();
     match &plan.fetch.source {
         opt_stages::fetch::Source::Local { path } => {
@@ -136,7 +136,7 @@ fn an_empty_recipe_is_an_error_unless_it_extends_another() {
 
 #[test]
 fn a_child_switches_its_parent_between_iterations_and_epochs() {
-    use opt_stages::train::Length;
+    use opt_stages::train_config::Length;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "base.toml", TINY);
     let child = write(
@@ -332,6 +332,65 @@ fn invalid_values_name_the_file_the_key_and_the_expectation() {
     );
     let e = err(dir.path(), "[run]\nseed = 0\n", &["nonsense"]);
     assert!(e.contains("KEY=VALUE"), "{e}");
+}
+
+/// Zero where a count must be positive is refused while reading (the types are non-zero),
+/// naming the file or override and the key.
+#[test]
+fn zero_counts_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (section, key) in [
+        ("schedule", "batch_size"),
+        ("schedule", "iterations"),
+        ("run", "eval_batch"),
+        ("model", "width"),
+        ("model", "fc6_width"),
+        ("dataset", "train_limit"),
+        ("dataset", "test_limit"),
+    ] {
+        let e = err(dir.path(), &format!("[{section}]\n{key} = 0\n"), &[]);
+        assert!(
+            e.contains("bad.toml")
+                && e.contains(&format!("`{section}.{key}`"))
+                && e.contains("nonzero"),
+            "{e}"
+        );
+    }
+    let e = err(dir.path(), "[run]\nseed = 0\n", &["schedule.batch_size=0"]);
+    assert!(
+        e.contains("--set schedule.batch_size=0") && e.contains("`schedule.batch_size`"),
+        "{e}"
+    );
+    let e = err(dir.path(), "[model]\nwidths = [8, 0, 8]\n", &[]);
+    assert!(e.contains("bad.toml") && e.contains("model.widths"), "{e}");
+}
+
+/// A recipe that sets nothing resolves to the stage configurations' own defaults: the
+/// official values are written once, in the stages.
+#[test]
+fn recipe_defaults_are_the_stage_defaults() {
+    use opt_core::batchnorm::BatchNormConfig;
+    use opt_stages::augment::AugmentConfig;
+    use opt_stages::preprocess::DataView;
+    use opt_stages::train::TrainOptions;
+    use opt_stages::train_config::{LossConfig, ScheduleConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "r.toml", "[run]\nseed = 0\n");
+    let plan = resolve(&load(&p, &[]).unwrap()).unwrap();
+    assert_eq!(plan.train.schedule, ScheduleConfig::default());
+    assert_eq!(plan.train.loss, LossConfig::default());
+    assert_eq!(plan.train.augment, AugmentConfig::OFFICIAL);
+    assert_eq!(plan.train.data, DataView::default());
+    assert_eq!(plan.train_options, TrainOptions::default());
+    assert_eq!(
+        plan.evaluate.batch_size,
+        TrainOptions::DEFAULT_EVAL_BATCH.get()
+    );
+    let bn = BatchNormConfig::default();
+    assert_eq!(
+        (plan.train.model.bn_decay, plan.train.model.bn_eps),
+        (bn.decay, bn.eps)
+    );
 }
 
 #[test]

@@ -7,15 +7,25 @@ use crate::dataset::Normalizer;
 use opt_core::Rng;
 use serde::{Deserialize, Serialize};
 
+/// Per-image augmentation (also the recipe's `[augment]` section; absent keys take the
+/// official values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
     /// Padding on each side before the random crop; 0 disables cropping.
     pub pad: usize,
     pub flip: bool,
 }
 
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self::OFFICIAL
+    }
+}
+
 impl AugmentConfig {
+    /// The official augmentation: pad 4, random crop, random horizontal flip.
+    pub const OFFICIAL: AugmentConfig = AugmentConfig { pad: 4, flip: true };
     pub const NONE: AugmentConfig = AugmentConfig {
         pad: 0,
         flip: false,

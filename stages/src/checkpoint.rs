@@ -5,14 +5,92 @@
 
 use crate::batches::Sampler;
 use crate::error::{format_err, IoContext};
-use crate::train::Optimizers;
-use crate::Result;
+use crate::optimizers::Optimizers;
+use crate::progress::Progress;
+use crate::train_artifact::Curves;
+use crate::{Result, StageError};
 use candle_core::{DType, Device, Tensor};
 use opt_core::{ParamStore, Rng};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The metadata key holding the [`RunRecord`] (JSON).
 pub const META_CURVES: &str = "curves";
+
+/// What a run has recorded so far, carried in a checkpoint's metadata so a resumed run's
+/// curves and timings continue where they stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub curves: Curves,
+    /// Seconds spent in training steps, all sessions.
+    pub train_seconds: f64,
+    /// Seconds spent in periodic evaluations, all sessions.
+    pub eval_seconds: f64,
+}
+
+/// Saves a training checkpoint with the run's record in its metadata.
+pub fn save_run(
+    path: &Path,
+    store: &ParamStore,
+    optimizers: &Optimizers,
+    sampler: &Sampler,
+    iteration: u64,
+    record: &RunRecord,
+) -> Result<()> {
+    let text = serde_json::to_string(record).map_err(|source| StageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let metadata = HashMap::from([(META_CURVES.to_string(), text)]);
+    save(path, store, optimizers, sampler, iteration, metadata)
+}
+
+/// Restores the newest readable checkpoint (`path`, else its `previous`) into the model, the
+/// optimizers and the sampler, returning its iteration and record; `None` when there is none
+/// to resume from. An unreadable one is kept aside as `*.corrupt`, with a warning, and the
+/// next one tried: a truncated checkpoint must not block every later run.
+pub fn restore_run(
+    path: &Path,
+    store: &ParamStore,
+    optimizers: &Optimizers,
+    sampler: &mut Sampler,
+    progress: &dyn Progress,
+) -> Result<Option<(u64, RunRecord)>> {
+    let candidates = [path.to_path_buf(), previous_of(path)];
+    let mut skipped = false;
+    for path in candidates.iter().filter(|p| p.is_file()) {
+        let read = read(path).and_then(|snapshot| {
+            let record = snapshot.record()?;
+            Ok((snapshot, record))
+        });
+        match read {
+            Ok((snapshot, record)) => {
+                let iteration = snapshot.apply(store, optimizers, sampler)?;
+                if skipped {
+                    progress.warn(&format!(
+                        "resuming from the previous checkpoint {} (iteration {iteration})",
+                        path.display()
+                    ));
+                }
+                return Ok(Some((iteration, record)));
+            }
+            Err(e) => {
+                let aside = path.with_extension("safetensors.corrupt");
+                progress.warn(&format!(
+                    "{e}; kept aside as {} and not used",
+                    aside.display()
+                ));
+                std::fs::rename(path, &aside).at(&aside)?;
+                skipped = true;
+            }
+        }
+    }
+    if skipped {
+        progress.warn("no readable checkpoint left: training starts from iteration 0");
+    }
+    Ok(None)
+}
 
 pub fn save(
     path: &Path,
@@ -84,6 +162,19 @@ pub fn read(path: &Path) -> Result<Snapshot> {
 }
 
 impl Snapshot {
+    /// The run's record in the metadata.
+    pub fn record(&self) -> Result<RunRecord> {
+        let path = &self.path;
+        let text = self
+            .metadata
+            .get(META_CURVES)
+            .ok_or_else(|| format_err(path, "checkpoint has no curves"))?;
+        serde_json::from_str(text).map_err(|source| StageError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// Restores the model, the optimizers and the data stream; returns the iteration.
     pub fn apply(
         &self,

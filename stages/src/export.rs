@@ -11,9 +11,9 @@
 //! and `score` (1×1 conv). The metadata carries what a loader needs to rebuild and feed it.
 
 use crate::checkpoint;
-use crate::error::{format_err, read_json, IoContext};
+use crate::error::{format_err, IoContext};
 use crate::preprocess;
-use crate::train::{self, TrainConfig};
+use crate::train_artifact::{self as artifact, MODEL_FILE};
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::{Cnn6, ParamStore};
@@ -74,7 +74,7 @@ pub type ExportedShapes = Vec<(String, Vec<usize>)>;
 /// Loads the train artifact in `train_dir` (with its decoded data in `prepared_dir`, for the
 /// input shape, classes and normalisation) and writes the plain network to `out`.
 pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<ExportedShapes> {
-    let cfg: TrainConfig = read_json(&train_dir.join(train::CONFIG_FILE))?;
+    let cfg = artifact::load_config(train_dir)?;
     // The PyTorch side (`bench/load_export.py`) builds CNN-6 only.
     if cfg.model.arch != crate::model::Arch::Cnn6 {
         return Err(StageError::Setting {
@@ -85,7 +85,7 @@ pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<Exported
             train_dir.display(),
             cfg.model.describe(),
             cfg.model.arch.as_str(),
-            train_dir.join(train::MODEL_FILE).display()
+            train_dir.join(MODEL_FILE).display()
             ),
         });
     }
@@ -100,7 +100,7 @@ pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<Exported
         cfg.seed,
         &Device::Cpu,
     )?;
-    checkpoint::load_model(&train_dir.join(train::MODEL_FILE), &store)?;
+    checkpoint::load_model(&train_dir.join(MODEL_FILE), &store)?;
     let model = model
         .as_cnn()
         .ok_or_else(|| StageError::Internal("export: the model is not a plain CNN".into()))?;

@@ -96,15 +96,19 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// ResNet's depth when a recipe gives none (ResNet-20).
+    pub const DEFAULT_RESNET_DEPTH: usize = 20;
+
     /// CNN-6 with every stage `width` wide and the official BN (tests, benchmarks).
     pub fn cnn6(width: usize) -> Self {
+        let bn = BatchNormConfig::default();
         Self {
             arch: Arch::Cnn6,
             width,
             widths: None,
             fc6_width: None,
-            bn_decay: 0.999,
-            bn_eps: 1e-3,
+            bn_decay: bn.decay,
+            bn_eps: bn.eps,
             depth: None,
             opt_shortcuts: None,
             opt_classifier: None,
@@ -120,9 +124,9 @@ impl ModelConfig {
         })
     }
 
-    /// ResNet's depth (20 unless given).
+    /// ResNet's depth ([`Self::DEFAULT_RESNET_DEPTH`] unless given).
     pub fn resnet_depth(&self) -> usize {
-        self.depth.unwrap_or(20)
+        self.depth.unwrap_or(Self::DEFAULT_RESNET_DEPTH)
     }
 
     fn batchnorm(&self) -> BatchNormConfig {

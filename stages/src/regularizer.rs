@@ -29,6 +29,13 @@ pub enum RegularizerKind {
 #[serde(try_from = "PowerText", into = "String")]
 pub struct Power(pub MhePower);
 
+impl Default for Power {
+    /// `0`, the official script's power.
+    fn default() -> Self {
+        Power(MhePower::S0)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PowerText {

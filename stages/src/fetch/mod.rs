@@ -17,7 +17,6 @@ mod http;
 mod hub;
 mod local;
 
-pub use crate::catalogue::{default_downloads, default_format, default_hub};
 pub use crate::spec::{DatasetName, IDX_FILES};
 pub use local::locate;
 
