@@ -59,7 +59,8 @@ impl Sampler {
         norm: &Normalizer,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        self.host_batch(iteration, split, aug, norm).to_device(device)
+        self.host_batch(iteration, split, aug, norm)
+            .to_device(device)
     }
 
     /// The same batch in host memory, so a worker thread can build the next one while the

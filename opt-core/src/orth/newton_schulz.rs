@@ -34,7 +34,8 @@ pub fn polar_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
     }
     let x0 = p.to_dtype(DType::F64)?;
     let norm = x0.sqr()?.sum_all()?.sqrt()?;
-    if !(norm.to_scalar::<f64>()? > 0.0) {
+    let frobenius = norm.to_scalar::<f64>()?;
+    if !frobenius.is_finite() || frobenius <= 0.0 {
         bail!("polar (Newton–Schulz): P is zero or not finite");
     }
     let eye = Tensor::eye(d, DType::F64, p.device())?;
@@ -67,7 +68,7 @@ fn iterate(
         }
         x = (&x + (x.matmul(&r)? * scale)?)?;
     }
-    if !(norm < TOLERANCE) {
+    if norm.is_nan() || norm >= TOLERANCE {
         bail!(
             "{what} (Newton–Schulz): residual ‖·‖_F = {norm:.1e} after {max_iters} iterations \
              (P is singular or too ill-conditioned for this route)"
