@@ -61,6 +61,7 @@ pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
         seed: 0,
         device: cfg.device.resolve(),
         regularizer: None,
+        tf32: false,
     }
 }
 

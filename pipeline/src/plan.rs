@@ -138,6 +138,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         seed: r.run.seed,
         device: r.run.device.resolve(),
         regularizer,
+        tf32: r.run.tf32,
     };
     check_device(loaded, train.device)?;
     check_memory(loaded, &train)?;

@@ -296,6 +296,8 @@ pub struct RunSection {
     pub eval_batch: NonZeroUsize,
     /// Refuse a training step whose estimated memory exceeds what the machine has.
     pub memory_check: bool,
+    /// TF32 tensor-core matmuls on a CUDA device (off: faithful f32; no effect on the CPU).
+    pub tf32: bool,
 }
 
 impl Default for RunSection {
@@ -309,6 +311,7 @@ impl Default for RunSection {
             checkpoint_every: options.checkpoint_every,
             eval_batch: TrainOptions::DEFAULT_EVAL_BATCH,
             memory_check: options.memory_check,
+            tf32: false,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! protocol's concerns (resume, step, evaluation, S-OPT episodes, progress, checkpoint
 //! cadence, stop and interrupt, finish).
 
-use crate::batches::Sampler;
+use crate::batches::{HostBatch, Sampler};
 use crate::checkpoint::{self, RunRecord};
 use crate::error::{write_json, IoContext};
 use crate::evaluation::evaluate_view;
@@ -29,7 +29,7 @@ use crate::train_config::{build_model, TrainConfig};
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::loss::{loss, LossKind};
-use opt_core::metrics::topk_correct;
+use opt_core::metrics::{topk_correct, topk_correct_on_device};
 use opt_core::{Entry, Kind, Network, ParamStore, PiecewiseLr, Rng, Role};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -119,13 +119,7 @@ pub fn step(
     iteration: u64,
 ) -> Result<(f64, f64)> {
     let logits = model.forward(x, true)?;
-    let mut l = loss(loss_kind, &logits, y)?;
-    if let Some(p) = model.penalty()? {
-        l = (l + p)?;
-    }
-    if let Some(r) = regularizer.map(|r| r.loss(model)).transpose()?.flatten() {
-        l = (l + r)?;
-    }
+    let l = total_loss(model, loss_kind, regularizer, &logits, y)?;
     let loss_value = l.to_scalar::<f32>()? as f64;
     // A non-finite loss is divergence, said as such (the lr is the usual cause), before NaN
     // logits reach the accuracy count or a NaN gradient reaches the weights.
@@ -138,6 +132,58 @@ pub fn step(
     let grads = l.backward()?;
     optimizers.step(&grads, lr, iteration)?;
     Ok((loss_value, topk_correct(&logits, y, 1)?))
+}
+
+/// The data loss plus any method penalty and regulariser.
+fn total_loss(
+    model: &Network,
+    loss_kind: LossKind,
+    regularizer: Option<&RegularizerConfig>,
+    logits: &Tensor,
+    y: &Tensor,
+) -> Result<Tensor> {
+    let mut l = loss(loss_kind, logits, y)?;
+    if let Some(p) = model.penalty()? {
+        l = (l + p)?;
+    }
+    if let Some(r) = regularizer.map(|r| r.loss(model)).transpose()?.flatten() {
+        l = (l + r)?;
+    }
+    Ok(l)
+}
+
+/// A step's loss and top-1 count, still where the step ran (read at the next flush).
+struct PendingPoint {
+    iteration: u64,
+    lr: f64,
+    loss: Tensor,
+    correct: Tensor,
+}
+
+/// [`step`] without host reads: the loss and the top-1 count stay on the device, so a GPU
+/// never waits for the host between steps. The trainer reads them in batches ([`Trainer`]'s
+/// flush), where a non-finite loss is reported as divergence at its own iteration.
+#[allow(clippy::too_many_arguments)]
+fn step_on_device(
+    model: &Network,
+    optimizers: &mut Optimizers,
+    loss_kind: LossKind,
+    regularizer: Option<&RegularizerConfig>,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+    iteration: u64,
+) -> Result<PendingPoint> {
+    let logits = model.forward(x, true)?;
+    let l = total_loss(model, loss_kind, regularizer, &logits, y)?;
+    let grads = l.backward()?;
+    optimizers.step(&grads, lr, iteration)?;
+    Ok(PendingPoint {
+        iteration: iteration + 1,
+        lr,
+        loss: l.detach(),
+        correct: topk_correct_on_device(&logits.detach(), y, 1)?,
+    })
 }
 
 /// The end of S-OPT episode `episode`: merge and re-sample every sparse layer (subsets drawn
@@ -221,7 +267,20 @@ struct Trainer<'a> {
     /// The iteration this session starts at: 0, or the checkpoint's.
     start: u64,
     resumed_from: Option<u64>,
+    /// Steps whose loss and top-1 count have not been read from the device yet.
+    pending: Vec<PendingPoint>,
+    last_flush: Instant,
+    /// The next step's batch, built by a worker thread during this step.
+    next_batch: Option<HostBatch>,
+    /// The sampler as of the batch of the last step (the live one has drawn the next batch
+    /// already): what a checkpoint after that step stores.
+    sampler_at_step: Option<Sampler>,
 }
+
+/// How often the trainer reads the pending steps' losses from the device (and updates the
+/// progress bar) at the latest: every step on a CPU (steps are slower than this), every few
+/// hundred on a GPU.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl<'a> Trainer<'a> {
     /// Loads the data view, checks the step fits in memory, builds the model, its optimizers
@@ -235,6 +294,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let data = preprocess::load(prepared_dir, &cfg.data)?;
         let device = cfg.device.open()?;
+        // A process-wide switch of candle's CUDA matmuls (a no-op on the CPU): set for every run
+        // so one recipe's TF32 never leaks into the next run of the same process.
+        candle_core::cuda::set_gemm_reduced_precision_f32(cfg.tf32);
         if opts.memory_check && device.is_cpu() {
             cfg.check_memory(data.stats.shape, data.stats.classes)?;
         }
@@ -279,6 +341,10 @@ impl<'a> Trainer<'a> {
             record: RunRecord::default(),
             start: 0,
             resumed_from: None,
+            pending: Vec::new(),
+            last_flush: Instant::now(),
+            next_batch: None,
+            sampler_at_step: None,
         })
     }
 
@@ -296,17 +362,28 @@ impl<'a> Trainer<'a> {
         let _honoured = self.opts.interrupt.honoured_while();
         let session_seconds = self.record.train_seconds;
         for i in self.start..self.iterations {
-            let point = self.step(i)?;
-            let done = point.iteration;
-            if self.evaluation_due(done) {
+            if let Err(e) = self.step(i) {
+                // Weights a diverged step made non-finite fail later steps in other ways (a
+                // map refuses a NaN matrix): the divergence is the cause to report.
+                return Err(self.flush().err().unwrap_or(e));
+            }
+            let done = i + 1;
+            let evaluating = self.evaluation_due(done);
+            if evaluating || self.last_flush.elapsed() >= FLUSH_INTERVAL {
+                self.flush()?;
+                if let Some(point) = self.record.curves.train.last().copied() {
+                    self.show_progress(&point, session_seconds);
+                }
+            }
+            if evaluating {
                 self.evaluate(done)?;
             }
             self.end_episode_if_due(done)?;
-            self.show_progress(&point, session_seconds);
             if let Some(suspension) = self.checkpoint_or_suspend(done)? {
                 return Ok(TrainOutcome::Suspended(suspension));
             }
         }
+        self.flush()?;
         self.progress.end();
         self.finish().map(TrainOutcome::Finished)
     }
@@ -332,41 +409,109 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Step `i` (0-based) on its batch, timed and recorded.
-    fn step(&mut self, i: u64) -> Result<TrainPoint> {
-        let t0 = Instant::now();
-        let lr = self.schedule.at(i);
-        // S-OPT reshuffles at the start of each episode (and every pass within it).
-        let data_iteration = match self.episode {
+    /// The sampler's iteration for step `i`: S-OPT reshuffles at the start of each episode
+    /// (and every pass within it).
+    fn data_iteration(&self, i: u64) -> u64 {
+        match self.episode {
             Some(ep) => i % ep,
             None => i,
+        }
+    }
+
+    /// Step `i` (0-based) on its batch, timed; its loss and top-1 count join the pending
+    /// points. A worker thread builds the next step's batch meanwhile (the same draws in the
+    /// same order as building it afterwards, so results do not change).
+    fn step(&mut self, i: u64) -> Result<()> {
+        let t0 = Instant::now();
+        let lr = self.schedule.at(i);
+        let batch = match self.next_batch.take() {
+            Some(b) => b,
+            None => self.sampler.host_batch(
+                self.data_iteration(i),
+                &self.data.train,
+                &self.cfg.augment,
+                &self.data.normalizer,
+            ),
         };
-        let (x, y) = self.sampler.batch(
-            data_iteration,
-            &self.data.train,
-            &self.cfg.augment,
-            &self.data.normalizer,
-            &self.device,
-        )?;
-        let (loss, correct) = step(
-            &self.model,
-            &mut self.optimizers,
-            self.loss_kind,
-            self.cfg.regularizer.as_ref(),
-            &x,
-            &y,
-            lr,
-            i,
-        )?;
+        let (x, y) = batch.to_device(&self.device)?;
+        let prefetch = i + 1 < self.iterations;
+        self.sampler_at_step = prefetch.then(|| self.sampler.clone());
+        let next_iteration = self.data_iteration(i + 1);
+        let Self {
+            cfg,
+            data,
+            sampler,
+            model,
+            optimizers,
+            loss_kind,
+            ..
+        } = self;
+        let (data, cfg, kind) = (&*data, *cfg, *loss_kind);
+        let (point, next) = std::thread::scope(|scope| {
+            let worker = prefetch.then(|| {
+                scope.spawn(move || {
+                    sampler.host_batch(next_iteration, &data.train, &cfg.augment, &data.normalizer)
+                })
+            });
+            let point = step_on_device(
+                model,
+                optimizers,
+                kind,
+                cfg.regularizer.as_ref(),
+                &x,
+                &y,
+                lr,
+                i,
+            );
+            (point, worker.map(|w| w.join()))
+        });
+        self.next_batch = match next {
+            Some(Ok(b)) => Some(b),
+            Some(Err(_)) => {
+                return Err(StageError::Internal(
+                    "the batch-building thread panicked".into(),
+                ))
+            }
+            None => None,
+        };
+        self.pending.push(point?);
         self.record.train_seconds += t0.elapsed().as_secs_f64();
-        let point = TrainPoint {
-            iteration: i + 1,
-            lr,
-            loss,
-            acc: correct / self.cfg.schedule.batch_size as f64,
+        Ok(())
+    }
+
+    /// Reads the pending steps' losses and top-1 counts from the device (one transfer each)
+    /// into the curves; the first non-finite loss is divergence at its own iteration.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let read = |values: Vec<Tensor>| -> Result<Vec<f64>> {
+            let values: Vec<Tensor> = values
+                .iter()
+                .map(|t| t.to_dtype(candle_core::DType::F64))
+                .collect::<candle_core::Result<_>>()?;
+            Ok(Tensor::stack(&values, 0)?.to_vec1::<f64>()?)
         };
-        self.record.curves.train.push(point);
-        Ok(point)
+        let losses = read(pending.iter().map(|p| p.loss.clone()).collect())?;
+        let corrects = read(pending.iter().map(|p| p.correct.clone()).collect())?;
+        let batch = self.cfg.schedule.batch_size as f64;
+        for ((p, loss), correct) in pending.iter().zip(losses).zip(corrects) {
+            if !loss.is_finite() || correct.is_nan() {
+                return Err(StageError::Diverged {
+                    iteration: p.iteration - 1,
+                    loss,
+                });
+            }
+            self.record.curves.train.push(TrainPoint {
+                iteration: p.iteration,
+                lr: p.lr,
+                loss,
+                acc: correct / batch,
+            });
+        }
+        self.last_flush = Instant::now();
+        Ok(())
     }
 
     /// Whether a periodic evaluation follows step `done` (the last one is the evaluate
@@ -422,7 +567,7 @@ impl<'a> Trainer<'a> {
 
     /// After step `done` (not the last): a checkpoint when the cadence, a requested stop or an
     /// interrupt asks for one, and the suspension when the run stops here.
-    fn checkpoint_or_suspend(&self, done: u64) -> Result<Option<Suspension>> {
+    fn checkpoint_or_suspend(&mut self, done: u64) -> Result<Option<Suspension>> {
         if done >= self.iterations {
             return Ok(None);
         }
@@ -449,12 +594,15 @@ impl<'a> Trainer<'a> {
         Ok(None)
     }
 
-    fn save_checkpoint(&self, done: u64) -> Result<()> {
+    /// A checkpoint after step `done`, with every pending point read first (so it never holds
+    /// the weights of a diverged run) and the sampler as of that step's batch.
+    fn save_checkpoint(&mut self, done: u64) -> Result<()> {
+        self.flush()?;
         checkpoint::save_run(
             &self.checkpoint,
             &self.store,
             &self.optimizers,
-            &self.sampler,
+            self.sampler_at_step.as_ref().unwrap_or(&self.sampler),
             done,
             &self.record,
         )

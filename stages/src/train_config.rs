@@ -137,6 +137,11 @@ pub struct TrainConfig {
     /// without one is what it was before regularisers existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regularizer: Option<RegularizerConfig>,
+    /// TF32 tensor-core matmuls for f32 on a CUDA device (`run.tf32`; off, the faithful
+    /// choice: full f32 products as the official code's). No effect on the CPU. Absent from the
+    /// key when off, so every recipe's key is what it was before the option existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tf32: bool,
 }
 
 impl TrainConfig {
