@@ -60,7 +60,7 @@ impl DeviceChoice {
     /// The concrete device kind this choice means on this build and machine (`auto` resolved).
     pub fn resolve(self) -> DeviceChoice {
         match self {
-            Self::Auto if candle_core::utils::cuda_is_available() => Self::Cuda(0),
+            Self::Auto if cuda_device_present() => Self::Cuda(0),
             Self::Auto => Self::Cpu,
             other => other,
         }
@@ -76,9 +76,28 @@ impl DeviceChoice {
                          (the cargo feature `cuda`); set run.device = \"cpu\""
                     )));
                 }
-                Device::new_cuda(n)
-                    .map_err(|e| StageError::Device(format!("cannot open CUDA device {n}: {e}")))
+                Device::new_cuda(n).map_err(|e| {
+                    StageError::Device(format!(
+                        "cannot open CUDA device {n}: {}",
+                        without_backtrace(e)
+                    ))
+                })
             }
         }
+    }
+}
+
+/// Whether this build has CUDA and the machine a device it can open (asked once per process):
+/// `auto` means the GPU only where there is one, also for a CUDA build on a CPU machine.
+fn cuda_device_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok())
+}
+
+/// candle's message without the backtrace it attaches (a user needs the cause, not frames).
+fn without_backtrace(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+        other => other.to_string(),
     }
 }
