@@ -77,7 +77,7 @@ bench-archs *args:
 # Compare orthopt with PyTorch eager on this CPU, interleaved, with peak RSS and GFLOP/s against the sgemm peak (installs PyTorch from PyPI into .venv once).
 bench-compare *args:
     test -x .venv/bin/python || python3 -m venv .venv
-    .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install --quiet torch
+    .venv/bin/python -c 'import torch, numpy' 2>/dev/null || .venv/bin/python -m pip install --quiet torch numpy
     cargo build --release --bin orthopt
     .venv/bin/python bench/compare.py --python .venv/bin/python "$@"
 
