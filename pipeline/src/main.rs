@@ -227,9 +227,19 @@ fn main() -> ExitCode {
 fn finish(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
+        // The reader went away (`orthopt list | head`): what it wanted was written.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

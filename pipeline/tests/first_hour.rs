@@ -196,3 +196,25 @@ fn recipes_are_recorded_relative_to_the_repository() {
         "{plan}"
     );
 }
+
+/// `orthopt list | head`: a reader that goes away is no error (no panic, no message, exit 0).
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::process::{Command, Stdio};
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orthopt"))
+            .arg("list")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // closed before the command writes
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{stderr}"
+        );
+    }
+}
