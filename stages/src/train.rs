@@ -29,7 +29,7 @@ use crate::train_config::{build_model, TrainConfig};
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::loss::{loss, LossKind};
-use opt_core::metrics::{topk_correct, topk_correct_on_device};
+use opt_core::metrics::topk_correct_on_device;
 use opt_core::{Entry, Kind, Network, ParamStore, PiecewiseLr, Rng, Role};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -104,9 +104,11 @@ pub enum Suspension {
     Interrupted { iteration: u64, signal: i32 },
 }
 
-/// One training step: forward in training mode, backward, optimizer update.
+/// One training step: forward in training mode, backward, optimizer update, and the results
+/// read back (a wait for the device: the trainer uses [`step_on_device`] and reads in batches).
 /// Returns the batch loss (data loss plus any method penalty and regulariser) and the expected
-/// number of correct top-1 predictions (before the update; ties count their share).
+/// number of correct top-1 predictions (before the update; ties count their share); a
+/// non-finite loss is [`StageError::Diverged`] and the model is then not to be used.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     model: &Network,
@@ -118,20 +120,23 @@ pub fn step(
     lr: f64,
     iteration: u64,
 ) -> Result<(f64, f64)> {
-    let logits = model.forward(x, true)?;
-    let l = total_loss(model, loss_kind, regularizer, &logits, y)?;
-    let loss_value = l.to_scalar::<f32>()? as f64;
-    // A non-finite loss is divergence, said as such (the lr is the usual cause), before NaN
-    // logits reach the accuracy count or a NaN gradient reaches the weights.
-    if !loss_value.is_finite() {
-        return Err(StageError::Diverged {
-            iteration,
-            loss: loss_value,
-        });
+    let point = step_on_device(
+        model,
+        optimizers,
+        loss_kind,
+        regularizer,
+        x,
+        y,
+        lr,
+        iteration,
+    )?;
+    let loss = point.loss.to_scalar::<f32>()? as f64;
+    let correct = point.correct.to_scalar::<f64>()?;
+    // A non-finite loss (or NaN logits) is divergence, said as such: the lr is the usual cause.
+    if !loss.is_finite() || correct.is_nan() {
+        return Err(StageError::Diverged { iteration, loss });
     }
-    let grads = l.backward()?;
-    optimizers.step(&grads, lr, iteration)?;
-    Ok((loss_value, topk_correct(&logits, y, 1)?))
+    Ok((loss, correct))
 }
 
 /// The data loss plus any method penalty and regulariser.
@@ -487,11 +492,10 @@ impl<'a> Trainer<'a> {
         }
         let pending = std::mem::take(&mut self.pending);
         let read = |values: Vec<Tensor>| -> Result<Vec<f64>> {
-            let values: Vec<Tensor> = values
-                .iter()
-                .map(|t| t.to_dtype(candle_core::DType::F64))
-                .collect::<candle_core::Result<_>>()?;
-            Ok(Tensor::stack(&values, 0)?.to_vec1::<f64>()?)
+            let stacked = Tensor::stack(&values, 0)?;
+            Ok(stacked
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?)
         };
         let losses = read(pending.iter().map(|p| p.loss.clone()).collect())?;
         let corrects = read(pending.iter().map(|p| p.correct.clone()).collect())?;

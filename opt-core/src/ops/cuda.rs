@@ -7,8 +7,11 @@
 
 use super::conv2d::Patches;
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::builder_arg;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
@@ -132,6 +135,15 @@ pub(super) fn conv2d_forward(
     Ok(out)
 }
 
+/// `(planes, h, w)` as the pooling kernels take them.
+fn pool_args(n: usize, c: usize, h: usize, w: usize) -> Result<(i32, i32, i32)> {
+    Ok((
+        i32_of(n * c, "planes")?,
+        i32_of(h, "height")?,
+        i32_of(w, "width")?,
+    ))
+}
+
 pub(super) fn max_pool_forward(
     x: &CudaStorage,
     l: &Layout,
@@ -140,19 +152,13 @@ pub(super) fn max_pool_forward(
     let dev = x.device();
     let total = n * c * (h / 2) * (w / 2);
     let out = unsafe { dev.alloc::<f32>(total)? };
-    let func = dev.get_or_load_custom_func("max_pool2x2_f32", MODULE, PTX)?;
-    let (planes, h32, w32) = (
-        i32_of(n * c, "planes")?,
-        i32_of(h, "height")?,
-        i32_of(w, "width")?,
-    );
+    let (planes, h32, w32) = pool_args(n, c, h, w)?;
     let src = view(x, l, "max-pool")?;
+    let func = dev.get_or_load_custom_func("max_pool2x2_f32", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&out);
-    b.arg(&planes);
-    b.arg(&h32);
-    b.arg(&w32);
+    builder_arg!(b, planes, h32, w32);
     // SAFETY: `out` holds one value per window of `x`'s planes.
     unsafe { b.launch(elementwise(total)) }.w()?;
     Ok(wrap(out, dev))
@@ -168,29 +174,30 @@ pub(super) fn max_pool_backward(
     let dev = x.device();
     let windows = n * c * (h / 2) * (w / 2);
     let out = dev.alloc_zeros::<f32>(n * c * h * w)?;
+    let (planes, h32, w32) = pool_args(n, c, h, w)?;
+    let op = "max-pool backward";
+    let (xv, gv) = (view(x, xl, op)?, view(g, gl, op)?);
     let func = dev.get_or_load_custom_func("max_pool2x2_backward_f32", MODULE, PTX)?;
-    let (planes, h32, w32) = (
-        i32_of(n * c, "planes")?,
-        i32_of(h, "height")?,
-        i32_of(w, "width")?,
-    );
-    let (xv, gv) = (
-        view(x, xl, "max-pool backward")?,
-        view(g, gl, "max-pool backward")?,
-    );
     let mut b = func.builder();
     b.arg(&xv);
     b.arg(&gv);
     b.arg(&out);
-    b.arg(&planes);
-    b.arg(&h32);
-    b.arg(&w32);
+    builder_arg!(b, planes, h32, w32);
     // SAFETY: one thread per window writes that window's maximum position in `out`.
     unsafe { b.launch(elementwise(windows)) }.w()?;
     Ok(wrap(out, dev))
 }
 
 type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+/// `(n, c, hw)` as the batch-norm kernels take them.
+fn bn_args(n: usize, c: usize, hw: usize) -> Result<(i32, i32, i32)> {
+    Ok((
+        i32_of(n, "batch")?,
+        i32_of(c, "channels")?,
+        i32_of(hw, "plane")?,
+    ))
+}
 
 /// `(x, γ, β) ↦ [y, mean, var]`: the per-channel statistics kernel, then the element-wise one.
 pub(super) fn batch_norm_forward(
@@ -204,24 +211,14 @@ pub(super) fn batch_norm_forward(
     let dev = x.device();
     let len = n * c * hw;
     let out = unsafe { dev.alloc::<f32>(len + 2 * c)? };
-    let (xv, gv, bv) = (
-        view(x, xl, "batchnorm")?,
-        view(g, gl, "batchnorm")?,
-        view(b, bl, "batchnorm")?,
-    );
-    let (n32, c32, hw32) = (
-        i32_of(n, "batch")?,
-        i32_of(c, "channels")?,
-        i32_of(hw, "plane")?,
-    );
-    let relu32 = relu as i32;
+    let op = "batchnorm";
+    let (xv, gv, bv) = (view(x, xl, op)?, view(g, gl, op)?, view(b, bl, op)?);
+    let (n32, c32, hw32) = bn_args(n, c, hw)?;
     let stats = dev.get_or_load_custom_func("bn_stats_f32", MODULE, PTX)?;
     let mut l = stats.builder();
     l.arg(&xv);
     l.arg(&out);
-    l.arg(&n32);
-    l.arg(&c32);
-    l.arg(&hw32);
+    builder_arg!(l, n32, c32, hw32);
     // SAFETY: one block per channel writes that channel's two statistics past `len`.
     unsafe { l.launch(per_channel(c)) }.w()?;
     let apply = dev.get_or_load_custom_func("bn_apply_f32", MODULE, PTX)?;
@@ -230,11 +227,7 @@ pub(super) fn batch_norm_forward(
     l.arg(&gv);
     l.arg(&bv);
     l.arg(&out);
-    l.arg(&n32);
-    l.arg(&c32);
-    l.arg(&hw32);
-    l.arg(&eps);
-    l.arg(&relu32);
+    builder_arg!(l, n32, c32, hw32, eps, relu as i32);
     // SAFETY: element-wise over the first `len` entries, reading the statistics after them.
     unsafe { l.launch(elementwise(len)) }.w()?;
     Ok(wrap(out, dev))
@@ -260,23 +253,14 @@ pub(super) fn batch_norm_backward(
         view(res, rl, op)?,
         view(gamma, gl, op)?,
     );
-    let (n32, c32, hw32) = (
-        i32_of(n, "batch")?,
-        i32_of(c, "channels")?,
-        i32_of(hw, "plane")?,
-    );
-    let relu32 = relu as i32;
+    let (n32, c32, hw32) = bn_args(n, c, hw)?;
     let sums = dev.get_or_load_custom_func("bn_backward_sums_f32", MODULE, PTX)?;
     let mut l = sums.builder();
     l.arg(&xv);
     l.arg(&dyv);
     l.arg(&rv);
     l.arg(&out);
-    l.arg(&n32);
-    l.arg(&c32);
-    l.arg(&hw32);
-    l.arg(&eps);
-    l.arg(&relu32);
+    builder_arg!(l, n32, c32, hw32, eps, relu as i32);
     // SAFETY: one block per channel writes that channel's two sums past `len`.
     unsafe { l.launch(per_channel(c)) }.w()?;
     let apply = dev.get_or_load_custom_func("bn_backward_apply_f32", MODULE, PTX)?;
@@ -286,11 +270,7 @@ pub(super) fn batch_norm_backward(
     l.arg(&rv);
     l.arg(&gv);
     l.arg(&out);
-    l.arg(&n32);
-    l.arg(&c32);
-    l.arg(&hw32);
-    l.arg(&eps);
-    l.arg(&relu32);
+    builder_arg!(l, n32, c32, hw32, eps, relu as i32);
     // SAFETY: element-wise over the first `len` entries, reading the sums after them.
     unsafe { l.launch(elementwise(len)) }.w()?;
     Ok(wrap(out, dev))
@@ -298,37 +278,31 @@ pub(super) fn batch_norm_backward(
 
 /// Clamped `acos`, f32 or f64.
 pub(super) fn acos(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    match x.dtype() {
+        DType::F32 => acos_as::<f32>(x, l, "acos_f32"),
+        DType::F64 => acos_as::<f64>(x, l, "acos_f64"),
+        other => bail!("acos: only f32 and f64 are supported, got {other:?}"),
+    }
+}
+
+fn acos_as<T: CudaDType + DeviceRepr>(
+    x: &CudaStorage,
+    l: &Layout,
+    kernel: &str,
+) -> Result<CudaStorage> {
     let dev = x.device();
     if !l.is_contiguous() {
         bail!("acos: input must be contiguous");
     }
     let n = l.shape().elem_count();
-    let n64 = n as u64;
-    match x.dtype() {
-        DType::F32 => {
-            let src = x.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
-            let out = unsafe { dev.alloc::<f32>(n)? };
-            let func = dev.get_or_load_custom_func("acos_f32", MODULE, PTX)?;
-            let mut b = func.builder();
-            b.arg(&src);
-            b.arg(&out);
-            b.arg(&n64);
-            // SAFETY: element-wise over n entries of both.
-            unsafe { b.launch(elementwise(n)) }.w()?;
-            Ok(wrap(out, dev))
-        }
-        DType::F64 => {
-            let src = x.as_cuda_slice::<f64>()?.slice(l.start_offset()..);
-            let out = unsafe { dev.alloc::<f64>(n)? };
-            let func = dev.get_or_load_custom_func("acos_f64", MODULE, PTX)?;
-            let mut b = func.builder();
-            b.arg(&src);
-            b.arg(&out);
-            b.arg(&n64);
-            // SAFETY: element-wise over n entries of both.
-            unsafe { b.launch(elementwise(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-        }
-        other => bail!("acos: only f32 and f64 are supported, got {other:?}"),
-    }
+    let src = x.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+    let out = unsafe { dev.alloc::<T>(n)? };
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&src);
+    b.arg(&out);
+    builder_arg!(b, n as u64);
+    // SAFETY: element-wise over n entries of both.
+    unsafe { b.launch(elementwise(n)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
