@@ -8,7 +8,7 @@
 //!
 //! | op | CPU | CUDA |
 //! |---|---|---|
-//! | [`conv2d`] | im2col + one gemm; backward gemms + col2im | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
+//! | [`conv2d`] | per image: patches in cache + one gemm; backward the same, col2im per image | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
 //! | [`batch_norm_train`] | one fused pass forward and backward, packed `[y, mean, var]` | reduction + apply kernels, same packing |
 //! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
 //! | [`orthogonalize`] | f64 factorisations (faer) | LS, CP: Newton–Schulz on the device; GS, HR: through host memory (see `orth`) |

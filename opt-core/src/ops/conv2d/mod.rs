@@ -9,8 +9,12 @@
 //! own CUDA backward goes through a naive `conv_transpose2d` kernel, which the training path
 //! must not use.
 
+mod per_image;
+
 use super::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor,
+};
 
 /// Geometry of a strided, zero-padded 2-D convolution's patch matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +181,6 @@ impl Conv2dIm2col {
     }
 }
 
-fn into_f32_vec(t: Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 impl CustomOp2 for Conv2dIm2col {
     fn name(&self) -> &'static str {
         "conv2d-im2col"
@@ -197,19 +197,8 @@ impl CustomOp2 for Conv2dIm2col {
         let (ho, wo) = p.out_hw();
         let x = contiguous_f32(xs, xl, "conv2d")?;
         let k = contiguous_f32(ks, kl, "conv2d")?;
-        let cols = Tensor::from_vec(
-            im2col(&p, x),
-            (p.n * p.rows_per_image(), p.cols()),
-            &Device::Cpu,
-        )?;
-        let kmat = Tensor::from_slice(k, (c_out, p.cols()), &Device::Cpu)?;
-        let out = cols.matmul(&kmat.t()?)?; // [n·ho·wo, c_out]
-        let out = out
-            .reshape((p.n, ho * wo, c_out))?
-            .transpose(1, 2)?
-            .contiguous()?;
         Ok((
-            CpuStorage::F32(into_f32_vec(out)?),
+            CpuStorage::F32(per_image::forward(&p, x, k, c_out)),
             Shape::from((p.n, c_out, ho, wo)),
         ))
     }
@@ -240,6 +229,9 @@ impl CustomOp2 for Conv2dIm2col {
         let wants_grad_x = x.track_op() || x.is_variable();
         let (x, k) = (x.detach(), k.detach());
         let (p, c_out) = self.patches(x.layout(), k.layout())?;
+        if x.device().is_cpu() {
+            return cpu_backward(&p, c_out, (&x, &k, grad), wants_grad_x);
+        }
         let rows = p.n * p.rows_per_image();
         // [n, c_out, ho, wo] → [n·ho·wo, c_out]
         let g = grad
@@ -259,6 +251,33 @@ impl CustomOp2 for Conv2dIm2col {
         };
         Ok((grad_x, Some(grad_k)))
     }
+}
+
+/// Both gradients on the CPU, image by image ([`per_image`]).
+fn cpu_backward(
+    p: &Patches,
+    c_out: usize,
+    (x, k, grad): (&Tensor, &Tensor, &Tensor),
+    wants_grad_x: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let (gs, gl) = grad.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ks)) = (&*gs, &*xs, &*ks) else {
+        candle_core::bail!("conv2d backward: CPU tensors expected");
+    };
+    let gy = contiguous_f32(gs, gl, "conv2d backward")?;
+    let kv = contiguous_f32(ks, kl, "conv2d backward")?;
+    let grad_k = per_image::grad_kernel(p, contiguous_f32(xs, xl, "conv2d backward")?, gy, c_out);
+    let grad_k = Tensor::from_vec(grad_k, k.shape(), k.device())?;
+    let grad_x = if wants_grad_x {
+        let gx = per_image::grad_input(p, gy, kv, c_out);
+        Some(Tensor::from_vec(gx, x.shape(), x.device())?)
+    } else {
+        None
+    };
+    Ok((grad_x, Some(grad_k)))
 }
 
 fn im2col(p: &Patches, input: &[f32]) -> Vec<f32> {
@@ -318,6 +337,8 @@ mod tests {
             ([2, 4, 8, 8], [6, 4, 3, 3], 1, 2),
             ([2, 3, 7, 5], [4, 3, 3, 3], 1, 2),
             ([2, 4, 8, 8], [5, 4, 1, 1], 0, 2),
+            // More images than one kernel-gradient partial sum holds.
+            ([19, 3, 6, 5], [4, 3, 3, 3], 1, 1),
         ] {
             let x = Var::from_tensor(&randn(&shape, 1))?;
             let k = Var::from_tensor(&randn(&kshape, 2))?;
