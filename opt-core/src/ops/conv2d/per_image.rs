@@ -240,6 +240,9 @@ pub(super) fn grad_kernel(p: &Patches, x: &[f32], gy: &[f32], c_out: usize) -> V
         return gk;
     }
     let in_len = p.c * p.h * p.w;
+    // Each partial is ∂Kᵀ (`[ckk, c_out]`), the orientation in which gemm reads the patch
+    // matrix without a transposing pack (it packs only the small ∂y_img); one transpose at the
+    // end gives ∂K.
     let partials: Vec<Vec<f32>> = (0..p.n.div_ceil(IMAGES_PER_PARTIAL))
         .into_par_iter()
         .map_init(
@@ -258,20 +261,31 @@ pub(super) fn grad_kernel(p: &Patches, x: &[f32], gy: &[f32], c_out: usize) -> V
                         parallel: false,
                     };
                     let gy_img = &gy[i * c_out * hw..(i + 1) * c_out * hw];
-                    g.run(&mut partial, (ckk, 1), gy_img, (hw, 1), cols, (1, hw));
+                    g.run(&mut partial, (1, c_out), gy_img, (hw, 1), cols, (1, hw));
                 }
                 partial
             },
         )
         .collect();
     let mut partials = partials.into_iter();
-    let mut gk = partials.next().unwrap_or_else(|| vec![0f32; c_out * ckk]);
+    let mut sum = partials.next().unwrap_or_else(|| vec![0f32; c_out * ckk]);
     for partial in partials {
-        for (a, b) in gk.iter_mut().zip(&partial) {
+        for (a, b) in sum.iter_mut().zip(&partial) {
             *a += b;
         }
     }
-    gk
+    transpose(&sum, ckk, c_out)
+}
+
+/// `a` `[rows, cols]` row-major → `aᵀ` `[cols, rows]`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for (r, row) in a.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 /// `∂x` `[n, c, h, w]` from `∂y` `[n, c_out, ho, wo]` and `k` `[c_out, ckk]`.
@@ -292,6 +306,8 @@ pub(super) fn grad_input(p: &Patches, gy: &[f32], k: &[f32], c_out: usize) -> Ve
         return gx;
     }
     let pointwise = p.is_pointwise();
+    // Kᵀ once per call, so gemm reads it without a strided pack per image.
+    let kt = transpose(k, c_out, ckk);
     let g = Gemm {
         m: ckk,
         n: hw,
@@ -304,9 +320,9 @@ pub(super) fn grad_input(p: &Patches, gy: &[f32], k: &[f32], c_out: usize) -> Ve
         |cols, (i, gx_img)| {
             let gy_img = &gy[i * c_out * hw..(i + 1) * c_out * hw];
             if pointwise {
-                g.run(gx_img, (hw, 1), k, (1, ckk), gy_img, (hw, 1));
+                g.run(gx_img, (hw, 1), &kt, (c_out, 1), gy_img, (hw, 1));
             } else {
-                g.run(cols, (hw, 1), k, (1, ckk), gy_img, (hw, 1));
+                g.run(cols, (hw, 1), &kt, (c_out, 1), gy_img, (hw, 1));
                 p.col2im_image_add(cols, gx_img);
             }
         },
