@@ -14,17 +14,36 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 struct MaxPool2x2;
 struct MaxPool2x2Backward;
 
-/// Offset (within one `h×w` plane) of the first maximum of window `(i, j)`.
+/// Which entry of a window `[top-left, top-right, bottom-left, bottom-right]` is its first
+/// maximum (a later entry wins only if strictly greater, so a NaN never displaces a number).
 #[inline]
-fn argmax(plane: &[f32], w: usize, i: usize, j: usize) -> usize {
-    let base = 2 * i * w + 2 * j;
-    let mut best = base;
-    for off in [base + 1, base + w, base + w + 1] {
-        if plane[off] > plane[best] {
-            best = off;
+fn first_max(v: [f32; 4]) -> usize {
+    let mut best = 0;
+    for k in 1..4 {
+        if v[k] > v[best] {
+            best = k;
         }
     }
     best
+}
+
+/// Calls `f(i, j, window)` for every 2×2 window of an `h×w` plane, row pair by row pair (slices
+/// instead of per-tap index arithmetic, so the loop carries no bounds checks).
+#[inline]
+fn for_each_window(
+    plane: &[f32],
+    w: usize,
+    ho: usize,
+    wo: usize,
+    mut f: impl FnMut(usize, usize, [f32; 4]),
+) {
+    for i in 0..ho {
+        let top = &plane[2 * i * w..][..2 * wo];
+        let bottom = &plane[(2 * i + 1) * w..][..2 * wo];
+        for (j, (t, b)) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).enumerate() {
+            f(i, j, [t[0], t[1], b[0], b[1]]);
+        }
+    }
 }
 
 impl CustomOp1 for MaxPool2x2 {
@@ -40,11 +59,7 @@ impl CustomOp1 for MaxPool2x2 {
         for_each_chunk(&mut out, ho * wo, |first, chunk| {
             for (k, o) in chunk.chunks_mut(ho * wo).enumerate() {
                 let plane = &x[(first + k) * h * w..][..h * w];
-                for i in 0..ho {
-                    for j in 0..wo {
-                        o[i * wo + j] = plane[argmax(plane, w, i, j)];
-                    }
-                }
+                for_each_window(plane, w, ho, wo, |i, j, v| o[i * wo + j] = v[first_max(v)]);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
@@ -90,11 +105,10 @@ impl CustomOp2 for MaxPool2x2Backward {
             for (k, o) in chunk.chunks_mut(h * w).enumerate() {
                 let plane = &x[(first + k) * h * w..][..h * w];
                 let gp = &g[(first + k) * ho * wo..][..ho * wo];
-                for i in 0..ho {
-                    for j in 0..wo {
-                        o[argmax(plane, w, i, j)] = gp[i * wo + j];
-                    }
-                }
+                for_each_window(plane, w, ho, wo, |i, j, v| {
+                    let k = first_max(v);
+                    o[(2 * i + k / 2) * w + 2 * j + k % 2] = gp[i * wo + j];
+                });
             }
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
