@@ -148,6 +148,15 @@ impl Patches {
     /// One image's patch matrix `[ckk, ho·wo]`, zeros where the window leaves the image.
     fn im2col_image(&self, img: &[f32], cols: &mut [f32]) {
         let (_, wo) = self.out_hw();
+        if self.stride == 1 && wo == self.w {
+            return self.im2col_same_width(img, cols);
+        }
+        self.im2col_by_lines(img, cols);
+    }
+
+    /// [`Self::im2col_image`] line by line, for any geometry.
+    fn im2col_by_lines(&self, img: &[f32], cols: &mut [f32]) {
+        let (_, wo) = self.out_hw();
         self.for_each_line(|start, input_row, valid, kw| {
             let line = &mut cols[start..start + wo];
             let Some(in_row) = input_row else {
@@ -156,6 +165,9 @@ impl Patches {
             };
             line[..valid.start].fill(0.0);
             line[valid.end..].fill(0.0);
+            if valid.is_empty() {
+                return;
+            }
             if self.stride == 1 {
                 let from = in_row + self.input_column(valid.start, kw);
                 line[valid.clone()].copy_from_slice(&img[from..from + valid.len()]);
@@ -167,11 +179,52 @@ impl Patches {
         });
     }
 
+    /// [`Self::im2col_image`] for stride 1 and an output as wide as the input (3×3 SAME, 1×1):
+    /// the valid lines of a patch row are the image's rows shifted by `kw − pad`, so each patch
+    /// row is one block copy plus zeroed border columns (a copy per line cost more than the
+    /// copying at CNN-6's 8–32-pixel rows).
+    fn im2col_same_width(&self, img: &[f32], cols: &mut [f32]) {
+        let (ho, wo) = self.out_hw();
+        for ci in 0..self.c {
+            for kh in 0..self.k_h {
+                // Output rows whose input row oy + kh − pad is inside the image.
+                let oy_lo = self.pad.saturating_sub(kh).min(ho);
+                let oy_hi = (self.h + self.pad).saturating_sub(kh).clamp(oy_lo, ho);
+                for kw in 0..self.k_w {
+                    let row = (ci * self.k_h + kh) * self.k_w + kw;
+                    let dst = &mut cols[row * ho * wo..(row + 1) * ho * wo];
+                    dst[..oy_lo * wo].fill(0.0);
+                    dst[oy_hi * wo..].fill(0.0);
+                    if oy_lo == oy_hi {
+                        continue;
+                    }
+                    let block = &mut dst[oy_lo * wo..oy_hi * wo];
+                    let valid = self.valid_columns(kw);
+                    // Entry k of the block is input pixel start + k + kw − pad.
+                    let start = (ci * self.h + oy_lo + kh - self.pad) * self.w;
+                    let (skip_front, skip_back) =
+                        (self.pad.saturating_sub(kw), kw.saturating_sub(self.pad));
+                    let len = block.len().saturating_sub(skip_front + skip_back);
+                    let from = start + skip_front + kw - self.pad;
+                    if len > 0 {
+                        block[skip_front..skip_front + len].copy_from_slice(&img[from..from + len]);
+                    }
+                    for line in block.chunks_exact_mut(wo) {
+                        line[..valid.start].fill(0.0);
+                        line[valid.end..].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+
     /// The adjoint of [`Self::im2col_image`]: adds every patch entry into its input pixel.
     fn col2im_image_add(&self, cols: &[f32], img: &mut [f32]) {
         let (_, wo) = self.out_hw();
         self.for_each_line(|start, input_row, valid, kw| {
-            let Some(in_row) = input_row else { return };
+            let Some(in_row) = input_row.filter(|_| !valid.is_empty()) else {
+                return;
+            };
             let line = &cols[start..start + wo];
             if self.stride == 1 {
                 let from = in_row + self.input_column(valid.start, kw);
@@ -395,13 +448,54 @@ mod tests {
         }
     }
 
+    /// The block-copy im2col equals the line-by-line one wherever it applies (stride 1, output
+    /// as wide as the input), including paddings wider than the kernel's reach.
+    #[test]
+    fn same_width_im2col_matches_the_line_by_line_one() {
+        let mut rng = crate::Rng::seed(11);
+        let mut checked = 0;
+        for (c, h, w) in [(2, 5, 4), (1, 1, 1), (3, 2, 7), (2, 8, 8)] {
+            for k_h in 1..=5 {
+                for k_w in 1..=5 {
+                    for pad in 0..4 {
+                        let p = Patches {
+                            n: 1,
+                            c,
+                            h,
+                            w,
+                            k_h,
+                            k_w,
+                            pad,
+                            stride: 1,
+                        };
+                        if h + 2 * pad < k_h || w + 2 * pad < k_w || p.out_hw().1 != w {
+                            continue;
+                        }
+                        let img = rng.normal_vec(c * h * w, 1.0);
+                        let mut fast = vec![f32::NAN; p.cols() * p.rows_per_image()];
+                        let mut lines = vec![f32::NAN; fast.len()];
+                        p.im2col_same_width(&img, &mut fast);
+                        p.im2col_by_lines(&img, &mut lines);
+                        assert_eq!(fast, lines, "{c}×{h}×{w} k {k_h}×{k_w} pad {pad}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} geometries checked");
+    }
+
     /// col2im is the adjoint of im2col: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for random x and c.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         let mut rng = crate::Rng::seed(7);
-        for (c, h, w, k, pad, stride) in
-            [(2, 5, 4, 3, 1, 1), (3, 7, 6, 3, 1, 2), (1, 4, 4, 2, 0, 1)]
-        {
+        // The last: a padding so wide that some kernel columns never meet the image.
+        for (c, h, w, k, pad, stride) in [
+            (2, 5, 4, 3, 1, 1),
+            (3, 7, 6, 3, 1, 2),
+            (1, 4, 4, 2, 0, 1),
+            (1, 1, 1, 5, 3, 1),
+        ] {
             let p = Patches {
                 n: 1,
                 c,
