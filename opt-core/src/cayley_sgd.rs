@@ -43,9 +43,11 @@ impl CayleySgd {
             };
             // 1. M ← βM − G
             let mom = ((m.as_tensor() * self.momentum)? - g)?;
-            // 2. Ŵ = M Xᵀ − ½ X (Xᵀ M Xᵀ); W = Ŵ − Ŵᵀ
+            // 2. Ŵ = M Xᵀ − ½ X (Xᵀ M Xᵀ); W = Ŵ − Ŵᵀ. With A = M Xᵀ, Xᵀ M Xᵀ = Xᵀ A: three
+            // d×d products instead of four (the same expression, associated differently).
             let x_t = xt.t()?;
-            let what = (mom.matmul(&x_t)? - (xt.matmul(&x_t.matmul(&mom)?.matmul(&x_t)?)? * 0.5)?)?;
+            let a = mom.matmul(&x_t)?;
+            let what = (&a - (xt.matmul(&x_t.matmul(&a)?)? * 0.5)?)?;
             let w = (&what - what.t()?)?;
             // 3. M ← W X (the projected momentum is what is stored)
             let mom = w.matmul(xt)?;
@@ -149,6 +151,53 @@ mod tests {
         assert!(
             (e1.s1 - e0.s1).abs() < 1e-3 && (e1.s0 - e0.s0).abs() < 1e-3,
             "{e0:?} vs {e1:?}"
+        );
+        Ok(())
+    }
+
+    /// One step in f64 equals the update written out as the official code states it (four
+    /// products for Ŵ, explicit α, two fixed-point iterations), to rounding.
+    #[test]
+    fn one_step_matches_the_update_written_out() -> Result<()> {
+        let dev = Device::Cpu;
+        let d = 12;
+        let mut rng = Rng::seed(9);
+        let p = Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?;
+        let x0 = crate::orth::orthogonalize(&p, crate::orth::OrthMap::GramSchmidt)?
+            .to_dtype(DType::F64)?;
+        let mut store = ParamStore::new(dev.clone());
+        let x = store.add(
+            "l.rotation",
+            x0.clone(),
+            Role::Trainable { decay: false },
+            Kind::Rotation,
+        )?;
+        let mut opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
+        let target =
+            Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?.to_dtype(DType::F64)?;
+        let loss = (x.as_tensor() - &target)?.sqr()?.sum_all()?;
+        let grads = loss.backward()?;
+        let g = grads.get(x.as_tensor()).expect("gradient").clone();
+        let lr = 0.05;
+        opt.step(&grads, lr)?;
+        // Written out: M = −G (zero momentum before), Ŵ = M Xᵀ − ½ X ((Xᵀ M) Xᵀ), W = Ŵ − Ŵᵀ.
+        let m = g.neg()?;
+        let xt = x0.t()?;
+        let what = (m.matmul(&xt)? - (x0.matmul(&xt.matmul(&m)?.matmul(&xt)?)? * 0.5)?)?;
+        let w = (&what - what.t()?)?;
+        let mom = w.matmul(&x0)?;
+        let norm = w.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        let alpha = lr.min(1.0 / (norm + 1e-8));
+        let y0 = (&x0 + (&mom * alpha)?)?;
+        let y1 = (&x0 + (w.matmul(&(&x0 + &y0)?)? * (alpha / 2.0))?)?;
+        let y2 = (&x0 + (w.matmul(&(&x0 + &y1)?)? * (alpha / 2.0))?)?;
+        let diff = (x.as_tensor() - &y2)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(
+            diff < 1e-12,
+            "step differs from the written-out update by {diff}"
         );
         Ok(())
     }
