@@ -10,9 +10,11 @@ input gradient except the first layer's (BN, pooling, the loss and the orthogona
 out, so the fraction of peak is an upper bound on how well the convolutions run).
 
     python3 bench/compare.py [--rounds 3] [--methods all] [--width 64] [--batch 128] [--threads 2]
+                             [--before OLD_ORTHOPT]
 
 Prints a markdown table: images/s of each (median over rounds), the ratio, peak RSS of each,
-orthopt's GFLOP/s and its fraction of the gemm peak.
+orthopt's GFLOP/s and its fraction of the gemm peak. `--before` adds an older orthopt build to
+every round (before, orthopt, torch, interleaved), for before/after tables from one run.
 """
 import argparse
 import os
@@ -98,14 +100,19 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--orthopt", default=os.path.join(HERE, "..", "target", "release", "orthopt"))
     ap.add_argument("--python", default=sys.executable, help="a Python with torch installed")
+    ap.add_argument("--before", help="an older orthopt binary, measured in the same rounds")
     a = ap.parse_args()
     methods = METHODS if a.methods == "all" else a.methods.split(",")
     common = ["--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
               "--threads", str(a.threads)]
     opt, torch, peaks = {m: [] for m in methods}, {m: [] for m in methods}, []
+    before = {m: [] for m in methods}
     for r in range(a.rounds):
         peaks.append(gemm_peak(a.threads, a.python))
         for m in methods:
+            if a.before:
+                out, rss = run([a.before, "bench", "--device", "cpu", "--methods", m, *common])
+                before[m].append((table_value(out, m, 5), rss))
             out, rss = run([a.orthopt, "bench", "--device", "cpu", "--methods", m, *common])
             opt[m].append((table_value(out, m, 5), rss))
             out, rss = run([a.python, os.path.join(HERE, "torch_cnn6.py"), "--methods", m, *common],
@@ -117,15 +124,21 @@ def main():
     gflop = step_gflop(a.width, a.batch, (3, 32, 32))
     print(f"CNN-6 width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved rounds "
           f"(median); step ≈ {gflop:.1f} GFLOP of convolutions; sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds)\n")
-    print("| method | orthopt images/s | torch images/s | ratio | orthopt peak RSS | torch peak RSS | orthopt GFLOP/s | of peak |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    extra = " before images/s | before / torch | before peak RSS |" if a.before else ""
+    print(f"| method | orthopt images/s | torch images/s | ratio | orthopt peak RSS | torch peak RSS | orthopt GFLOP/s | of peak |{extra}")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if a.before else ""))
     for m in methods:
         o = statistics.median(v for v, _ in opt[m])
         t = statistics.median(v for v, _ in torch[m])
         o_rss = max(r for _, r in opt[m]) / 2**20
         t_rss = max(r for _, r in torch[m]) / 2**20
         gflops = gflop * o / a.batch
-        print(f"| {m} | {o:.1f} | {t:.1f} | {o / t:.2f}× | {o_rss:.0f} MiB | {t_rss:.0f} MiB | {gflops:.0f} | {gflops / peak:.0%} |")
+        row = f"| {m} | {o:.1f} | {t:.1f} | {o / t:.2f}× | {o_rss:.0f} MiB | {t_rss:.0f} MiB | {gflops:.0f} | {gflops / peak:.0%} |"
+        if a.before:
+            b = statistics.median(v for v, _ in before[m])
+            b_rss = max(r for _, r in before[m]) / 2**20
+            row += f" {b:.1f} | {b / t:.2f}× | {b_rss:.0f} MiB |"
+        print(row)
 
 
 if __name__ == "__main__":
