@@ -40,8 +40,14 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
     }
     if !ps.device().is_cpu() {
         let on_device = match map {
-            OrthMap::Lowdin => Some(newton_schulz::polar_batched(ps, newton_schulz::MAX_ITERS)),
-            OrthMap::Cayley => Some(newton_schulz::cayley_batched(ps, newton_schulz::MAX_ITERS)),
+            OrthMap::Lowdin => Some(newton_schulz::polar_newton_schulz_batched(
+                ps,
+                newton_schulz::MAX_ITERS,
+            )),
+            OrthMap::Cayley => Some(newton_schulz::cayley_newton_schulz_batched(
+                ps,
+                newton_schulz::MAX_ITERS,
+            )),
             OrthMap::GramSchmidt | OrthMap::Householder => None,
         };
         if let Some(Ok(q)) = on_device {

@@ -24,7 +24,8 @@ mod tests;
 
 pub use batch::{orthogonalize_batched, orthogonalize_each};
 pub use newton_schulz::{
-    cayley_newton_schulz, polar_newton_schulz, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
+    cayley_newton_schulz, cayley_newton_schulz_batched, polar_newton_schulz,
+    polar_newton_schulz_batched, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
 
 use candle_core::{bail, Result, Tensor};

@@ -32,12 +32,12 @@ pub fn polar_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
     if d != cols {
         bail!("polar (Newton–Schulz): P must be square, got [{d}, {cols}]");
     }
-    polar_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
+    polar_newton_schulz_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
 }
 
 /// [`polar_newton_schulz`] of every matrix of a `[b, d, d]` stack at once (batched matmuls);
 /// the batch iterates until its worst matrix has converged.
-pub(super) fn polar_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+pub fn polar_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
     let (b, d, cols) = ps.dims3()?;
     if d != cols {
         bail!("polar (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");
@@ -101,11 +101,11 @@ pub fn cayley_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
     if d != cols {
         bail!("Cayley (Newton–Schulz): P must be square, got [{d}, {cols}]");
     }
-    cayley_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
+    cayley_newton_schulz_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
 }
 
 /// [`cayley_newton_schulz`] of every matrix of a `[b, d, d]` stack at once.
-pub(super) fn cayley_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+pub fn cayley_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
     let (b, d, cols) = ps.dims3()?;
     if d != cols {
         bail!("Cayley (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");

@@ -566,12 +566,12 @@ fn batched_maps_match_the_lone_maps_in_values_and_gradients() {
 /// matrix, with matrices of very different scales in one batch (each is normalised on its own).
 #[test]
 fn batched_newton_schulz_routes_match_the_exact_maps() {
-    use super::newton_schulz::{cayley_batched, polar_batched};
     use super::NEWTON_SCHULZ_MAX_ITERS as N;
+    use super::{cayley_newton_schulz_batched, polar_newton_schulz_batched};
     type Route = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
     let routes: [(OrthMap, Route); 2] = [
-        (OrthMap::Lowdin, polar_batched),
-        (OrthMap::Cayley, cayley_batched),
+        (OrthMap::Lowdin, polar_newton_schulz_batched),
+        (OrthMap::Cayley, cayley_newton_schulz_batched),
     ];
     for (map, route) in routes {
         for (d, check_grad) in [(27, true), (576, true), (1024, false)] {
