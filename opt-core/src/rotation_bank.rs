@@ -3,8 +3,8 @@
 //!
 //! A factory creates one [`RotationBank`] and registers each layer's `P` in it; the layer keeps
 //! a [`RotationSlot`]. During a forward pass ([`ForwardScope`], entered by `Network::forward`)
-//! the first layer of a group that asks for its rotation computes the whole group's, and the
-//! others take theirs from the bank. Outside a forward (metrics, export, S-OPT merges) a slot
+//! the first layer that asks for its rotation computes every layer's — one batched op per
+//! group, the groups concurrently — and the others take theirs from the bank. Outside a forward (metrics, export, S-OPT merges) a slot
 //! computes its own rotation alone — by the same code, so the values are the same.
 //!
 //! Why a scope rather than a cache keyed on `P`: `P` changes in place (optimizer steps,
@@ -19,6 +19,7 @@
 use crate::orth::{orthogonalize, orthogonalize_each, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,12 +95,12 @@ impl RotationBank {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<Layer>>> {
         self.layers.lock().map_err(|_| {
-            crate::Error::Config("rotation bank poisoned by an earlier panic".to_string())
+            candle_core::Error::msg("rotation bank poisoned by an earlier panic").into()
         })
     }
 
-    /// Layer `index`'s rotation in the scope `token`: handed out if its group was computed in
-    /// this scope, else computed now with its whole group.
+    /// Layer `index`'s rotation in the scope `token`: handed out if it was computed in this
+    /// scope, else computed now with every layer of the bank.
     fn in_scope(&self, index: usize, token: u64) -> Result<Tensor> {
         let mut layers = self.lock()?;
         if let Some((t, q)) = layers[index].ready.take() {
@@ -107,24 +108,47 @@ impl RotationBank {
                 return Ok(q);
             }
         }
-        let group = layers[index].group();
-        let members: Vec<usize> = (0..layers.len())
-            .filter(|&k| layers[k].group() == group)
-            .collect();
-        let ps: Vec<Tensor> = members
-            .iter()
-            .map(|&k| layers[k].p.as_tensor().clone())
-            .collect();
         let mut mine = None;
-        for (k, q) in members.into_iter().zip(orthogonalize_each(&ps, group.2)?) {
+        for (k, q) in compute_all(&layers)? {
             if k == index {
                 mine = Some(q);
             } else {
                 layers[k].ready = Some((token, q));
             }
         }
-        mine.ok_or_else(|| crate::Error::Config("rotation bank: layer not in its group".into()))
+        mine.ok_or_else(|| {
+            candle_core::Error::msg("rotation bank: a layer without a result").into()
+        })
     }
+}
+
+/// Every layer's rotation, one batched op per group, the groups concurrently: CNN-6's lone
+/// 1024×1024 `fc6` then runs beside the five 576×576 layers instead of after them. Each
+/// matrix's result does not depend on the scheduling (see `orth::batch`).
+fn compute_all(layers: &[Layer]) -> Result<Vec<(usize, Tensor)>> {
+    let mut groups: Vec<((usize, DType, OrthMap), Vec<usize>)> = Vec::new();
+    for (k, layer) in layers.iter().enumerate() {
+        let key = layer.group();
+        match groups.iter_mut().find(|(g, _)| *g == key) {
+            Some((_, members)) => members.push(k),
+            None => groups.push((key, vec![k])),
+        }
+    }
+    let results: Vec<Vec<Tensor>> = groups
+        .par_iter()
+        .map(|((_, _, map), members)| {
+            let ps: Vec<Tensor> = members
+                .iter()
+                .map(|&k| layers[k].p.as_tensor().clone())
+                .collect();
+            orthogonalize_each(&ps, *map)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(groups
+        .into_iter()
+        .zip(results)
+        .flat_map(|((_, members), qs)| members.into_iter().zip(qs))
+        .collect())
 }
 
 /// One layer's handle on its bank.
@@ -173,11 +197,11 @@ mod tests {
         d[0] < 1e-6
     }
 
-    /// Inside a scope the first request computes the whole group (a later change of another
-    /// layer's `P` is not seen until the next scope); groups are per size; a new scope and no
+    /// Inside a scope the first request computes every layer, whatever its group (a later
+    /// change of another layer's `P` is not seen until the next scope); a new scope and no
     /// scope compute from the current `P`.
     #[test]
-    fn a_scope_computes_each_group_once_and_never_reuses_an_earlier_scope() -> Result<()> {
+    fn a_scope_computes_every_layer_once_and_never_reuses_an_earlier_scope() -> Result<()> {
         let bank = RotationBank::new();
         let (p0, p1, p2) = (var(1, 6), var(2, 6), var(3, 4));
         let s0 = bank.register(p0.clone(), OrthMap::GramSchmidt)?;
@@ -196,16 +220,18 @@ mod tests {
             p2.set(&var(5, 4).as_tensor().clone())?;
             assert!(
                 close(&s1.rotation()?, &old1),
-                "computed with layer 0's group"
+                "computed at the first request"
             );
             assert!(
-                !close(&s2.rotation()?, &old2),
-                "another size: its own group"
+                close(&s2.rotation()?, &old2),
+                "another group, computed beside"
             );
         }
         let new1 = orthogonalize(p1.as_tensor(), OrthMap::GramSchmidt)?;
         assert!(!close(&new1, &old1));
         assert!(close(&s1.rotation()?, &new1), "no scope: computed alone");
+        let new2 = orthogonalize(p2.as_tensor(), OrthMap::GramSchmidt)?;
+        assert!(!close(&new2, &old2) && close(&s2.rotation()?, &new2));
         let _scope = ForwardScope::enter();
         assert!(close(&s1.rotation()?, &new1), "a new scope recomputes");
         Ok(())

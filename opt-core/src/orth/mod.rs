@@ -1,17 +1,20 @@
 //! The four exact orthogonal maps of OPT (spec §2.2–2.5, numerics §7) as differentiable candle
 //! operations.
 //!
-//! candle has no LU, QR or SVD, so each map is a [`CustomOp1`] that runs on the CPU in f64 with
-//! faer's blocked routines and returns the result in the input's dtype. The backward is the
-//! closed form of the spec, also in f64 on the CPU; it reuses the factorisation the forward
-//! kept (the op object lives exactly as long as the autograd graph that needs it).
+//! candle has no LU, QR or SVD, so the maps are one [`CustomOp1`](candle_core::CustomOp1) over a
+//! stack `[b, d, d]` ([`orthogonalize_batched`]; [`orthogonalize`] is a batch of one) that runs
+//! on the CPU in f64 with faer's blocked routines and returns the result in the input's dtype.
+//! The backward is the closed form of the spec, also in f64 on the CPU; it reuses the
+//! factorisations the forward kept (the op object lives exactly as long as the autograd graph
+//! that needs it). A batch's matrices are factorised concurrently (see `batch`); an OPT network
+//! hands each (size, map) group of its layers to one call (`crate::rotation_bank`).
 //!
-//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes `P` through host
-//! memory, factorises there and returns `Q` on the device; the backward does the same with
-//! `∂L/∂Q`. Callers never move tensors themselves. A d×d round trip per layer and step is what
-//! the GPU path pays for GS and HR until they run in cuSOLVER; Löwdin and Cayley on a GPU run
-//! as Newton–Schulz iterations in candle ops on the device ([`polar_newton_schulz`],
-//! [`cayley_newton_schulz`], tested against the exact maps here on the CPU).
+//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes the stack
+//! through host memory, factorises there and returns `Q` on the device; the backward does the
+//! same with `∂L/∂Q` — one round trip per batch, not per layer. That is what the GPU path pays
+//! for GS and HR until they run in cuSOLVER; Löwdin and Cayley on a GPU run as batched
+//! Newton–Schulz iterations in candle ops on the device ([`polar_newton_schulz_batched`],
+//! [`cayley_newton_schulz_batched`], tested against the exact maps here on the CPU).
 
 mod batch;
 mod cayley;
