@@ -326,9 +326,9 @@ fn orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpC
 const BATCH: usize = 5;
 
 /// `orthogonalize_batched` of `BATCH` matrices from OPT's Gaussian init. On a GPU it is checked
-/// against the same op on the CPU (the exact maps; LS/CP run as batched Newton–Schulz on the
-/// device, GS/HR through the host); on the CPU, LS/CP against the batched Newton–Schulz routes
-/// (an independent formulation), GS/HR not at all (their oracles are opt-core's f64 loops).
+/// against the same op on the CPU (the exact maps; on the device LS/CP run as batched
+/// Newton–Schulz, GS as Cholesky-QR2, HR through the host); on the CPU, LS/CP/GS against those
+/// device routes (independent formulations), HR not at all (its oracle is opt-core's f64 loop).
 fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpCase> {
     let p = host_tensor(rng, &[BATCH, d, d], 1.0)?;
     let n = opt_core::orth::NEWTON_SCHULZ_MAX_ITERS;
@@ -341,7 +341,10 @@ fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Re
                 &t[0], n,
             )?])
         })),
-        ops::OrthMap::GramSchmidt | ops::OrthMap::Householder => None,
+        ops::OrthMap::GramSchmidt => Some(Box::new(|t| {
+            Ok(vec![opt_core::orth::gram_schmidt_cholesky_qr(&t[0])?])
+        })),
+        ops::OrthMap::Householder => None,
     };
     Ok(OpCase {
         name: format!("orthogonalize_batched {} b={BATCH} d={d}", map.name()),

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 /// `Q_k = orth(P_k)` for every matrix of a `[b, d, d]` stack (f32 or f64, any device),
 /// differentiable w.r.t. the stack.
 ///
-/// On a GPU, Löwdin and Cayley run where the stack lives (batched Newton–Schulz in candle ops);
-/// a batch those routes cannot finish, and GS/HR, take the exact host route (P down, Q up).
+/// On a GPU, Löwdin and Cayley run where the stack lives (batched Newton–Schulz in candle ops),
+/// Gram–Schmidt as Cholesky-QR2 (`cholesky_qr`); a batch those routes cannot finish, and HR,
+/// take the exact host route (P down, Q up).
 /// Fails on a non-square or non-float input, non-finite entries, and a (numerically) singular
 /// `P_k` for Gram–Schmidt / Householder.
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
@@ -48,7 +49,9 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
                 ps,
                 newton_schulz::MAX_ITERS,
             )),
-            OrthMap::GramSchmidt | OrthMap::Householder => None,
+            OrthMap::GramSchmidt => Some(super::cholesky_qr::gram_schmidt_cholesky_qr(ps)),
+            // Householder also needs sign(det P) (an LU): it stays on the host for now.
+            OrthMap::Householder => None,
         };
         if let Some(Ok(q)) = on_device {
             return Ok(q);

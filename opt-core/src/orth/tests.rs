@@ -623,3 +623,83 @@ fn batched_newton_schulz_routes_match_the_exact_maps() {
         }
     }
 }
+
+/// The Gram–Schmidt device route (Cholesky-QR2; its two small ops run here with the kernels'
+/// algorithms) against the exact map: values, gradients and orthogonality at OPT's layer
+/// sizes, from OPT's Gaussian init in f32, each matrix of a batch on its own.
+#[test]
+fn cholesky_qr_route_matches_the_exact_gram_schmidt() {
+    use super::{gram_schmidt_cholesky_qr, orthogonalize_batched};
+    for (d, b) in [(27, 3), (576, 2), (1024, 1)] {
+        let mats: Vec<Tensor> = (0..b)
+            .map(|k| tensor(&gauss((50 * d + k) as u64, d * d), d, DType::F32))
+            .collect();
+        let stack = Var::from_tensor(&Tensor::stack(&mats, 0).expect("stack")).expect("var");
+        let w = Tensor::stack(
+            &(0..b)
+                .map(|k| tensor(&gauss((60 * d + k) as u64, d * d), d, DType::F32))
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .expect("w");
+        let route = gram_schmidt_cholesky_qr(stack.as_tensor()).expect("route");
+        let exact = orthogonalize_batched(stack.as_tensor(), OrthMap::GramSchmidt).expect("exact");
+        for k in 0..b {
+            let (a, e) = (route.get(k).expect("k"), exact.get(k).expect("k"));
+            let diff = max_diff(&rows(&a), &rows(&e));
+            assert!(diff < 1e-6, "d = {d} k = {k}: values differ by {diff:.2e}");
+            let err = orthogonality_error(&a).expect("error");
+            assert!(
+                err <= 1e-4,
+                "d = {d} k = {k}: ‖QQᵀ − I‖_F = {err:.2e} in f32"
+            );
+        }
+        let grad = |q: &Tensor| {
+            let g = (q * &w)
+                .and_then(|t| t.sum_all())
+                .and_then(|l| l.backward());
+            rows(g.expect("backward").get(&stack).expect("grad"))
+        };
+        let (a, e) = (grad(&route), grad(&exact));
+        let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let rel = max_diff(&a, &e) / scale;
+        assert!(rel < 1e-5, "d = {d}: gradients differ by {rel:.2e}");
+    }
+    // In f64 the route agrees with the exact map to rounding.
+    let d = 64;
+    let p = tensor(&gauss(5, d * d), d, DType::F64)
+        .unsqueeze(0)
+        .expect("p");
+    let route = gram_schmidt_cholesky_qr(&p).expect("route");
+    let exact = orthogonalize_batched(&p, OrthMap::GramSchmidt).expect("exact");
+    let diff = max_diff(
+        &rows(&route.get(0).expect("0")),
+        &rows(&exact.get(0).expect("0")),
+    );
+    assert!(diff < 1e-12, "f64: values differ by {diff:.2e}");
+}
+
+/// What the device route cannot do well it refuses (the caller then takes the exact route):
+/// a singular P, a P too ill-conditioned for Cholesky-QR2, a non-finite P.
+#[test]
+fn cholesky_qr_route_refuses_what_it_cannot_orthogonalise() {
+    use super::gram_schmidt_cholesky_qr;
+    let d = 8;
+    let mut near = gauss(9, d * d);
+    for j in 0..d {
+        // Row 1 = row 0 + 1e-13·noise: cond(P) ≈ 1e13, Cholesky of PPᵀ breaks down.
+        near[d + j] = near[j] + 1e-13 * near[d + j];
+    }
+    let mut singular = gauss(10, d * d);
+    singular[..d].fill(0.0);
+    let mut nan = gauss(11, d * d);
+    nan[3] = f64::NAN;
+    for (what, p) in [
+        ("near-singular", near),
+        ("singular", singular),
+        ("NaN", nan),
+    ] {
+        let t = tensor(&p, d, DType::F64).unsqueeze(0).expect("p");
+        assert!(gram_schmidt_cholesky_qr(&t).is_err(), "{what}");
+    }
+}
