@@ -9,6 +9,12 @@
 //! exact map computes, up to rounding. A failed Cholesky (`cond(P)² ≳ 1/ε`, or non-finite
 //! entries) or a result that is not orthogonal to [`TOLERANCE`] is an error, on which the
 //! caller takes the exact host route: never a worse rotation.
+//!
+//! Why the orthogonality check is enough to trust the kernels' output: both produce upper-
+//! triangular matrices with a positive diagonal by construction (zeros written below, pivots
+//! `sqrt(p > 0)` and `1/r_cc`), so `Q = A·T` with such a `T`; if `Q` is orthogonal, uniqueness
+//! of the positive QR makes it that QR's `Q` and `T = R⁻¹` — the forward value and the factor
+//! the backward uses are then right to the checked tolerance, whatever a kernel got wrong.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -33,7 +39,7 @@ pub fn gram_schmidt_cholesky_qr(ps: &Tensor) -> Result<Tensor> {
     let eye = Tensor::eye(d, DType::F64, ps.device())?;
     let residual = q.t()?.matmul(&q)?.broadcast_sub(&eye)?;
     let norms = residual.sqr()?.sum(2)?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
-    if let Some(n) = norms.iter().find(|n| !(**n < TOLERANCE)) {
+    if let Some(n) = norms.iter().find(|n| n.is_nan() || **n >= TOLERANCE) {
         bail!("Gram–Schmidt (Cholesky-QR): ‖QᵀQ − I‖_F = {n:.1e}, P too ill-conditioned");
     }
     // The map's output has the orthonormalised rows of P as rows: Qᵀ.
@@ -74,7 +80,8 @@ fn f64_stack<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f64], 
 fn cholesky_in_place(a: &mut [f64], n: usize) -> std::result::Result<(), usize> {
     for j in 0..n {
         let pivot = a[j * n + j];
-        if !(pivot > 0.0) || !pivot.is_finite() {
+        // NaN fails `is_finite` too.
+        if pivot <= 0.0 || !pivot.is_finite() {
             return Err(j);
         }
         let r = pivot.sqrt();
