@@ -60,3 +60,79 @@ extern "C" __global__ void upper_inverse_f64(const double *r, double *x, int n) 
         }
     }
 }
+
+// Threads per block of det_sign_f64's pivot search (a power of two); THREADS in orth/cuda.rs.
+#define DET_THREADS 512
+
+// sign_out[k] = sign(det m_k) (±1, 0 for an exactly zero or non-finite pivot) by LU with
+// partial pivoting (the first largest |a_ij| of the column) in `work`, row-major [b, n, n].
+extern "C" __global__ void det_sign_f64(const double *m, double *work, double *sign_out, int n) {
+    const size_t nn = (size_t)n * n;
+    const double *src = m + blockIdx.x * nn;
+    double *a = work + blockIdx.x * nn;
+    __shared__ double best[DET_THREADS];
+    __shared__ int where[DET_THREADS];
+    __shared__ double sign;
+    __shared__ int stop;
+    for (size_t t = threadIdx.x; t < nn; t += blockDim.x) a[t] = src[t];
+    if (threadIdx.x == 0) {
+        sign = 1.0;
+        stop = 0;
+    }
+    __syncthreads();
+    for (int j = 0; j < n; ++j) {
+        double v = -1.0;
+        int w = n;
+        for (int i = j + threadIdx.x; i < n; i += blockDim.x) {
+            const double x = fabs(a[(size_t)i * n + j]);
+            if (x > v) {
+                v = x;
+                w = i;
+            }
+        }
+        best[threadIdx.x] = v;
+        where[threadIdx.x] = w;
+        __syncthreads();
+        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) {
+                const double o = best[threadIdx.x + s];
+                const int ow = where[threadIdx.x + s];
+                if (o > best[threadIdx.x] || (o == best[threadIdx.x] && ow < where[threadIdx.x])) {
+                    best[threadIdx.x] = o;
+                    where[threadIdx.x] = ow;
+                }
+            }
+            __syncthreads();
+        }
+        const int p = where[0];
+        if (threadIdx.x == 0) {
+            const double pivot = p < n ? a[(size_t)p * n + j] : 0.0;
+            if (pivot == 0.0 || !isfinite(pivot)) {
+                sign = 0.0;
+                stop = 1;
+            } else {
+                if (p != j) sign = -sign;
+                if (pivot < 0.0) sign = -sign;
+            }
+        }
+        __syncthreads();
+        if (stop) break;
+        if (p != j) {
+            for (int c = threadIdx.x; c < n; c += blockDim.x) {
+                const double t = a[(size_t)j * n + c];
+                a[(size_t)j * n + c] = a[(size_t)p * n + c];
+                a[(size_t)p * n + c] = t;
+            }
+        }
+        __syncthreads();
+        const double pivot = a[(size_t)j * n + j];
+        // The trailing block; the multipliers a[i][j] / pivot are read from column j, untouched.
+        const size_t m2 = (size_t)(n - j - 1);
+        for (size_t t = threadIdx.x; t < m2 * m2; t += blockDim.x) {
+            const int i = j + 1 + (int)(t / m2), c = j + 1 + (int)(t % m2);
+            a[(size_t)i * n + c] -= a[(size_t)i * n + j] / pivot * a[(size_t)j * n + c];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) sign_out[blockIdx.x] = sign;
+}

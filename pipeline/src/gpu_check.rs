@@ -327,8 +327,8 @@ const BATCH: usize = 5;
 
 /// `orthogonalize_batched` of `BATCH` matrices from OPT's Gaussian init. On a GPU it is checked
 /// against the same op on the CPU (the exact maps; on the device LS/CP run as batched
-/// Newton–Schulz, GS as Cholesky-QR2, HR through the host); on the CPU, LS/CP/GS against those
-/// device routes (independent formulations), HR not at all (its oracle is opt-core's f64 loop).
+/// Newton–Schulz, GS/HR as Cholesky-QR2); on the CPU, against those device routes (independent
+/// formulations of the same maps).
 fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpCase> {
     let p = host_tensor(rng, &[BATCH, d, d], 1.0)?;
     let n = opt_core::orth::NEWTON_SCHULZ_MAX_ITERS;
@@ -344,7 +344,9 @@ fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Re
         ops::OrthMap::GramSchmidt => Some(Box::new(|t| {
             Ok(vec![opt_core::orth::gram_schmidt_cholesky_qr(&t[0])?])
         })),
-        ops::OrthMap::Householder => None,
+        ops::OrthMap::Householder => Some(Box::new(|t| {
+            Ok(vec![opt_core::orth::householder_cholesky_qr(&t[0])?])
+        })),
     };
     Ok(OpCase {
         name: format!("orthogonalize_batched {} b={BATCH} d={d}", map.name()),

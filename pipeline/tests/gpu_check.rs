@@ -27,8 +27,8 @@ fn cpu_mode_passes_and_writes_both_reports() {
         .filter(|o| o.op.starts_with("conv2d"))
         .count();
     assert_eq!(conv, 4 * 3);
-    // The batched maps: LS and CP against the batched Newton–Schulz routes, GS against
-    // Cholesky-QR2 (HR has no independent formulation here), values and gradients.
+    // The batched maps: LS and CP against the batched Newton–Schulz routes, GS and HR against
+    // Cholesky-QR2, values and gradients.
     let batched: Vec<_> = report
         .ops
         .iter()
@@ -42,6 +42,8 @@ fn cpu_mode_passes_and_writes_both_reports() {
             ("orthogonalize_batched cp b=5 d=27", "grad[0]"),
             ("orthogonalize_batched gs b=5 d=27", "out[0]"),
             ("orthogonalize_batched gs b=5 d=27", "grad[0]"),
+            ("orthogonalize_batched hr b=5 d=27", "out[0]"),
+            ("orthogonalize_batched hr b=5 d=27", "grad[0]"),
             ("orthogonalize_batched ls b=5 d=27", "out[0]"),
             ("orthogonalize_batched ls b=5 d=27", "grad[0]"),
         ]

@@ -10,7 +10,7 @@
 //! the per-layer op did. Each matrix's result depends only on the matrix and that choice, never
 //! on scheduling, so runs stay reproducible.
 
-use super::{dense, newton_schulz, Factors, OrthMap};
+use super::{cholesky_qr, dense, newton_schulz, Factors, OrthMap};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, Par};
 use rayon::prelude::*;
@@ -20,8 +20,8 @@ use std::sync::Mutex;
 /// differentiable w.r.t. the stack.
 ///
 /// On a GPU, Löwdin and Cayley run where the stack lives (batched Newton–Schulz in candle ops),
-/// Gram–Schmidt as Cholesky-QR2 (`cholesky_qr`); a batch those routes cannot finish, and HR,
-/// take the exact host route (P down, Q up).
+/// Gram–Schmidt and Householder as Cholesky-QR2 (`cholesky_qr`); a batch those routes cannot
+/// finish takes the exact host route (P down, Q up).
 /// Fails on a non-square or non-float input, non-finite entries, and a (numerically) singular
 /// `P_k` for Gram–Schmidt / Householder.
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
@@ -41,19 +41,17 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
     }
     if !ps.device().is_cpu() {
         let on_device = match map {
-            OrthMap::Lowdin => Some(newton_schulz::polar_newton_schulz_batched(
-                ps,
-                newton_schulz::MAX_ITERS,
-            )),
-            OrthMap::Cayley => Some(newton_schulz::cayley_newton_schulz_batched(
-                ps,
-                newton_schulz::MAX_ITERS,
-            )),
-            OrthMap::GramSchmidt => Some(super::cholesky_qr::gram_schmidt_cholesky_qr(ps)),
-            // Householder also needs sign(det P) (an LU): it stays on the host for now.
-            OrthMap::Householder => None,
+            OrthMap::Lowdin => {
+                newton_schulz::polar_newton_schulz_batched(ps, newton_schulz::MAX_ITERS)
+            }
+            OrthMap::Cayley => {
+                newton_schulz::cayley_newton_schulz_batched(ps, newton_schulz::MAX_ITERS)
+            }
+            OrthMap::GramSchmidt => cholesky_qr::gram_schmidt_cholesky_qr(ps),
+            OrthMap::Householder => cholesky_qr::householder_cholesky_qr(ps),
         };
-        if let Some(Ok(q)) = on_device {
+        // A batch the device route cannot finish takes the exact route below.
+        if let Ok(q) = on_device {
             return Ok(q);
         }
     }

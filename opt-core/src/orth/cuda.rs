@@ -1,4 +1,4 @@
-//! The CUDA halves of the Gram–Schmidt device route's two small ops (`kernels/maps.cu`, one
+//! The CUDA halves of the GS/HR device routes' three small ops (`kernels/maps.cu`, one
 //! thread block per matrix, f64), launched on candle's stream.
 //!
 //! Unrun on a GPU in the session that wrote it: the same algorithms run on the CPU in
@@ -14,7 +14,8 @@ use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/maps.ptx"));
 const MODULE: &str = "opt_core_maps";
 /// Threads per block (one block per matrix): enough to keep a trailing update of a 1024×1024
-/// matrix busy, within the 1024-thread limit.
+/// matrix busy, within the 1024-thread limit; `DET_THREADS` in maps.cu must equal it (a power
+/// of two, for the pivot search's reduction).
 const THREADS: u32 = 512;
 
 /// The f64 `[b, n, n]` stack of `s` from `l`'s start offset, which must be contiguous.
@@ -89,5 +90,26 @@ pub(super) fn upper_inverse(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage,
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         l.shape().clone(),
+    ))
+}
+
+/// `sign(det A_k)` of every matrix (LU with partial pivoting in a scratch copy), as `[b]` f64.
+pub(super) fn det_sign(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let (a, b, n) = stack(s, l, "det sign")?;
+    let work = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
+    let out = unsafe { dev.alloc::<f64>(b as usize)? };
+    let func = dev.get_or_load_custom_func("det_sign_f64", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&a);
+    builder.arg(&work);
+    builder.arg(&out);
+    builder_arg!(builder, n);
+    // SAFETY: block k copies matrix k of `a` into its part of `work`, factorises it there and
+    // writes `out[k]`; the pivot search uses THREADS (= DET_THREADS) shared slots.
+    unsafe { builder.launch(per_matrix(b)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(b as usize),
     ))
 }

@@ -11,11 +11,11 @@
 //!
 //! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes the stack
 //! through host memory, factorises there and returns `Q` on the device; the backward does the
-//! same with `∂L/∂Q` — one round trip per batch, not per layer. On a GPU that is HR's route
-//! (it also needs sign(det P), an LU) and every map's fallback. Löwdin and Cayley run there as
-//! batched Newton–Schulz iterations in candle ops ([`polar_newton_schulz_batched`],
-//! [`cayley_newton_schulz_batched`]), Gram–Schmidt as Cholesky-QR2 with its closed-form
-//! backward in candle ops ([`gram_schmidt_cholesky_qr`]; two small f64 kernels in
+//! same with `∂L/∂Q` — one round trip per batch, not per layer. On a GPU that is every map's
+//! fallback only: Löwdin and Cayley run there as batched Newton–Schulz iterations in candle ops
+//! ([`polar_newton_schulz_batched`], [`cayley_newton_schulz_batched`]), Gram–Schmidt and
+//! Householder as Cholesky-QR2 with the closed-form backward in candle ops
+//! ([`gram_schmidt_cholesky_qr`], [`householder_cholesky_qr`]; three small f64 kernels in
 //! `kernels/maps.cu`, whose algorithms the CPU runs in the tests); all are tested against the
 //! exact maps here on the CPU.
 
@@ -32,7 +32,7 @@ mod qr;
 mod tests;
 
 pub use batch::{orthogonalize_batched, orthogonalize_each};
-pub use cholesky_qr::gram_schmidt_cholesky_qr;
+pub use cholesky_qr::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
 pub use newton_schulz::{
     cayley_newton_schulz, cayley_newton_schulz_batched, polar_newton_schulz,
     polar_newton_schulz_batched, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,

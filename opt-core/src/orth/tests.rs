@@ -624,82 +624,107 @@ fn batched_newton_schulz_routes_match_the_exact_maps() {
     }
 }
 
-/// The Gram–Schmidt device route (Cholesky-QR2; its two small ops run here with the kernels'
-/// algorithms) against the exact map: values, gradients and orthogonality at OPT's layer
-/// sizes, from OPT's Gaussian init in f32, each matrix of a batch on its own.
+type DeviceRoute = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// The GS and HR device routes (Cholesky-QR2; their small ops run here with the kernels'
+/// algorithms) against the exact maps: values, gradients and orthogonality at OPT's layer
+/// sizes, from OPT's Gaussian init in f32, each matrix of a batch on its own. For HR, every
+/// batch holds matrices of both determinant signs (row 0 of matrix k negated for odd k), so
+/// both sides of the last column's sign rule are checked.
 #[test]
-fn cholesky_qr_route_matches_the_exact_gram_schmidt() {
-    use super::{gram_schmidt_cholesky_qr, orthogonalize_batched};
-    for (d, b) in [(27, 3), (576, 2), (1024, 1)] {
-        let mats: Vec<Tensor> = (0..b)
-            .map(|k| tensor(&gauss((50 * d + k) as u64, d * d), d, DType::F32))
-            .collect();
-        let stack = Var::from_tensor(&Tensor::stack(&mats, 0).expect("stack")).expect("var");
-        let w = Tensor::stack(
-            &(0..b)
+fn cholesky_qr_routes_match_the_exact_maps() {
+    use super::{gram_schmidt_cholesky_qr, householder_cholesky_qr, orthogonalize_batched};
+    let routes: [(OrthMap, DeviceRoute); 2] = [
+        (OrthMap::GramSchmidt, gram_schmidt_cholesky_qr),
+        (OrthMap::Householder, householder_cholesky_qr),
+    ];
+    for (map, route) in routes {
+        for (d, b) in [(27, 3), (576, 2), (1024, 1)] {
+            let mats: Vec<Tensor> = (0..b)
+                .map(|k| {
+                    let mut p = gauss((50 * d + k) as u64, d * d);
+                    if k % 2 == 1 {
+                        p[..d].iter_mut().for_each(|v| *v = -*v);
+                    }
+                    tensor(&p, d, DType::F32)
+                })
+                .collect();
+            let stack = Var::from_tensor(&Tensor::stack(&mats, 0).expect("stack")).expect("var");
+            let ws: Vec<Tensor> = (0..b)
                 .map(|k| tensor(&gauss((60 * d + k) as u64, d * d), d, DType::F32))
-                .collect::<Vec<_>>(),
-            0,
-        )
-        .expect("w");
-        let route = gram_schmidt_cholesky_qr(stack.as_tensor()).expect("route");
-        let exact = orthogonalize_batched(stack.as_tensor(), OrthMap::GramSchmidt).expect("exact");
-        for k in 0..b {
-            let (a, e) = (route.get(k).expect("k"), exact.get(k).expect("k"));
-            let diff = max_diff(&rows(&a), &rows(&e));
-            assert!(diff < 1e-6, "d = {d} k = {k}: values differ by {diff:.2e}");
-            let err = orthogonality_error(&a).expect("error");
+                .collect();
+            let w = Tensor::stack(&ws, 0).expect("w");
+            let got = route(stack.as_tensor()).expect("route");
+            let exact = orthogonalize_batched(stack.as_tensor(), map).expect("exact");
+            for k in 0..b {
+                let (a, e) = (got.get(k).expect("k"), exact.get(k).expect("k"));
+                let diff = max_diff(&rows(&a), &rows(&e));
+                let what = format!("{} d = {d} k = {k}", map.name());
+                assert!(diff < 1e-6, "{what}: values differ by {diff:.2e}");
+                let err = orthogonality_error(&a).expect("error");
+                assert!(err <= 1e-4, "{what}: ‖QQᵀ − I‖_F = {err:.2e} in f32");
+            }
+            let grad = |q: &Tensor| {
+                let g = (q * &w)
+                    .and_then(|t| t.sum_all())
+                    .and_then(|l| l.backward());
+                rows(g.expect("backward").get(&stack).expect("grad"))
+            };
+            let (a, e) = (grad(&got), grad(&exact));
+            let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let rel = max_diff(&a, &e) / scale;
             assert!(
-                err <= 1e-4,
-                "d = {d} k = {k}: ‖QQᵀ − I‖_F = {err:.2e} in f32"
+                rel < 1e-5,
+                "{} d = {d}: gradients differ by {rel:.2e}",
+                map.name()
             );
         }
-        let grad = |q: &Tensor| {
-            let g = (q * &w)
-                .and_then(|t| t.sum_all())
-                .and_then(|l| l.backward());
-            rows(g.expect("backward").get(&stack).expect("grad"))
-        };
-        let (a, e) = (grad(&route), grad(&exact));
-        let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let rel = max_diff(&a, &e) / scale;
-        assert!(rel < 1e-5, "d = {d}: gradients differ by {rel:.2e}");
+        // In f64 the route agrees with the exact map to rounding.
+        let d = 64;
+        let p = tensor(&gauss(5, d * d), d, DType::F64)
+            .unsqueeze(0)
+            .expect("p");
+        let got = route(&p).expect("route");
+        let exact = orthogonalize_batched(&p, map).expect("exact");
+        let diff = max_diff(
+            &rows(&got.get(0).expect("0")),
+            &rows(&exact.get(0).expect("0")),
+        );
+        assert!(
+            diff < 1e-12,
+            "{} f64: values differ by {diff:.2e}",
+            map.name()
+        );
     }
-    // In f64 the route agrees with the exact map to rounding.
-    let d = 64;
-    let p = tensor(&gauss(5, d * d), d, DType::F64)
-        .unsqueeze(0)
-        .expect("p");
-    let route = gram_schmidt_cholesky_qr(&p).expect("route");
-    let exact = orthogonalize_batched(&p, OrthMap::GramSchmidt).expect("exact");
-    let diff = max_diff(
-        &rows(&route.get(0).expect("0")),
-        &rows(&exact.get(0).expect("0")),
-    );
-    assert!(diff < 1e-12, "f64: values differ by {diff:.2e}");
 }
 
-/// What the device route cannot do well it refuses (the caller then takes the exact route):
+/// What the device routes cannot do well they refuse (the caller then takes the exact route):
 /// a singular P, a P too ill-conditioned for Cholesky-QR2, a non-finite P.
 #[test]
-fn cholesky_qr_route_refuses_what_it_cannot_orthogonalise() {
-    use super::gram_schmidt_cholesky_qr;
+fn cholesky_qr_routes_refuse_what_they_cannot_orthogonalise() {
+    use super::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
     let d = 8;
     let mut near = gauss(9, d * d);
-    for j in 0..d {
-        // Row 1 = row 0 + 1e-13·noise: cond(P) ≈ 1e13, Cholesky of PPᵀ breaks down.
-        near[d + j] = near[j] + 1e-13 * near[d + j];
+    for i in 0..d {
+        // Row 1 ≈ row 0 and column 1 ≈ column 0: cond(P) ≈ 1e13 either way round.
+        near[d + i] = near[i] + 1e-13 * near[d + i];
+    }
+    for i in 0..d {
+        near[i * d + 1] = near[i * d] + 1e-13 * near[i * d + 1];
     }
     let mut singular = gauss(10, d * d);
     singular[..d].fill(0.0);
     let mut nan = gauss(11, d * d);
     nan[3] = f64::NAN;
-    for (what, p) in [
-        ("near-singular", near),
-        ("singular", singular),
-        ("NaN", nan),
-    ] {
-        let t = tensor(&p, d, DType::F64).unsqueeze(0).expect("p");
-        assert!(gram_schmidt_cholesky_qr(&t).is_err(), "{what}");
+    let routes: [DeviceRoute; 2] = [gram_schmidt_cholesky_qr, householder_cholesky_qr];
+    for route in routes {
+        for (what, p) in [
+            ("near-singular", &near),
+            ("singular", &singular),
+            ("NaN", &nan),
+        ] {
+            let t = tensor(p, d, DType::F64).unsqueeze(0).expect("p");
+            assert!(route(&t).is_err(), "{what}");
+        }
     }
 }
