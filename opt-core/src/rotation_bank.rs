@@ -16,10 +16,9 @@
 //! The scope lives in a thread-local because the layer seam (`KernelSource::kernel`) takes no
 //! context: the forward runs on the caller's thread, and so do the layers' requests.
 
-use crate::orth::{orthogonalize, orthogonalize_each, OrthMap};
+use crate::orth::{orthogonalize, orthogonalize_groups, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, Var};
-use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,9 +121,9 @@ impl RotationBank {
     }
 }
 
-/// Every layer's rotation, one batched op per group, the groups concurrently: CNN-6's lone
-/// 1024×1024 `fc6` then runs beside the five 576×576 layers instead of after them. Each
-/// matrix's result does not depend on the scheduling (see `orth::batch`).
+/// Every layer's rotation, one batched op per group, the groups concurrently on the CPU
+/// (`orthogonalize_groups`): CNN-6's lone 1024×1024 `fc6` then runs beside the five 576×576
+/// layers instead of after them.
 fn compute_all(layers: &[Layer]) -> Result<Vec<(usize, Tensor)>> {
     let mut groups: Vec<((usize, DType, OrthMap), Vec<usize>)> = Vec::new();
     for (k, layer) in layers.iter().enumerate() {
@@ -134,16 +133,17 @@ fn compute_all(layers: &[Layer]) -> Result<Vec<(usize, Tensor)>> {
             None => groups.push((key, vec![k])),
         }
     }
-    let results: Vec<Vec<Tensor>> = groups
-        .par_iter()
+    let inputs: Vec<(Vec<Tensor>, OrthMap)> = groups
+        .iter()
         .map(|((_, _, map), members)| {
-            let ps: Vec<Tensor> = members
+            let ps = members
                 .iter()
                 .map(|&k| layers[k].p.as_tensor().clone())
                 .collect();
-            orthogonalize_each(&ps, *map)
+            (ps, *map)
         })
-        .collect::<candle_core::Result<_>>()?;
+        .collect();
+    let results = orthogonalize_groups(&inputs)?;
     Ok(groups
         .into_iter()
         .zip(results)

@@ -71,6 +71,23 @@ pub fn orthogonalize_each(ps: &[Tensor], map: OrthMap) -> Result<Vec<Tensor>> {
     (0..ps.len()).map(|k| q.get(k)).collect()
 }
 
+/// [`orthogonalize_each`] of several groups (each its own map and size), concurrently on the
+/// CPU — a lone large matrix then runs beside another group's batch instead of after it; each
+/// matrix's result does not depend on the scheduling. On a GPU one after the other: its work is
+/// queued asynchronously anyway, and candle's CUDA ops are issued from the caller's thread.
+pub fn orthogonalize_groups(groups: &[(Vec<Tensor>, OrthMap)]) -> Result<Vec<Vec<Tensor>>> {
+    let on_cpu = groups
+        .iter()
+        .flat_map(|(ps, _)| ps.first())
+        .all(|p| p.device().is_cpu());
+    let each = |(ps, map): &(Vec<Tensor>, OrthMap)| orthogonalize_each(ps, *map);
+    if on_cpu {
+        groups.par_iter().map(each).collect()
+    } else {
+        groups.iter().map(each).collect()
+    }
+}
+
 /// Runs `f(k, par)` for every matrix `k < b`: concurrently with sequential faer kernels for a
 /// batch, with faer's parallelism for a lone matrix (see the module comment). Results keep
 /// their order.

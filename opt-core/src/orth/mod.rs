@@ -31,7 +31,7 @@ mod qr;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{orthogonalize_batched, orthogonalize_each};
+pub use batch::{orthogonalize_batched, orthogonalize_each, orthogonalize_groups};
 pub use cholesky_qr::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
 pub use newton_schulz::{
     cayley_newton_schulz, cayley_newton_schulz_batched, polar_newton_schulz,
