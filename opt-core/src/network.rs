@@ -37,8 +37,8 @@ impl Network {
 
     /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
     ///
-    /// The OPT layers' rotations are computed per (size, map) group, one batched op each, as
-    /// the first layer of a group asks (see `rotation_bank`).
+    /// The OPT layers' rotations are computed together when the first layer asks: one batched
+    /// op per (size, map) group, the groups concurrently on the CPU (see `rotation_bank`).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let _rotations = crate::rotation_bank::ForwardScope::enter();
         match self {
