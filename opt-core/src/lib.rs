@@ -34,6 +34,7 @@ pub(crate) mod par;
 pub mod params;
 pub mod resnet;
 pub mod rng;
+pub mod rotation_bank;
 pub mod schedule;
 pub mod sparse_opt;
 #[cfg(test)]

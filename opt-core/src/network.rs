@@ -36,7 +36,11 @@ impl Network {
     }
 
     /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
+    ///
+    /// The OPT layers' rotations are computed together when the first layer asks: one batched
+    /// op per (size, map) group, the groups concurrently on the CPU (see `rotation_bank`).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let _rotations = crate::rotation_bank::ForwardScope::enter();
         match self {
             Network::Cnn(n) => n.forward(x, train),
             Network::ResNet(n) => n.forward(x, train),

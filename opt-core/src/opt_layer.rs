@@ -6,9 +6,11 @@
 //! kernel is `Wᵀ` reshaped to `[n, c_in, k_h, k_w]`.
 
 use crate::layers::{KernelFactory, KernelShape, KernelSource};
-use crate::orth::{orthogonalize, OrthMap};
+use crate::orth::OrthMap;
+use crate::rotation_bank::{RotationBank, RotationSlot};
 use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
+use std::sync::Arc;
 
 /// How the learned matrix `P` becomes the rotation `R`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +54,19 @@ pub struct OptKernel {
     pub w0: Var,
     pub p: Var,
     pub config: OptLayerConfig,
+    /// Where `R = orth(P)` comes from (exact maps only): the network's bank batches it with the
+    /// other layers of its size and map.
+    slot: Option<RotationSlot>,
 }
 
 impl OptKernel {
+    /// Registers `W0` and `P` in `store` and, for an exact map, `P` in `bank`.
     pub fn new(
         store: &mut ParamStore,
         name: &str,
         shape: KernelShape,
         cfg: OptLayerConfig,
+        bank: &Arc<RotationBank>,
         rng: &mut Rng,
     ) -> Result<Self> {
         let (d, n) = (shape.fan_in(), shape.c_out);
@@ -86,19 +93,24 @@ impl OptKernel {
             },
             Kind::Rotation,
         )?;
+        let slot = match cfg.rotation {
+            Rotation::Exact(map) => Some(bank.register(p.clone(), map)?),
+            Rotation::Raw => None,
+        };
         Ok(Self {
             shape,
             w0,
             p,
             config: cfg,
+            slot,
         })
     }
 
     /// The rotation `R` actually applied.
     pub fn rotation(&self) -> Result<Tensor> {
-        match self.config.rotation {
-            Rotation::Exact(map) => Ok(orthogonalize(self.p.as_tensor(), map)?),
-            Rotation::Raw => Ok(self.p.as_tensor().clone()),
+        match &self.slot {
+            Some(slot) => slot.rotation(),
+            None => Ok(self.p.as_tensor().clone()),
         }
     }
 
@@ -144,8 +156,21 @@ impl KernelSource for OptKernel {
     }
 }
 
-/// Builds [`OptKernel`]s for every OPT layer.
-pub struct OptFactory(pub OptLayerConfig);
+/// Builds [`OptKernel`]s for every OPT layer, registering their rotations in one bank so a
+/// forward pass computes them per (size, map) group.
+pub struct OptFactory {
+    pub config: OptLayerConfig,
+    bank: Arc<RotationBank>,
+}
+
+impl OptFactory {
+    pub fn new(config: OptLayerConfig) -> Self {
+        Self {
+            config,
+            bank: RotationBank::new(),
+        }
+    }
+}
 
 impl KernelFactory for OptFactory {
     fn build(
@@ -155,6 +180,13 @@ impl KernelFactory for OptFactory {
         shape: KernelShape,
         rng: &mut Rng,
     ) -> Result<Box<dyn KernelSource>> {
-        Ok(Box::new(OptKernel::new(store, name, shape, self.0, rng)?))
+        Ok(Box::new(OptKernel::new(
+            store,
+            name,
+            shape,
+            self.config,
+            &self.bank,
+            rng,
+        )?))
     }
 }

@@ -9,9 +9,11 @@ use crate::layers::{KernelFactory, KernelShape, KernelSource};
 use crate::opt_layer::{
     weight_to_kernel, OptKernel, OptLayerConfig, Rotation, RotationInit, FIXED,
 };
-use crate::orth::{orthogonalize, OrthMap};
+use crate::orth::OrthMap;
+use crate::rotation_bank::{RotationBank, RotationSlot};
 use crate::{Error, Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
+use std::sync::Arc;
 
 /// Name suffix of the small rotations (their optimizer state may be reset per episode).
 pub const SPARSE_ROTATION: &str = "sparse_rotation";
@@ -25,6 +27,8 @@ pub struct SparseOptKernel {
     pub indices: Var,
     pub map: OrthMap,
     budget: usize,
+    /// `orth(P)`, batched with the network's other sparse layers of the same budget.
+    slot: RotationSlot,
 }
 
 /// `b` distinct indices of `0..d`, uniformly without replacement (partial Fisher–Yates).
@@ -45,6 +49,7 @@ impl SparseOptKernel {
         shape: KernelShape,
         budget: usize,
         map: OrthMap,
+        bank: &Arc<RotationBank>,
         rng: &mut Rng,
     ) -> Result<Self> {
         let (d, n) = (shape.fan_in(), shape.c_out);
@@ -74,6 +79,7 @@ impl SparseOptKernel {
             Role::Statistic,
             Kind::SubsetIndices,
         )?;
+        let slot = bank.register(p.clone(), map)?;
         Ok(Self {
             shape,
             w0,
@@ -81,6 +87,7 @@ impl SparseOptKernel {
             indices,
             map,
             budget,
+            slot,
         })
     }
 
@@ -89,7 +96,7 @@ impl SparseOptKernel {
         let idx = self.indices.as_tensor();
         let w0 = self.w0.as_tensor();
         let rows = w0.index_select(idx, 0)?;
-        let q = orthogonalize(self.p.as_tensor(), self.map)?;
+        let q = self.slot.rotation()?;
         let delta = (q.matmul(&rows)? - &rows)?;
         Ok(w0.index_add(idx, &delta, 0)?)
     }
@@ -101,7 +108,7 @@ impl KernelSource for SparseOptKernel {
     }
 
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {
-        Ok(Some(orthogonalize(self.p.as_tensor(), self.map)?))
+        Ok(Some(self.slot.rotation()?))
     }
 
     fn end_episode(&self, rng: &mut Rng) -> Result<bool> {
@@ -121,6 +128,17 @@ impl KernelSource for SparseOptKernel {
 pub struct SoptFactory {
     pub base: OrthMap,
     pub budget_channels: usize,
+    bank: Arc<RotationBank>,
+}
+
+impl SoptFactory {
+    pub fn new(base: OrthMap, budget_channels: usize) -> Self {
+        Self {
+            base,
+            budget_channels,
+            bank: RotationBank::new(),
+        }
+    }
 }
 
 impl KernelFactory for SoptFactory {
@@ -140,11 +158,13 @@ impl KernelFactory for SoptFactory {
                 learn_w0: false,
                 penalty: 0.0,
             };
-            return Ok(Box::new(OptKernel::new(store, name, shape, cfg, rng)?));
+            return Ok(Box::new(OptKernel::new(
+                store, name, shape, cfg, &self.bank, rng,
+            )?));
         }
         let budget = shape.k_h * shape.k_w * self.budget_channels;
         Ok(Box::new(SparseOptKernel::new(
-            store, name, shape, budget, self.base, rng,
+            store, name, shape, budget, self.base, &self.bank, rng,
         )?))
     }
 }
@@ -162,10 +182,7 @@ mod tests {
         let dev = Device::Cpu;
         let mut store = ParamStore::new(dev.clone());
         let mut rng = Rng::seed(4);
-        let factory = SoptFactory {
-            base: OrthMap::GramSchmidt,
-            budget_channels: 2,
-        };
+        let factory = SoptFactory::new(OrthMap::GramSchmidt, 2);
         let net = Cnn6::new(
             Cnn6Config::new((3, 16, 16), 10, 8),
             &factory,

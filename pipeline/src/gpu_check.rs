@@ -7,7 +7,8 @@
 //! 2. a short training of every method on a fixed synthetic batch: the loss must fall and
 //!    the exact maps' rotations stay orthogonal;
 //! 3. the benchmark table (images/s and ms/step per method beside `baseline` from the same
-//!    run, each map's time at the given sizes).
+//!    run, each map's time at the given sizes, and the batched maps — one op for `b` layers, as
+//!    an OPT network computes them — beside `b` lone calls).
 
 use crate::bench::{self, BenchConfig};
 use anyhow::{Context, Result};
@@ -76,6 +77,20 @@ pub struct MapRow {
     pub orth_error: f64,
 }
 
+/// One batched map (`orthogonalize_batched` of `b` matrices) beside `b` lone `orthogonalize`
+/// calls of the same matrices, on the device under test.
+#[derive(Debug, Serialize)]
+pub struct BatchedMapRow {
+    pub map: String,
+    pub d: usize,
+    pub b: usize,
+    pub forward_ms: f64,
+    pub forward_backward_ms: f64,
+    pub lone_forward_backward_ms: f64,
+    /// The largest `‖QQᵀ − I‖_F` over the batch (f32).
+    pub orth_error: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct GpuReport {
     pub device: String,
@@ -85,6 +100,7 @@ pub struct GpuReport {
     pub bench_model: String,
     pub bench: Vec<BenchRow>,
     pub maps: Vec<MapRow>,
+    pub batched_maps: Vec<BatchedMapRow>,
     pub seconds: f64,
     pub pass: bool,
 }
@@ -101,8 +117,10 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
     eprintln!("gpu-check: benchmark");
     let (bench_model, bench) = bench_table(cfg)?;
     let mut maps = Vec::new();
+    let mut batched_maps = Vec::new();
     for &d in &cfg.map_sizes {
         for map in ops::OrthMap::ALL {
+            batched_maps.push(time_batched_map(map, d, BATCH, 3, &device)?);
             let t = bench::time_map(map, d, 3, cfg.device)?;
             maps.push(MapRow {
                 map: t.map.into(),
@@ -126,6 +144,7 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
         bench_model,
         bench,
         maps,
+        batched_maps,
         seconds: start.elapsed().as_secs_f64(),
         pass,
     };
@@ -303,6 +322,103 @@ fn orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpC
     })
 }
 
+/// How many layers the batched cases and timings stack (CNN-6 has five 576×576 rotations).
+const BATCH: usize = 5;
+
+/// `orthogonalize_batched` of `BATCH` matrices from OPT's Gaussian init. On a GPU it is checked
+/// against the same op on the CPU (the exact maps; on the device LS/CP run as batched
+/// Newton–Schulz, GS/HR as Cholesky-QR2); on the CPU, against those device routes (independent
+/// formulations of the same maps).
+fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Result<OpCase> {
+    let p = host_tensor(rng, &[BATCH, d, d], 1.0)?;
+    let n = opt_core::orth::NEWTON_SCHULZ_MAX_ITERS;
+    let composed: Option<Box<OpFn>> = match map {
+        ops::OrthMap::Lowdin => Some(Box::new(move |t| {
+            Ok(vec![opt_core::orth::polar_newton_schulz_batched(&t[0], n)?])
+        })),
+        ops::OrthMap::Cayley => Some(Box::new(move |t| {
+            Ok(vec![opt_core::orth::cayley_newton_schulz_batched(
+                &t[0], n,
+            )?])
+        })),
+        ops::OrthMap::GramSchmidt => Some(Box::new(|t| {
+            Ok(vec![opt_core::orth::gram_schmidt_cholesky_qr(&t[0])?])
+        })),
+        ops::OrthMap::Householder => Some(Box::new(|t| {
+            Ok(vec![opt_core::orth::householder_cholesky_qr(&t[0])?])
+        })),
+    };
+    Ok(OpCase {
+        name: format!("orthogonalize_batched {} b={BATCH} d={d}", map.name()),
+        inputs: vec![p],
+        op: Box::new(move |t| Ok(vec![opt_core::orth::orthogonalize_batched(&t[0], map)?])),
+        composed,
+        tolerance: 1e-4,
+    })
+}
+
+/// Median ms of `f` over `reps` runs, the device synchronised after each.
+fn median_ms(reps: usize, device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        f()?;
+        device.synchronize()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
+
+/// [`BatchedMapRow`] for `b` Gaussian `d×d` matrices on `device`.
+fn time_batched_map(
+    map: ops::OrthMap,
+    d: usize,
+    b: usize,
+    reps: usize,
+    device: &Device,
+) -> Result<BatchedMapRow> {
+    use opt_core::orth::orthogonalize_batched;
+    let mut rng = opt_core::Rng::seed(d as u64);
+    let p = Var::from_tensor(&host_tensor(&mut rng, &[b, d, d], 1.0)?.to_device(device)?)?;
+    let w = host_tensor(&mut rng, &[b, d, d], 1.0)?.to_device(device)?;
+    let q = orthogonalize_batched(p.as_tensor(), map)?; // warm-up, and the error below
+    let forward_ms = median_ms(reps, device, || {
+        orthogonalize_batched(p.as_tensor(), map)?;
+        Ok(())
+    })?;
+    let forward_backward_ms = median_ms(reps, device, || {
+        let loss = (orthogonalize_batched(p.as_tensor(), map)? * &w)?.sum_all()?;
+        loss.backward()?;
+        Ok(())
+    })?;
+    let lone: Vec<Var> = (0..b)
+        .map(|k| Var::from_tensor(&p.as_tensor().get(k)?))
+        .collect::<candle_core::Result<_>>()?;
+    let lone_forward_backward_ms = median_ms(reps, device, || {
+        let mut loss = Tensor::zeros((), p.dtype(), device)?;
+        for (k, v) in lone.iter().enumerate() {
+            let q = ops::orthogonalize(v.as_tensor(), map)?;
+            loss = (loss + (q * w.get(k)?)?.sum_all()?)?;
+        }
+        loss.backward()?;
+        Ok(())
+    })?;
+    let mut orth_error = 0f64;
+    for k in 0..b {
+        orth_error = orth_error.max(orthogonality_error(&q.get(k)?)?);
+    }
+    Ok(BatchedMapRow {
+        map: map.name().into(),
+        d,
+        b,
+        forward_ms,
+        forward_backward_ms,
+        lone_forward_backward_ms,
+        orth_error,
+    })
+}
+
 fn op_cases(size: Size) -> Result<Vec<OpCase>> {
     let mut rng = opt_core::Rng::seed(11);
     let mut cases = vec![
@@ -324,6 +440,15 @@ fn op_cases(size: Size) -> Result<Vec<OpCase>> {
     for d in [27, 576] {
         for map in ops::OrthMap::ALL {
             cases.push(orth_case(&mut rng, map, d)?);
+        }
+    }
+    let batched: &[usize] = match size {
+        Size::Quick => &[27],
+        Size::Full => &[27, 576],
+    };
+    for &d in batched {
+        for map in ops::OrthMap::ALL {
+            cases.push(batched_orth_case(&mut rng, map, d)?);
         }
     }
     // The device-generic Löwdin and Cayley routes against the exact maps on the CPU, from
@@ -542,6 +667,21 @@ fn markdown(r: &GpuReport) -> String {
             s += &format!(
                 "| {} | {} | {:.2} | {:.2} | {:.1e} |\n",
                 m.map, m.d, m.forward_ms, m.forward_backward_ms, m.orth_error
+            );
+        }
+    }
+    if !r.batched_maps.is_empty() {
+        s += "\n## Batched maps (one op for b layers)\n\n| map | d | b | forward ms | forward+backward ms | b lone calls, forward+backward ms | max ‖QQᵀ − I‖_F (f32) |\n|---|---:|---:|---:|---:|---:|---:|\n";
+        for m in &r.batched_maps {
+            s += &format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1e} |\n",
+                m.map,
+                m.d,
+                m.b,
+                m.forward_ms,
+                m.forward_backward_ms,
+                m.lone_forward_backward_ms,
+                m.orth_error
             );
         }
     }

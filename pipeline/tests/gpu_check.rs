@@ -27,6 +27,27 @@ fn cpu_mode_passes_and_writes_both_reports() {
         .filter(|o| o.op.starts_with("conv2d"))
         .count();
     assert_eq!(conv, 4 * 3);
+    // The batched maps: LS and CP against the batched Newton–Schulz routes, GS and HR against
+    // Cholesky-QR2, values and gradients.
+    let batched: Vec<_> = report
+        .ops
+        .iter()
+        .filter(|o| o.op.starts_with("orthogonalize_batched"))
+        .map(|o| (o.op.as_str(), o.value.as_str()))
+        .collect();
+    assert_eq!(
+        batched,
+        [
+            ("orthogonalize_batched cp b=5 d=27", "out[0]"),
+            ("orthogonalize_batched cp b=5 d=27", "grad[0]"),
+            ("orthogonalize_batched gs b=5 d=27", "out[0]"),
+            ("orthogonalize_batched gs b=5 d=27", "grad[0]"),
+            ("orthogonalize_batched hr b=5 d=27", "out[0]"),
+            ("orthogonalize_batched hr b=5 d=27", "grad[0]"),
+            ("orthogonalize_batched ls b=5 d=27", "out[0]"),
+            ("orthogonalize_batched ls b=5 d=27", "grad[0]"),
+        ]
+    );
     assert_eq!(report.training.len(), 9);
     for t in &report.training {
         assert!(
@@ -39,6 +60,11 @@ fn cpu_mode_passes_and_writes_both_reports() {
     assert_eq!(report.bench[0].vs_baseline, 1.0);
     assert_eq!(report.maps.len(), 4);
     assert!(report.maps.iter().all(|m| m.orth_error < 1e-4));
+    assert_eq!(report.batched_maps.len(), 4);
+    assert!(report
+        .batched_maps
+        .iter()
+        .all(|m| m.b == 5 && m.orth_error < 1e-4 && m.forward_backward_ms > 0.0));
     assert!(report.pass);
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("report.json")).expect("report.json"),
@@ -47,4 +73,5 @@ fn cpu_mode_passes_and_writes_both_reports() {
     assert_eq!(json["pass"], true);
     let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md");
     assert!(md.contains("PASSED") && md.contains("| sopt |"), "{md}");
+    assert!(md.contains("## Batched maps"), "{md}");
 }

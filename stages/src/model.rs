@@ -363,11 +363,11 @@ impl MethodConfig {
         };
         match self {
             MethodConfig::Baseline {} => Box::new(PlainFactory),
-            MethodConfig::Cp {} => Box::new(OptFactory(exact(OrthMap::Cayley))),
-            MethodConfig::Gs {} => Box::new(OptFactory(exact(OrthMap::GramSchmidt))),
-            MethodConfig::Hr {} => Box::new(OptFactory(exact(OrthMap::Householder))),
-            MethodConfig::Ls {} => Box::new(OptFactory(exact(OrthMap::Lowdin))),
-            MethodConfig::Ogd { .. } => Box::new(OptFactory(OptLayerConfig {
+            MethodConfig::Cp {} => Box::new(OptFactory::new(exact(OrthMap::Cayley))),
+            MethodConfig::Gs {} => Box::new(OptFactory::new(exact(OrthMap::GramSchmidt))),
+            MethodConfig::Hr {} => Box::new(OptFactory::new(exact(OrthMap::Householder))),
+            MethodConfig::Ls {} => Box::new(OptFactory::new(exact(OrthMap::Lowdin))),
+            MethodConfig::Ogd { .. } => Box::new(OptFactory::new(OptLayerConfig {
                 rotation: Rotation::Raw,
                 init: RotationInit::Identity,
                 decay_rotation: false,
@@ -375,7 +375,7 @@ impl MethodConfig {
                 learn_w0: false,
                 penalty: 0.0,
             })),
-            MethodConfig::Or { weight } => Box::new(OptFactory(OptLayerConfig {
+            MethodConfig::Or { weight } => Box::new(OptFactory::new(OptLayerConfig {
                 rotation: Rotation::Raw,
                 init: RotationInit::Gaussian,
                 decay_rotation: true,
@@ -383,7 +383,7 @@ impl MethodConfig {
                 learn_w0: false,
                 penalty: *weight,
             })),
-            MethodConfig::Upt { learn_w0 } => Box::new(OptFactory(OptLayerConfig {
+            MethodConfig::Upt { learn_w0 } => Box::new(OptFactory::new(OptLayerConfig {
                 rotation: Rotation::Raw,
                 init: RotationInit::Identity,
                 decay_rotation: true,
@@ -395,10 +395,7 @@ impl MethodConfig {
                 base,
                 budget_channels,
                 ..
-            } => Box::new(SoptFactory {
-                base: base.map(),
-                budget_channels: *budget_channels,
-            }),
+            } => Box::new(SoptFactory::new(base.map(), *budget_channels)),
         }
     }
 

@@ -11,7 +11,7 @@
 //! | [`conv2d`] | per image: patches in cache + one gemm; backward the same, col2im per image | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
 //! | [`batch_norm_train`] | one fused pass forward and backward, packed `[y, mean, var]` | reduction + apply kernels, same packing |
 //! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
-//! | [`orthogonalize`] | f64 factorisations (faer) | LS, CP: Newton–Schulz on the device; GS, HR: through host memory (see `orth`) |
+//! | [`orthogonalize`], [`orthogonalize_batched`] | f64 factorisations (faer), a batch's matrices concurrently | LS, CP: batched Newton–Schulz on the device; GS, HR: through host memory, one round trip per batch (see `orth`) |
 //! | [`acos`] | clamped `acos` | the same, one kernel |
 
 mod acos;
@@ -21,7 +21,7 @@ mod conv2d;
 mod cuda;
 mod max_pool;
 
-pub use crate::orth::{orthogonalize, OrthMap};
+pub use crate::orth::{orthogonalize, orthogonalize_batched, OrthMap};
 pub use acos::acos;
 pub use batch_norm::{batch_norm_train, batch_norm_train_composed, BatchNormTrain};
 pub use conv2d::{conv2d, conv2d_composed};

@@ -3,7 +3,7 @@
 
 use super::dense::{self, Lu};
 use candle_core::Result;
-use faer::{Mat, MatRef};
+use faer::{Mat, MatRef, Par};
 
 /// What the backward needs: the LU factors of `A = I − S` and `Q` in f64.
 pub(super) struct Factors {
@@ -28,9 +28,8 @@ fn delta(i: usize, j: usize) -> f64 {
     }
 }
 
-pub(super) fn forward(p: MatRef<'_, f64>) -> Result<Factors> {
+pub(super) fn forward(p: MatRef<'_, f64>, par: Par) -> Result<Factors> {
     let d = p.nrows();
-    let par = dense::par_for(d);
     let a = Lu::factor(
         Mat::from_fn(d, d, |i, j| delta(i, j) - skew(p, i, j)),
         "Cayley: I − S",
@@ -43,9 +42,8 @@ pub(super) fn forward(p: MatRef<'_, f64>) -> Result<Factors> {
 }
 
 /// `∂L/∂P = striu(Y − Yᵀ)` with `Y = ∂L/∂S = (I + Q)ᵀ G A⁻ᵀ`.
-pub(super) fn backward(f: &Factors, g: MatRef<'_, f64>) -> Mat<f64> {
+pub(super) fn backward(f: &Factors, g: MatRef<'_, f64>, par: Par) -> Mat<f64> {
     let d = g.nrows();
-    let par = dense::par_for(d);
     // Work with Yᵀ = A⁻¹ Gᵀ (I + Q), which is a plain (non-transposed) LU solve.
     let mut yt = g.transpose().to_owned();
     dense::mul_add(yt.as_mut(), g.transpose(), f.q.as_ref(), 1.0, par);

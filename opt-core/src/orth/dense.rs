@@ -211,16 +211,24 @@ pub(super) fn svd_square(
     Ok((u, s, v))
 }
 
-/// Reads a 2-D f32/f64 CPU storage (any strides) into an f64 matrix.
-pub(super) fn mat_from_storage(storage: &CpuStorage, layout: &Layout) -> Result<Mat<f64>> {
-    let &[rows, cols] = layout.dims() else {
-        bail!("expected a 2-D matrix, got shape {:?}", layout.dims());
+/// Reads the matrices of a 3-D `[b, rows, cols]` f32/f64 CPU storage (any strides) into f64.
+pub(super) fn mats_from_storage(storage: &CpuStorage, layout: &Layout) -> Result<Vec<Mat<f64>>> {
+    let &[b, rows, cols] = layout.dims() else {
+        bail!(
+            "expected a batch of matrices, got shape {:?}",
+            layout.dims()
+        );
     };
-    let (rs, cs) = (layout.stride()[0], layout.stride()[1]);
-    let at = |i: usize, j: usize| layout.start_offset() + i * rs + j * cs;
+    let &[bs, rs, cs] = layout.stride() else {
+        bail!("expected 3 strides, got {:?}", layout.stride());
+    };
+    let read = |k: usize, x: &dyn Fn(usize) -> f64| {
+        let at = |i: usize, j: usize| layout.start_offset() + k * bs + i * rs + j * cs;
+        Mat::from_fn(rows, cols, |i, j| x(at(i, j)))
+    };
     Ok(match storage {
-        CpuStorage::F32(x) => Mat::from_fn(rows, cols, |i, j| f64::from(x[at(i, j)])),
-        CpuStorage::F64(x) => Mat::from_fn(rows, cols, |i, j| x[at(i, j)]),
+        CpuStorage::F32(x) => (0..b).map(|k| read(k, &|a| f64::from(x[a]))).collect(),
+        CpuStorage::F64(x) => (0..b).map(|k| read(k, &|a| x[a])).collect(),
         _ => bail!("expected an f32 or f64 matrix"),
     })
 }
@@ -234,9 +242,13 @@ fn row_major(m: MatRef<'_, f64>) -> Vec<f64> {
     out
 }
 
-/// Writes a matrix as contiguous row-major storage of `dtype` (f32 or f64).
-pub(super) fn mat_to_storage(m: MatRef<'_, f64>, dtype: DType) -> Result<CpuStorage> {
-    let data = row_major(m);
+/// Writes matrices, one after the other, as contiguous row-major storage of `dtype` (f32 or
+/// f64): a `[b, rows, cols]` tensor's storage.
+pub(super) fn mats_to_storage<'a>(
+    ms: impl Iterator<Item = MatRef<'a, f64>>,
+    dtype: DType,
+) -> Result<CpuStorage> {
+    let data: Vec<f64> = ms.flat_map(row_major).collect();
     Ok(match dtype {
         DType::F32 => CpuStorage::F32(data.into_iter().map(|x| x as f32).collect()),
         DType::F64 => CpuStorage::F64(data),
@@ -255,9 +267,25 @@ pub(super) fn mat_from_tensor(t: &Tensor) -> Result<Mat<f64>> {
     Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
 }
 
-/// A matrix as a tensor of `dtype` on `device` (no autograd history).
-pub(super) fn mat_to_tensor(m: MatRef<'_, f64>, dtype: DType, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(row_major(m), m.shape(), &Device::Cpu)?
+/// Copies any `[b, rows, cols]` tensor (any device, dtype, layout) into f64 matrices.
+pub(super) fn mats_from_tensor(t: &Tensor) -> Result<Vec<Mat<f64>>> {
+    let (b, rows, cols) = t.dims3()?;
+    let data = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let n = rows * cols;
+    Ok((0..b)
+        .map(|k| Mat::from_fn(rows, cols, |i, j| data[k * n + i * cols + j]))
+        .collect())
+}
+
+/// Matrices as one `[b, rows, cols]` tensor of `dtype` on `device` (no autograd history).
+pub(super) fn mats_to_tensor(ms: &[Mat<f64>], dtype: DType, device: &Device) -> Result<Tensor> {
+    let (rows, cols) = ms.first().map_or((0, 0), |m| m.shape());
+    let data: Vec<f64> = ms.iter().flat_map(|m| row_major(m.as_ref())).collect();
+    Tensor::from_vec(data, (ms.len(), rows, cols), &Device::Cpu)?
         .to_dtype(dtype)?
         .to_device(device)
 }

@@ -1,19 +1,29 @@
 //! The four exact orthogonal maps of OPT (spec §2.2–2.5, numerics §7) as differentiable candle
 //! operations.
 //!
-//! candle has no LU, QR or SVD, so each map is a [`CustomOp1`] that runs on the CPU in f64 with
-//! faer's blocked routines and returns the result in the input's dtype. The backward is the
-//! closed form of the spec, also in f64 on the CPU; it reuses the factorisation the forward
-//! kept (the op object lives exactly as long as the autograd graph that needs it).
+//! candle has no LU, QR or SVD, so the maps are one [`CustomOp1`](candle_core::CustomOp1) over a
+//! stack `[b, d, d]` ([`orthogonalize_batched`]; [`orthogonalize`] is a batch of one) that runs
+//! on the CPU in f64 with faer's blocked routines and returns the result in the input's dtype.
+//! The backward is the closed form of the spec, also in f64 on the CPU; it reuses the
+//! factorisations the forward kept (the op object lives exactly as long as the autograd graph
+//! that needs it). A batch's matrices are factorised concurrently (see `batch`); an OPT network
+//! hands each (size, map) group of its layers to one call (`crate::rotation_bank`).
 //!
-//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes `P` through host
-//! memory, factorises there and returns `Q` on the device; the backward does the same with
-//! `∂L/∂Q`. Callers never move tensors themselves. A d×d round trip per layer and step is what
-//! the GPU path pays for GS and HR until they run in cuSOLVER; Löwdin and Cayley on a GPU run
-//! as Newton–Schulz iterations in candle ops on the device ([`polar_newton_schulz`],
-//! [`cayley_newton_schulz`], tested against the exact maps here on the CPU).
+//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes the stack
+//! through host memory, factorises there and returns `Q` on the device; the backward does the
+//! same with `∂L/∂Q` — one round trip per batch, not per layer. On a GPU that is every map's
+//! fallback only: Löwdin and Cayley run there as batched Newton–Schulz iterations in candle ops
+//! ([`polar_newton_schulz_batched`], [`cayley_newton_schulz_batched`]), Gram–Schmidt and
+//! Householder as Cholesky-QR2 with the closed-form backward in candle ops
+//! ([`gram_schmidt_cholesky_qr`], [`householder_cholesky_qr`]; three small f64 kernels in
+//! `kernels/maps.cu`, whose algorithms the CPU runs in the tests); all are tested against the
+//! exact maps here on the CPU.
 
+mod batch;
 mod cayley;
+mod cholesky_qr;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod dense;
 mod newton_schulz;
 mod polar;
@@ -21,13 +31,15 @@ mod qr;
 #[cfg(test)]
 mod tests;
 
+pub use batch::{orthogonalize_batched, orthogonalize_each, orthogonalize_groups};
+pub use cholesky_qr::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
 pub use newton_schulz::{
-    cayley_newton_schulz, polar_newton_schulz, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
+    cayley_newton_schulz, cayley_newton_schulz_batched, polar_newton_schulz,
+    polar_newton_schulz_batched, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use faer::{Mat, MatRef};
-use std::sync::Mutex;
+use candle_core::{bail, Result, Tensor};
+use faer::{Mat, MatRef, Par};
 
 /// Which orthogonalization turns the raw matrix `P` into `Q`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,9 +75,9 @@ impl OrthMap {
 
 /// `Q = orth(P)` for a square `P` (`[d, d]`, f32 or f64, any device), differentiable w.r.t. `P`.
 ///
-/// The work happens on the CPU in f64; on another device the op copies `P` to the host and `Q`
-/// back (correct, not fast). Fails on a non-square or non-float input, non-finite entries, and a
-/// (numerically) singular `P` for Gram–Schmidt / Householder.
+/// One layer's map: the batched op ([`orthogonalize_batched`]) with a batch of one, so a lone
+/// layer and a batch compute every matrix by the same code. Fails on a non-square or non-float
+/// input, non-finite entries, and a (numerically) singular `P` for Gram–Schmidt / Householder.
 pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
     let (rows, cols) = p.dims2()?;
     if rows != cols {
@@ -74,29 +86,7 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
             map.name()
         );
     }
-    if !matches!(p.dtype(), DType::F32 | DType::F64) {
-        bail!(
-            "orthogonalize ({}): P must be f32 or f64, got {:?}",
-            map.name(),
-            p.dtype()
-        );
-    }
-    // On a GPU, Löwdin and Cayley run where P lives (Newton–Schulz in candle ops); a P those
-    // routes cannot finish takes the exact host route below rather than a worse rotation.
-    if !p.device().is_cpu() {
-        let on_device = match map {
-            OrthMap::Lowdin => Some(polar_newton_schulz(p, newton_schulz::MAX_ITERS)),
-            OrthMap::Cayley => Some(cayley_newton_schulz(p, newton_schulz::MAX_ITERS)),
-            OrthMap::GramSchmidt | OrthMap::Householder => None,
-        };
-        if let Some(Ok(q)) = on_device {
-            return Ok(q);
-        }
-    }
-    p.apply_op1(OrthOp {
-        map,
-        factors: Mutex::new(None),
-    })
+    orthogonalize_batched(&p.unsqueeze(0)?, map)?.squeeze(0)
 }
 
 /// `‖Q Qᵀ − I‖_F` computed in f64 (a metric; no autograd).
@@ -129,7 +119,7 @@ enum Factors {
 }
 
 impl Factors {
-    fn compute(map: OrthMap, p: MatRef<'_, f64>) -> Result<Self> {
+    fn compute(map: OrthMap, p: MatRef<'_, f64>, par: Par) -> Result<Self> {
         if let Some((i, j)) = (0..p.ncols()).find_map(|j| {
             (0..p.nrows())
                 .find(|&i| !p[(i, j)].is_finite())
@@ -142,10 +132,10 @@ impl Factors {
             );
         }
         Ok(match map {
-            OrthMap::Cayley => Factors::Cayley(cayley::forward(p)?),
-            OrthMap::GramSchmidt => Factors::GramSchmidt(qr::gram_schmidt(p)?),
-            OrthMap::Householder => Factors::Householder(qr::householder(p)?),
-            OrthMap::Lowdin => Factors::Lowdin(polar::forward(p)?),
+            OrthMap::Cayley => Factors::Cayley(cayley::forward(p, par)?),
+            OrthMap::GramSchmidt => Factors::GramSchmidt(qr::gram_schmidt(p, par)?),
+            OrthMap::Householder => Factors::Householder(qr::householder(p, par)?),
+            OrthMap::Lowdin => Factors::Lowdin(polar::forward(p, par)?),
         })
     }
 
@@ -161,85 +151,13 @@ impl Factors {
     }
 
     /// `∂L/∂P` from `G = ∂L/∂Q`.
-    fn grad(&self, g: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    fn grad(&self, g: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
         Ok(match self {
-            Factors::Cayley(f) => cayley::backward(f, g),
+            Factors::Cayley(f) => cayley::backward(f, g, par),
             // Q_gs = Q_qrᵀ and A = Pᵀ: transpose G in and the result out.
-            Factors::GramSchmidt(f) => qr::backward(f, g.transpose()).transpose().to_owned(),
-            Factors::Householder(f) => qr::backward(f, g),
-            Factors::Lowdin(f) => polar::backward(f, g)?,
+            Factors::GramSchmidt(f) => qr::backward(f, g.transpose(), par).transpose().to_owned(),
+            Factors::Householder(f) => qr::backward(f, g, par),
+            Factors::Lowdin(f) => polar::backward(f, g, par)?,
         })
-    }
-}
-
-struct OrthOp {
-    map: OrthMap,
-    factors: Mutex<Option<Factors>>,
-}
-
-impl OrthOp {
-    fn lock_err(&self) -> candle_core::Error {
-        candle_core::Error::msg(format!(
-            "orthogonalize ({}): factor cache poisoned by an earlier panic",
-            self.map.name()
-        ))
-    }
-}
-
-impl CustomOp1 for OrthOp {
-    fn name(&self) -> &'static str {
-        match self.map {
-            OrthMap::Cayley => "orth-cayley",
-            OrthMap::GramSchmidt => "orth-gram-schmidt",
-            OrthMap::Householder => "orth-householder",
-            OrthMap::Lowdin => "orth-lowdin",
-        }
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = dense::mat_from_storage(storage, layout)?;
-        let d = p.nrows();
-        if p.ncols() != d {
-            bail!("{}: P must be square, got {:?}", self.name(), layout.dims());
-        }
-        let dtype = match storage {
-            CpuStorage::F64(_) => DType::F64,
-            _ => DType::F32,
-        };
-        let f = Factors::compute(self.map, p.as_ref())?;
-        let out = dense::mat_to_storage(f.q(), dtype)?;
-        *self.factors.lock().map_err(|_| self.lock_err())? = Some(f);
-        Ok((out, Shape::from((d, d))))
-    }
-
-    /// Through host memory: `P` down, the CPU factorisation, `Q` up.
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::{BackendDevice, BackendStorage};
-        let host = storage.to_cpu_storage()?;
-        let (q, shape) = self.cpu_fwd(&host, layout)?;
-        Ok((storage.device().storage_from_cpu_storage_owned(q)?, shape))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = dense::mat_from_tensor(grad)?;
-        let cache = self.factors.lock().map_err(|_| self.lock_err())?;
-        let dp = match cache.as_ref() {
-            Some(f) => f.grad(g.as_ref())?,
-            // Not reached through `orthogonalize` (the forward always fills the cache).
-            None => {
-                let p = dense::mat_from_tensor(arg)?;
-                Factors::compute(self.map, p.as_ref())?.grad(g.as_ref())?
-            }
-        };
-        Ok(Some(dense::mat_to_tensor(
-            dp.as_ref(),
-            arg.dtype(),
-            arg.device(),
-        )?))
     }
 }

@@ -32,26 +32,38 @@ pub fn polar_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
     if d != cols {
         bail!("polar (Newton–Schulz): P must be square, got [{d}, {cols}]");
     }
-    let x0 = p.to_dtype(DType::F64)?;
-    let norm = x0.sqr()?.sum_all()?.sqrt()?;
-    let frobenius = norm.to_scalar::<f64>()?;
-    if !frobenius.is_finite() || frobenius <= 0.0 {
-        bail!("polar (Newton–Schulz): P is zero or not finite");
-    }
-    let eye = Tensor::eye(d, DType::F64, p.device())?;
-    // X ← X + ½·X(I − XᵀX).
-    let x = iterate(
-        x0.broadcast_div(&norm)?,
-        max_iters,
-        "polar",
-        |x| &eye - x.t()?.matmul(x)?,
-        0.5,
-    )?;
-    x.to_dtype(p.dtype())
+    polar_newton_schulz_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
 }
 
-/// Iterates `x ← x + x·residual(x)` until `‖residual‖_F < TOLERANCE`; `residual(x)` is
-/// `I − XᵀX` (polar) or `I − AX` (inverse). Errors when `max_iters` do not get there.
+/// [`polar_newton_schulz`] of every matrix of a `[b, d, d]` stack at once (batched matmuls);
+/// the batch iterates until its worst matrix has converged.
+pub fn polar_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+    let (b, d, cols) = ps.dims3()?;
+    if d != cols {
+        bail!("polar (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");
+    }
+    let x0 = ps.to_dtype(DType::F64)?;
+    // Each matrix is scaled by its own Frobenius norm, so every singular value is in (0, 1].
+    let norms = x0.sqr()?.sum_keepdim(2)?.sum_keepdim(1)?.sqrt()?;
+    let values = norms.flatten_all()?.to_vec1::<f64>()?;
+    if values.iter().any(|n| !n.is_finite() || *n <= 0.0) {
+        bail!("polar (Newton–Schulz): P is zero or not finite");
+    }
+    let eye = Tensor::eye(d, DType::F64, ps.device())?;
+    // X ← X + ½·X(I − XᵀX).
+    let x = iterate(
+        x0.broadcast_div(&norms)?,
+        max_iters,
+        "polar",
+        |x| eye.broadcast_sub(&x.t()?.matmul(x)?),
+        0.5,
+    )?;
+    x.to_dtype(ps.dtype())
+}
+
+/// Iterates `x ← x + x·residual(x)` until every matrix's `‖residual‖_F < TOLERANCE`;
+/// `residual(x)` is `I − XᵀX` (polar) or `I − AX` (inverse). Errors when `max_iters` do not get
+/// there.
 fn iterate(
     mut x: Tensor,
     max_iters: usize,
@@ -62,7 +74,12 @@ fn iterate(
     let mut norm = f64::INFINITY;
     for _ in 0..=max_iters {
         let r = residual(&x)?;
-        norm = r.detach().sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        let norms = r.detach().sqr()?.sum(2)?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+        // The worst matrix decides; a NaN anywhere stops the batch (and fails below).
+        norm = norms.iter().fold(
+            0.0,
+            |m: f64, &n| if n.is_nan() { f64::NAN } else { m.max(n) },
+        );
         if norm < TOLERANCE || !norm.is_finite() {
             break;
         }
@@ -84,19 +101,41 @@ pub fn cayley_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
     if d != cols {
         bail!("Cayley (Newton–Schulz): P must be square, got [{d}, {cols}]");
     }
-    let dev = p.device();
-    let upper = (p.to_dtype(DType::F64)? * Tensor::triu2(d, DType::F64, dev)?)?;
+    cayley_newton_schulz_batched(&p.unsqueeze(0)?, max_iters)?.squeeze(0)
+}
+
+/// [`cayley_newton_schulz`] of every matrix of a `[b, d, d]` stack at once.
+pub fn cayley_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+    let (b, d, cols) = ps.dims3()?;
+    if d != cols {
+        bail!("Cayley (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");
+    }
+    let dev = ps.device();
+    let upper = ps
+        .to_dtype(DType::F64)?
+        .broadcast_mul(&Tensor::triu2(d, DType::F64, dev)?)?;
     let s = (&upper - upper.t()?)?;
     let eye = Tensor::eye(d, DType::F64, dev)?;
-    let a = (&eye - &s)?;
-    // ‖A‖₁·‖A‖_∞ ≥ σ_max(A)², from detached values (the scale only sets where X starts).
+    let a = eye.broadcast_sub(&s)?;
+    // ‖A‖₁·‖A‖_∞ ≥ σ_max(A)² per matrix, from detached values (the scale only sets where X
+    // starts).
     let abs = a.detach().abs()?;
-    let norm_1 = abs.sum(0)?.max(0)?.to_scalar::<f64>()?;
-    let norm_inf = abs.sum(1)?.max(0)?.to_scalar::<f64>()?;
-    if !(norm_1 * norm_inf).is_finite() {
+    let norm_1 = abs.sum(1)?.max(1)?.to_vec1::<f64>()?;
+    let norm_inf = abs.sum(2)?.max(1)?.to_vec1::<f64>()?;
+    let scales: Vec<f64> = norm_1.iter().zip(&norm_inf).map(|(a, b)| a * b).collect();
+    if scales.iter().any(|s| !s.is_finite()) {
         bail!("Cayley (Newton–Schulz): P is not finite");
     }
-    let x0 = (a.t()? / (norm_1 * norm_inf))?;
-    let inverse = iterate(x0, max_iters, "Cayley", |x| &eye - a.matmul(x)?, 1.0)?;
-    (&eye + &s)?.matmul(&inverse)?.to_dtype(p.dtype())
+    let scales = Tensor::from_vec(scales, (b, 1, 1), dev)?;
+    let x0 = a.t()?.broadcast_div(&scales)?;
+    let inverse = iterate(
+        x0,
+        max_iters,
+        "Cayley",
+        |x| eye.broadcast_sub(&a.matmul(x)?),
+        1.0,
+    )?;
+    eye.broadcast_add(&s)?
+        .matmul(&inverse)?
+        .to_dtype(ps.dtype())
 }

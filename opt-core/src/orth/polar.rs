@@ -3,7 +3,7 @@
 
 use super::dense;
 use candle_core::{bail, Result};
-use faer::{Mat, MatRef};
+use faer::{Mat, MatRef, Par};
 
 pub(super) struct Factors {
     u: Mat<f64>,
@@ -12,8 +12,7 @@ pub(super) struct Factors {
     pub(super) q: Mat<f64>,
 }
 
-pub(super) fn forward(p: MatRef<'_, f64>) -> Result<Factors> {
-    let par = dense::par_for(p.nrows());
+pub(super) fn forward(p: MatRef<'_, f64>, par: Par) -> Result<Factors> {
     let (u, s, v) = dense::svd_square(p, "Löwdin: P", par)?;
     let q = dense::mul(u.as_ref(), v.transpose(), 1.0, par);
     Ok(Factors { u, s, v, q })
@@ -21,9 +20,8 @@ pub(super) fn forward(p: MatRef<'_, f64>) -> Result<Factors> {
 
 /// `∂L/∂P = U [(M − Mᵀ) ⊘ (σ_i + σ_j)] Vᵀ` with `M = Uᵀ G V`: only sums of singular values
 /// appear, so (unlike the generic SVD gradient) repeated singular values are harmless.
-pub(super) fn backward(f: &Factors, g: MatRef<'_, f64>) -> Result<Mat<f64>> {
+pub(super) fn backward(f: &Factors, g: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
     let d = g.nrows();
-    let par = dense::par_for(d);
     let ug = dense::mul(f.u.transpose(), g, 1.0, par);
     let m = dense::mul(ug.as_ref(), f.v.as_ref(), 1.0, par);
     let mut k = Mat::zeros(d, d);

@@ -506,3 +506,225 @@ fn newton_schulz_routes_match_the_exact_maps() {
     let singular = tensor(&vec![1.0; 9], 3, DType::F64);
     assert!(polar_newton_schulz(&singular, N).is_err());
 }
+
+/// Loss `Σ_k ⟨Q_k, W_k⟩` of the given rotations and its gradient w.r.t. each `P_k`.
+fn batch_grads(qs: &[Tensor], ws: &[Tensor], ps: &[Var]) -> Vec<M> {
+    let mut loss = Tensor::zeros((), qs[0].dtype(), &Device::Cpu).expect("zero");
+    for (q, w) in qs.iter().zip(ws) {
+        loss = (loss + (q * w).and_then(|t| t.sum_all()).expect("term")).expect("sum");
+    }
+    let g = loss.backward().expect("backward");
+    ps.iter().map(|p| rows(g.get(p).expect("grad"))).collect()
+}
+
+/// The batched op computes each matrix as a lone layer does: equal values (bit for bit where
+/// both use faer's sequential kernels, d < 128) and gradients, each `Q_k` from its own `P_k`.
+#[test]
+fn batched_maps_match_the_lone_maps_in_values_and_gradients() {
+    use super::orthogonalize_each;
+    for map in OrthMap::ALL {
+        for (d, b) in [(27, 3), (576, 5), (1024, 2)] {
+            let ps: Vec<Var> = (0..b)
+                .map(|k| {
+                    let seed = (100 * d + k) as u64;
+                    Var::from_tensor(&tensor(&gauss(seed, d * d), d, DType::F64)).expect("var")
+                })
+                .collect();
+            let ws: Vec<Tensor> = (0..b)
+                .map(|k| tensor(&gauss((7 + 100 * d + k) as u64, d * d), d, DType::F64))
+                .collect();
+            let pt: Vec<Tensor> = ps.iter().map(|p| p.as_tensor().clone()).collect();
+            let batched = orthogonalize_each(&pt, map).expect("batched");
+            let lone: Vec<Tensor> = pt
+                .iter()
+                .map(|p| orthogonalize(p, map).expect("lone"))
+                .collect();
+            let (gb, gl) = (
+                batch_grads(&batched, &ws, &ps),
+                batch_grads(&lone, &ws, &ps),
+            );
+            for k in 0..b {
+                let (qb, ql) = (rows(&batched[k]), rows(&lone[k]));
+                let diff = max_diff(&qb, &ql);
+                let what = format!("{} d = {d} k = {k}", map.name());
+                if d < 128 {
+                    assert_eq!(qb, ql, "{what}");
+                    assert_eq!(gb[k], gl[k], "{what}");
+                }
+                assert!(diff < 1e-12, "{what}: values differ by {diff:.2e}");
+                let err = orthogonality_error(&batched[k]).expect("error");
+                assert!(err < 1e-11, "{what}: ‖QQᵀ − I‖_F = {err:.2e}");
+                let scale = gl[k].iter().fold(0f64, |m, v| m.max(v.abs()));
+                let rel = max_diff(&gb[k], &gl[k]) / scale;
+                assert!(rel < 1e-10, "{what}: gradients differ by {rel:.2e}");
+            }
+        }
+    }
+}
+
+/// The batched Newton–Schulz routes (the GPU's LS/CP) against the exact maps, matrix by
+/// matrix, with matrices of very different scales in one batch (each is normalised on its own).
+#[test]
+fn batched_newton_schulz_routes_match_the_exact_maps() {
+    use super::NEWTON_SCHULZ_MAX_ITERS as N;
+    use super::{cayley_newton_schulz_batched, polar_newton_schulz_batched};
+    type Route = fn(&Tensor, usize) -> candle_core::Result<Tensor>;
+    let routes: [(OrthMap, Route); 2] = [
+        (OrthMap::Lowdin, polar_newton_schulz_batched),
+        (OrthMap::Cayley, cayley_newton_schulz_batched),
+    ];
+    for (map, route) in routes {
+        for (d, check_grad) in [(27, true), (576, true), (1024, false)] {
+            let mats: Vec<Tensor> = [(1.0, 0u64), (30.0, 1)]
+                .iter()
+                .map(|&(s, k)| {
+                    let p: M = gauss(3 * d as u64 + k, d * d)
+                        .iter()
+                        .map(|v| v * s)
+                        .collect();
+                    tensor(&p, d, DType::F32)
+                })
+                .collect();
+            let stack = Var::from_tensor(&Tensor::stack(&mats, 0).expect("stack")).expect("var");
+            let ns = route(stack.as_tensor(), N).expect("route");
+            let exact = super::orthogonalize_batched(stack.as_tensor(), map).expect("exact");
+            for k in 0..mats.len() {
+                let (a, e) = (ns.get(k).expect("k"), exact.get(k).expect("k"));
+                let diff = max_diff(&rows(&a), &rows(&e));
+                let what = format!("{} d = {d} k = {k}", map.name());
+                assert!(diff < 2e-5, "{what}: values differ by {diff:.2e}");
+                let err = orthogonality_error(&a).expect("error");
+                assert!(err <= 1e-4, "{what}: ‖QQᵀ − I‖_F = {err:.2e} in f32");
+            }
+            if check_grad {
+                let w = Tensor::stack(
+                    &[
+                        tensor(&gauss(11, d * d), d, DType::F32),
+                        tensor(&gauss(12, d * d), d, DType::F32),
+                    ],
+                    0,
+                )
+                .expect("w");
+                let grad = |q: &Tensor| {
+                    let g = (q * &w)
+                        .and_then(|t| t.sum_all())
+                        .and_then(|l| l.backward());
+                    rows(g.expect("backward").get(&stack).expect("grad"))
+                };
+                let (a, b) = (grad(&ns), grad(&exact));
+                let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let rel = max_diff(&a, &b) / scale;
+                assert!(
+                    rel < 1e-4,
+                    "{} d = {d}: gradients differ by {rel:.2e}",
+                    map.name()
+                );
+            }
+        }
+    }
+}
+
+type DeviceRoute = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// The GS and HR device routes (Cholesky-QR2; their small ops run here with the kernels'
+/// algorithms) against the exact maps: values, gradients and orthogonality at OPT's layer
+/// sizes, from OPT's Gaussian init in f32, each matrix of a batch on its own. For HR, every
+/// batch holds matrices of both determinant signs (row 0 of matrix k negated for odd k), so
+/// both sides of the last column's sign rule are checked.
+#[test]
+fn cholesky_qr_routes_match_the_exact_maps() {
+    use super::{gram_schmidt_cholesky_qr, householder_cholesky_qr, orthogonalize_batched};
+    let routes: [(OrthMap, DeviceRoute); 2] = [
+        (OrthMap::GramSchmidt, gram_schmidt_cholesky_qr),
+        (OrthMap::Householder, householder_cholesky_qr),
+    ];
+    for (map, route) in routes {
+        for (d, b) in [(27, 3), (576, 2), (1024, 1)] {
+            let mats: Vec<Tensor> = (0..b)
+                .map(|k| {
+                    let mut p = gauss((50 * d + k) as u64, d * d);
+                    if k % 2 == 1 {
+                        p[..d].iter_mut().for_each(|v| *v = -*v);
+                    }
+                    tensor(&p, d, DType::F32)
+                })
+                .collect();
+            let stack = Var::from_tensor(&Tensor::stack(&mats, 0).expect("stack")).expect("var");
+            let ws: Vec<Tensor> = (0..b)
+                .map(|k| tensor(&gauss((60 * d + k) as u64, d * d), d, DType::F32))
+                .collect();
+            let w = Tensor::stack(&ws, 0).expect("w");
+            let got = route(stack.as_tensor()).expect("route");
+            let exact = orthogonalize_batched(stack.as_tensor(), map).expect("exact");
+            for k in 0..b {
+                let (a, e) = (got.get(k).expect("k"), exact.get(k).expect("k"));
+                let diff = max_diff(&rows(&a), &rows(&e));
+                let what = format!("{} d = {d} k = {k}", map.name());
+                assert!(diff < 1e-6, "{what}: values differ by {diff:.2e}");
+                let err = orthogonality_error(&a).expect("error");
+                assert!(err <= 1e-4, "{what}: ‖QQᵀ − I‖_F = {err:.2e} in f32");
+            }
+            let grad = |q: &Tensor| {
+                let g = (q * &w)
+                    .and_then(|t| t.sum_all())
+                    .and_then(|l| l.backward());
+                rows(g.expect("backward").get(&stack).expect("grad"))
+            };
+            let (a, e) = (grad(&got), grad(&exact));
+            let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let rel = max_diff(&a, &e) / scale;
+            assert!(
+                rel < 1e-5,
+                "{} d = {d}: gradients differ by {rel:.2e}",
+                map.name()
+            );
+        }
+        // In f64 the route agrees with the exact map to rounding.
+        let d = 64;
+        let p = tensor(&gauss(5, d * d), d, DType::F64)
+            .unsqueeze(0)
+            .expect("p");
+        let got = route(&p).expect("route");
+        let exact = orthogonalize_batched(&p, map).expect("exact");
+        let diff = max_diff(
+            &rows(&got.get(0).expect("0")),
+            &rows(&exact.get(0).expect("0")),
+        );
+        assert!(
+            diff < 1e-12,
+            "{} f64: values differ by {diff:.2e}",
+            map.name()
+        );
+    }
+}
+
+/// What the device routes cannot do well they refuse (the caller then takes the exact route):
+/// a singular P, a P too ill-conditioned for Cholesky-QR2, a non-finite P.
+#[test]
+fn cholesky_qr_routes_refuse_what_they_cannot_orthogonalise() {
+    use super::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
+    let d = 8;
+    let mut near = gauss(9, d * d);
+    for i in 0..d {
+        // Row 1 ≈ row 0 and column 1 ≈ column 0: cond(P) ≈ 1e13 either way round.
+        near[d + i] = near[i] + 1e-13 * near[d + i];
+    }
+    for i in 0..d {
+        near[i * d + 1] = near[i * d] + 1e-13 * near[i * d + 1];
+    }
+    let mut singular = gauss(10, d * d);
+    singular[..d].fill(0.0);
+    let mut nan = gauss(11, d * d);
+    nan[3] = f64::NAN;
+    let routes: [DeviceRoute; 2] = [gram_schmidt_cholesky_qr, householder_cholesky_qr];
+    for route in routes {
+        for (what, p) in [
+            ("near-singular", &near),
+            ("singular", &singular),
+            ("NaN", &nan),
+        ] {
+            let t = tensor(p, d, DType::F64).unsqueeze(0).expect("p");
+            assert!(route(&t).is_err(), "{what}");
+        }
+    }
+}
