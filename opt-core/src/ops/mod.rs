@@ -4,12 +4,14 @@
 //! candle-nn's pattern: each op's public function applies the op for f32 inputs on any device
 //! and falls back to its composed candle formulation for other dtypes; the composed formulation
 //! stays beside each op (`*_composed`) as its test oracle. Backward passes are written in
-//! tensors, from further ops of this module, so they run wherever the forward ran.
+//! tensors, from further ops of this module, so they run wherever the forward ran; the one
+//! exception is the CPU convolution, whose backward (inside the op type) works on the host
+//! slices image by image.
 //!
 //! | op | CPU | CUDA |
 //! |---|---|---|
 //! | [`conv2d`] | per image: patches in cache + one gemm; backward the same, col2im per image | im2col kernel + cuBLAS; the same backward (never candle's `conv_transpose2d`) |
-//! | [`batch_norm_train`] | one fused pass forward and backward, packed `[y, mean, var]` | reduction + apply kernels, same packing |
+//! | [`batch_norm_train`] | fused passes (row sums in f32 lanes, f64 across rows), packed `[y, mean, var]` | reduction + apply kernels, same packing |
 //! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
 //! | [`orthogonalize`], [`orthogonalize_batched`] | f64 factorisations (faer), a batch's matrices concurrently | LS, CP: batched Newton–Schulz on the device; GS, HR: through host memory, one round trip per batch (see `orth`) |
 //! | [`acos`] | clamped `acos` | the same, one kernel |
