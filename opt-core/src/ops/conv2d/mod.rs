@@ -45,35 +45,6 @@ impl Patches {
     pub fn cols(&self) -> usize {
         self.c * self.k_h * self.k_w
     }
-
-    /// Calls `f(row_in_image, col, input_offset_in_image)` for every in-bounds patch element.
-    /// Column order is `ci·k_h·k_w + kh·k_w + kw` (candle's OIHW kernel flattened).
-    #[inline]
-    fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let (ho, wo) = self.out_hw();
-        let pad = self.pad as isize;
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let row = oy * wo + ox;
-                for ci in 0..self.c {
-                    for kh in 0..self.k_h {
-                        let iy = (oy * self.stride) as isize + kh as isize - pad;
-                        if iy < 0 || iy >= self.h as isize {
-                            continue;
-                        }
-                        for kw in 0..self.k_w {
-                            let ix = (ox * self.stride) as isize + kw as isize - pad;
-                            if ix < 0 || ix >= self.w as isize {
-                                continue;
-                            }
-                            let col = (ci * self.k_h + kh) * self.k_w + kw;
-                            f(row, col, (ci * self.h + iy as usize) * self.w + ix as usize);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// `[n, c, h, w] → [n·ho·wo, c·k_h·k_w]`.
@@ -90,7 +61,7 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.0;
         let input = contiguous_f32(storage, layout, "im2col")?;
-        let out = im2col(&p, input);
+        let out = per_image::im2col_rows(&p, input);
         Ok((
             CpuStorage::F32(out),
             Shape::from((p.n * p.rows_per_image(), p.cols())),
@@ -119,14 +90,7 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.0;
         let input = contiguous_f32(storage, layout, "col2im")?;
-        let (rows, cols) = (p.rows_per_image(), p.cols());
-        let mut out = vec![0f32; p.n * p.c * p.h * p.w];
-        crate::par::for_each_chunk(&mut out, p.c * p.h * p.w, |first, chunk| {
-            for (i, o) in chunk.chunks_mut(p.c * p.h * p.w).enumerate() {
-                let g = &input[(first + i) * rows * cols..(first + i + 1) * rows * cols];
-                p.for_each(|row, col, off| o[off] += g[row * cols + col]);
-            }
-        });
+        let out = per_image::col2im_rows(&p, input);
         Ok((CpuStorage::F32(out), Shape::from((p.n, p.c, p.h, p.w))))
     }
 
@@ -278,19 +242,6 @@ fn cpu_backward(
         None
     };
     Ok((grad_x, Some(grad_k)))
-}
-
-fn im2col(p: &Patches, input: &[f32]) -> Vec<f32> {
-    let (rows, cols) = (p.rows_per_image(), p.cols());
-    let mut out = vec![0f32; p.n * rows * cols];
-    let in_len = p.c * p.h * p.w;
-    crate::par::for_each_chunk(&mut out, rows * cols, |first, chunk| {
-        for (i, o) in chunk.chunks_mut(rows * cols).enumerate() {
-            let img = &input[(first + i) * in_len..(first + i + 1) * in_len];
-            p.for_each(|row, col, off| o[row * cols + col] = img[off]);
-        }
-    });
-    out
 }
 
 /// Convolution of `x` (`[n, c, h, w]`) with `kernel` (`[c_out, c, k_h, k_w]`), symmetric

@@ -383,6 +383,33 @@ pub(super) fn grad_input(p: &Patches, gy: &[f32], k: &[f32], c_out: usize) -> Ve
     gx
 }
 
+/// The whole batch's patch matrix in the row layout of the CUDA path's [`super::Im2Col`],
+/// `[n·ho·wo, ckk]`: each image's `[ckk, ho·wo]` patches, transposed. (The CPU training path
+/// never builds it; this is that op's CPU form.)
+pub(super) fn im2col_rows(p: &Patches, x: &[f32]) -> Vec<f32> {
+    let (hw, ckk, in_len) = (p.rows_per_image(), p.cols(), p.c * p.h * p.w);
+    let mut out = vec![0f32; p.n * hw * ckk];
+    out.par_chunks_mut(hw * ckk).enumerate().for_each_init(
+        || vec![0f32; ckk * hw],
+        |cols, (i, o)| {
+            p.im2col_image(&x[i * in_len..(i + 1) * in_len], cols);
+            o.copy_from_slice(&transpose(cols, ckk, hw));
+        },
+    );
+    out
+}
+
+/// The adjoint of [`im2col_rows`]: `[n·ho·wo, ckk] → [n, c, h, w]`, summing overlapping taps.
+pub(super) fn col2im_rows(p: &Patches, rows: &[f32]) -> Vec<f32> {
+    let (hw, ckk, in_len) = (p.rows_per_image(), p.cols(), p.c * p.h * p.w);
+    let mut out = vec![0f32; p.n * in_len];
+    out.par_chunks_mut(in_len).enumerate().for_each(|(i, img)| {
+        let cols = transpose(&rows[i * hw * ckk..(i + 1) * hw * ckk], hw, ckk);
+        p.col2im_image_add(&cols, img);
+    });
+    out
+}
+
 /// One worker's patch-matrix buffer (empty for a pointwise convolution, which needs none).
 fn scratch(p: &Patches) -> Vec<f32> {
     if p.is_pointwise() {
@@ -483,6 +510,61 @@ mod tests {
             }
         }
         assert!(checked > 20, "only {checked} geometries checked");
+    }
+
+    /// The row-layout im2col times the flattened kernel is candle's convolution (an independent
+    /// implementation), and its col2im is its adjoint, on a strided, padded geometry.
+    #[test]
+    fn row_layout_ops_match_candle_and_are_adjoint() -> candle_core::Result<()> {
+        use candle_core::{Device, Tensor};
+        let mut rng = crate::Rng::seed(13);
+        let p = Patches {
+            n: 3,
+            c: 2,
+            h: 7,
+            w: 6,
+            k_h: 3,
+            k_w: 3,
+            pad: 1,
+            stride: 2,
+        };
+        let x = rng.normal_vec(p.n * p.c * p.h * p.w, 1.0);
+        let k = rng.normal_vec(4 * p.cols(), 1.0);
+        let rows = Tensor::from_vec(
+            im2col_rows(&p, &x),
+            (p.n * p.rows_per_image(), p.cols()),
+            &Device::Cpu,
+        )?;
+        let kt = Tensor::from_vec(k.clone(), (4, p.cols()), &Device::Cpu)?;
+        let (ho, wo) = p.out_hw();
+        let ours = rows
+            .matmul(&kt.t()?)?
+            .reshape((p.n, ho * wo, 4))?
+            .transpose(1, 2)?;
+        let xt = Tensor::from_vec(x.clone(), (p.n, p.c, p.h, p.w), &Device::Cpu)?;
+        let theirs = xt
+            .conv2d(&kt.reshape((4, p.c, 3, 3))?, 1, 2, 1, 1)?
+            .reshape((p.n, 4, ho * wo))?;
+        let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff < 1e-4,
+            "im2col_rows · K differs from candle's conv2d by {diff}"
+        );
+        let c = rng.normal_vec(p.n * p.rows_per_image() * p.cols(), 1.0);
+        let back = col2im_rows(&p, &c);
+        let lhs: f64 = rows
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
+        Ok(())
     }
 
     /// col2im is the adjoint of im2col: ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for random x and c.
