@@ -24,7 +24,7 @@ const ELEMENTWISE_THREADS: u32 = 1024;
 /// `name` from ops.cu, checked to take a block of `threads` on this device.
 fn load(dev: &CudaDevice, name: &str, threads: u32) -> Result<CudaFunc> {
     let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    super::check_launch_bound(&func, name, threads)?;
+    crate::launch::check_launch_bound(&func, name, threads)?;
     Ok(func)
 }
 

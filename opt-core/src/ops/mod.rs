@@ -76,25 +76,16 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
-/// An error naming `name` unless the loaded kernel can run blocks of `threads` on its device
-/// (its registers and shared memory decide how many threads a block may have): checked when a
-/// kernel is loaded, before its first launch.
-#[cfg(feature = "cuda")]
-pub(crate) fn check_launch_bound(
-    func: &candle_core::cuda_backend::CudaFunc,
-    name: &str,
-    threads: u32,
-) -> Result<()> {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-    use candle_core::cuda_backend::WrapErr;
-    let max = func
-        .get_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
-        .w()?;
-    if i64::from(max) < i64::from(threads) {
-        candle_core::bail!(
-            "kernel {name}: launched with {threads} threads per block, but this device allows it \
-             at most {max} (registers or shared memory per block)"
-        );
+/// Free memory of a GPU in bytes, as its driver reports it; `None` for the CPU (whose budget the
+/// caller reads from the operating system).
+pub fn free_device_memory(device: &candle_core::Device) -> Result<Option<u64>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => {
+            use candle_core::cuda_backend::WrapErr;
+            let (free, _total) = d.cuda_stream().context().mem_get_info().w()?;
+            Ok(Some(free as u64))
+        }
+        _ => Ok(None),
     }
-    Ok(())
 }

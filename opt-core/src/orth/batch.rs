@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 /// `Q_k = orth(P_k)` for every matrix of a `[b, d, d]` stack (f32 or f64, any device) by the
 /// exact f64 factorisations on the host, differentiable w.r.t. the stack. (Which route a network's
-/// maps take is chosen in `crate::ops`, not here.)
+/// maps take is chosen in the ops seam, not here.)
 /// Fails on a non-square or non-float input, non-finite entries, and a (numerically) singular
 /// `P_k` for Gram–Schmidt / Householder.
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {

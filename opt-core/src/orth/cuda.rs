@@ -37,7 +37,7 @@ fn stack<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<(CudaView<'a, f
 /// `name` from maps.cu, checked to take a block of [`THREADS`] on this device.
 fn load(dev: &candle_core::cuda_backend::CudaDevice, name: &str) -> Result<CudaFunc> {
     let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    crate::ops::check_launch_bound(&func, name, THREADS)?;
+    crate::launch::check_launch_bound(&func, name, THREADS)?;
     Ok(func)
 }
 

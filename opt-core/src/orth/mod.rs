@@ -18,7 +18,7 @@
 //! ([`gram_schmidt_cholesky_qr`], [`householder_cholesky_qr`]; three small f64 kernels in
 //! `kernels/maps.cu`, whose algorithms the CPU runs in the tests); all are tested against the
 //! exact maps here on the CPU. Which route a network's batch takes is decided in one place,
-//! `crate::ops` (its routes table), never here.
+//! the ops seam (its routes table), never here.
 
 mod batch;
 mod cayley;
