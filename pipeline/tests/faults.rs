@@ -18,12 +18,13 @@ train_limit = 2000
 test_limit = 500
 [model]
 width = 8
+bn_decay = 0.9
 [method]
 name = "gs"
 [schedule]
 lr = 0.05
-milestones = [100]
-iterations = 120
+milestones = [150]
+iterations = 200
 batch_size = 64
 eval_every = 60
 [augment]
@@ -94,6 +95,8 @@ fn a_failing_fused_op_falls_back_alone_and_the_record_says_so() {
     assert!(ok, "{stderr}");
     assert_eq!(column(&clean, "ops"), "fused");
     assert!(!stderr.contains("self-check"), "{stderr}");
+    // What rounding alone does to 200 steps: the fused and the composed run.
+    let spread = (test_acc(&clean) - test_acc(&composed)).abs();
     for (failpoint, action, op, case) in [
         (
             "ops::conv2d",
@@ -136,9 +139,28 @@ fn a_failing_fused_op_falls_back_alone_and_the_record_says_so() {
             "{stderr}"
         );
         assert_eq!(column(&row, "ops"), format!("fused; composed: {op}"));
+        // Exactly that op fell back: the run is the one that composes that op by request, bit
+        // for bit.
+        let pin = format!("run.ops=\"composed: {op}\"");
+        let (ok, stderr, pinned) = run(tmp.path(), &format!("{name}-pinned"), "", &[&pin]);
+        assert!(ok, "{stderr}");
+        assert_eq!(column(&pinned, "ops"), format!("fused; composed: {op}"));
+        for metric in ["test_acc", "test_loss"] {
+            assert_eq!(
+                column(&row, metric),
+                column(&pinned, metric),
+                "{failpoint}={action}"
+            );
+        }
+        // And it trains as the composed run does, within what rounding does to 200 steps: runs
+        // whose ops differ only in rounding were measured up to 4.4 points apart (500 test
+        // images; fused 0.780, composed 0.782, bn composed 0.738, conv2d composed 0.802), so
+        // this bound only tells a working fallback from a broken one (chance is 0.1); the
+        // bit-for-bit equality above is the sharp check.
         let (got, want) = (test_acc(&row), test_acc(&composed));
+        eprintln!("{failpoint}={action}: test accuracy {got}, composed {want}, spread {spread}");
         assert!(
-            (got - want).abs() <= 0.02,
+            (got - want).abs() <= spread.max(0.01) + 0.07,
             "{failpoint}={action}: test accuracy {got}, the composed run's {want}"
         );
     }
@@ -191,7 +213,8 @@ fn a_map_route_failing_mid_run_warns_at_its_step_and_is_counted() {
         .and_then(|r| r.split(':').next())
         .and_then(|s| s.parse().ok())
         .unwrap();
-    assert!((1..=120).contains(&step), "{step}");
+    assert!((1..=200).contains(&step), "{step}");
+    eprintln!("the warning as printed: {}", warnings[0]);
     let route = column(&row, "map_route");
     assert!(
         route.starts_with(

@@ -29,6 +29,29 @@ pub enum OpsMode {
     Fused,
     /// candle's own ops only (and the exact host route for the maps): the cautious choice.
     Composed,
+    /// These ops composed (`"composed: bn, acos"`, what a run's `ops` column names), the others
+    /// as in `auto`: pins what a warning once switched.
+    ComposedOps(OpSet),
+}
+
+/// A set of fused ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpSet(u8);
+
+impl OpSet {
+    pub fn with(self, op: FusedOp) -> Self {
+        Self(self.0 | 1 << op.index())
+    }
+
+    pub fn contains(self, op: FusedOp) -> bool {
+        self.0 & 1 << op.index() != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = FusedOp> {
+        FusedOp::ALL
+            .into_iter()
+            .filter(move |op| self.contains(*op))
+    }
 }
 
 /// `run.map_route`: how the orthogonal maps are computed.
@@ -54,6 +77,11 @@ pub enum FusedOp {
 }
 
 impl FusedOp {
+    /// The op of a name as [`FusedOp::name`] writes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     pub const ALL: [FusedOp; 4] = [
         FusedOp::Conv2d,
         FusedOp::BatchNorm,
@@ -293,8 +321,45 @@ macro_rules! named_choice {
     };
 }
 
-named_choice!(OpsMode, "\"auto\", \"fused\" or \"composed\"",
-    Auto => "auto", Fused => "fused", Composed => "composed");
+impl fmt::Display for OpsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpsMode::Auto => f.write_str("auto"),
+            OpsMode::Fused => f.write_str("fused"),
+            OpsMode::Composed => f.write_str("composed"),
+            OpsMode::ComposedOps(set) => {
+                let names: Vec<&str> = set.iter().map(FusedOp::name).collect();
+                write!(f, "composed: {}", names.join(", "))
+            }
+        }
+    }
+}
+
+impl FromStr for OpsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = || {
+            let ops: Vec<&str> = FusedOp::ALL.iter().map(|op| op.name()).collect();
+            format!(
+                "expected \"auto\", \"fused\", \"composed\" or \"composed: OP, …\" (OP one of {}), \
+                 found {s:?}",
+                ops.join(", ")
+            )
+        };
+        match s {
+            "auto" => return Ok(OpsMode::Auto),
+            "fused" => return Ok(OpsMode::Fused),
+            "composed" => return Ok(OpsMode::Composed),
+            _ => {}
+        }
+        let list = s.strip_prefix("composed:").ok_or_else(expected)?;
+        let mut set = OpSet::default();
+        for name in list.split(',').map(str::trim) {
+            set = set.with(FusedOp::from_name(name).ok_or_else(expected)?);
+        }
+        Ok(OpsMode::ComposedOps(set))
+    }
+}
 named_choice!(MapRouteChoice, "\"auto\", \"exact\" or \"gemm\"",
     Auto => "auto", Exact => "exact", Gemm => "gemm");
 
@@ -334,6 +399,16 @@ mod tests {
     #[test]
     fn choices_parse_and_name_the_expectation() {
         assert_eq!("composed".parse::<OpsMode>(), Ok(OpsMode::Composed));
+        let pinned = "composed: bn, acos".parse::<OpsMode>().unwrap();
+        let set = OpSet::default()
+            .with(FusedOp::BatchNorm)
+            .with(FusedOp::Acos);
+        assert_eq!(pinned, OpsMode::ComposedOps(set));
+        assert_eq!(pinned.to_string(), "composed: bn, acos");
+        assert!("composed: bnn"
+            .parse::<OpsMode>()
+            .unwrap_err()
+            .contains("conv2d, bn"));
         assert_eq!("gemm".parse::<MapRouteChoice>(), Ok(MapRouteChoice::Gemm));
         let err = "fast".parse::<OpsMode>().unwrap_err();
         assert!(err.contains("\"auto\", \"fused\" or \"composed\""), "{err}");

@@ -112,7 +112,7 @@ pub fn check_and_install(
             rows: Vec::new(),
             seconds: 0.0,
         },
-        OpsMode::Auto | OpsMode::Fused => run(device, choice),
+        OpsMode::Auto | OpsMode::Fused | OpsMode::ComposedOps(_) => run(device, choice),
     };
     let (table, warnings) = decide(&check, device, mode, choice)?;
     Ok(CheckedDevice {
@@ -140,9 +140,18 @@ pub fn decide(
         }
         return Ok((table, Vec::new()));
     }
+    // Ops the recipe composes need no fallback, whatever their check says.
+    let pinned = match mode {
+        OpsMode::ComposedOps(set) => set,
+        _ => Default::default(),
+    };
+    for op in pinned.iter() {
+        table.set_composed(op);
+    }
     let failures: Vec<(&CheckRow, String)> = check
         .rows
         .iter()
+        .filter(|r| !matches!(r.subject, Subject::Op(op) if pinned.contains(op)))
         .filter_map(|r| r.problem().map(|p| (r, p)))
         .collect();
     if mode == OpsMode::Fused && !failures.is_empty() {
