@@ -301,6 +301,16 @@ fn invalid_values_name_the_file_the_key_and_the_expectation() {
         e.contains("bad.toml") && e.contains("run.device") && e.contains("cuda:N"),
         "{e}"
     );
+    let e = err(dir.path(), "[run]\nops = \"fast\"\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("run.ops") && e.contains("\"composed: OP, …\""),
+        "{e}"
+    );
+    let e = err(dir.path(), "[run]\nmap_route = \"qr\"\n", &[]);
+    assert!(
+        e.contains("bad.toml") && e.contains("run.map_route") && e.contains("\"gemm\""),
+        "{e}"
+    );
     let e = err(dir.path(), "[schedule]\nmilestones = [5, 3]\n", &[]);
     assert!(
         e.contains("schedule.milestones") && e.contains("increasing"),

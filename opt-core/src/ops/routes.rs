@@ -411,7 +411,10 @@ mod tests {
             .contains("conv2d, bn"));
         assert_eq!("gemm".parse::<MapRouteChoice>(), Ok(MapRouteChoice::Gemm));
         let err = "fast".parse::<OpsMode>().unwrap_err();
-        assert!(err.contains("\"auto\", \"fused\" or \"composed\""), "{err}");
+        assert!(
+            err.contains("\"auto\", \"fused\", \"composed\" or \"composed: OP, …\""),
+            "{err}"
+        );
         assert_eq!(MapRouteChoice::Exact.to_string(), "exact");
     }
 
