@@ -51,25 +51,25 @@ pub fn batch_norm_train_fused(
     }
     let (n, c, h, w) = x.dims4()?;
     let len = n * c * h * w;
-    let fused = || {
-        x.contiguous()?.apply_op3(
-            &gamma.contiguous()?,
-            &beta.contiguous()?,
-            BatchNormTrain { eps, relu },
-        )
-    };
-    let packed = (|| {
-        fail::fail_point!("ops::batch_norm", |a| super::injected(
-            "ops::batch_norm",
-            a,
-            fused
-        ));
-        fused()
-    })()?;
+    let packed = packed_fused(x, gamma, beta, BatchNormTrain { eps, relu })?;
     let y = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
     let mean = packed.narrow(0, len, c)?.detach();
     let var = packed.narrow(0, len + c, c)?.detach();
     Ok((y, mean, var))
+}
+
+/// The packed `[y, mean, var]` of the fused op.
+fn packed_fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: BatchNormTrain) -> Result<Tensor> {
+    let fused = || {
+        x.contiguous()?
+            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+    };
+    fail::fail_point!("ops::batch_norm", |a| super::injected(
+        "ops::batch_norm",
+        a,
+        fused
+    ));
+    fused()
 }
 
 /// The same from candle's elementary ops (any device and dtype; autograd through every node).

@@ -138,6 +138,9 @@ pub struct MapFallback {
     pub reason: String,
 }
 
+/// A map's batch: the map, `d` and `b`.
+pub(crate) type BatchShape = (OrthMap, usize, usize);
+
 /// One device's routes.
 #[derive(Debug)]
 pub struct DeviceRoutes {
@@ -148,7 +151,7 @@ pub struct DeviceRoutes {
     fallback_count: AtomicUsize,
     /// Newton–Schulz iterations the last batch of each (map, d, b) needed: the next batch runs
     /// that many (plus a margin) before its one read of the residuals.
-    iterations: Mutex<Vec<((OrthMap, usize, usize), usize)>>,
+    iterations: Mutex<Vec<(BatchShape, usize)>>,
 }
 
 fn map_index(map: OrthMap) -> usize {
@@ -228,12 +231,12 @@ impl DeviceRoutes {
         self.fallback_count.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn iterations_hint(&self, key: (OrthMap, usize, usize)) -> Option<usize> {
+    pub(crate) fn iterations_hint(&self, key: BatchShape) -> Option<usize> {
         let table = self.iterations.lock().ok()?;
         table.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
     }
 
-    pub(crate) fn set_iterations_hint(&self, key: (OrthMap, usize, usize), n: usize) {
+    pub(crate) fn set_iterations_hint(&self, key: BatchShape, n: usize) {
         if let Ok(mut table) = self.iterations.lock() {
             match table.iter_mut().find(|(k, _)| *k == key) {
                 Some(entry) => entry.1 = n,

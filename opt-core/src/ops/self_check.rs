@@ -59,7 +59,8 @@ impl CheckRow {
         if let Some(e) = &self.error {
             return Some(format!("failed: {e}"));
         }
-        let over = |d: Option<f64>| d.filter(|d| !(*d <= self.tolerance));
+        // NaN is over the tolerance too.
+        let over = |d: Option<f64>| d.filter(|d| d.is_nan() || *d > self.tolerance);
         if let Some(d) = over(self.same_device) {
             return Some(format!(
                 "differs from its reference on the device by {d:.1e} (tolerance {:.0e})",
