@@ -6,13 +6,17 @@ use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
 use crate::store::{ArtifactStore, Built, Outcome, StageSpec};
 use anyhow::{Context, Result};
+use opt_stages::evaluation::Evaluation;
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
+use opt_stages::tracking::tensorboard::TensorBoard;
+use opt_stages::tracking::{Tracker, Tracking};
 use opt_stages::train::{Suspension, TrainOutcome};
-use opt_stages::train_artifact::TrainSummary;
+use opt_stages::train_artifact::{self, Curves, TrainSummary};
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct RunContext<'a> {
     pub store: &'a ArtifactStore,
@@ -84,6 +88,8 @@ pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
 /// its files).
 pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Result<RunResult> {
     let plan = &entry.plan;
+    let dir = entry_dir(&ctx.run_dir, entry);
+    let tracking = tracking_for(entry, &dir);
     let (_, prepared) = fetch_and_preprocess(plan, keys, ctx)?;
     if let Some(signal) = ctx.interrupt.requested() {
         return Ok(RunResult::Interrupted {
@@ -91,7 +97,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             signal,
         });
     }
-    let trained = match train_stage(plan, keys, ctx, prepared.dir())? {
+    let trained = match train_stage(plan, keys, ctx, prepared.dir(), &tracking)? {
         Ok(outcome) => outcome,
         Err(Suspension::Stopped(iteration)) => {
             tracing::info!(
@@ -133,8 +139,9 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         },
     )?;
     log_outcome("evaluate", &keys.evaluate, &evaluated);
-    let row = result_row(entry, keys, ctx, &evaluate::load_report(evaluated.dir())?);
-    let dir = entry_dir(&ctx.run_dir, entry);
+    let report = evaluate::load_report(evaluated.dir())?;
+    track_the_end(&tracking, &trained, &report)?;
+    let row = result_row(entry, keys, ctx, &report);
     warn_if_replacing_another_recipe(&dir, &row);
     let files = [evaluate::CURVES_FILE, evaluate::LAYERS_FILE].map(|f| evaluated.dir().join(f));
     report::write_run(&dir, &row, &files.each_ref().map(|p| p.as_path()))
@@ -143,6 +150,50 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         row: Box::new(row),
         trained: matches!(trained, Outcome::Built(..)),
     })
+}
+
+/// Where a (cell, seed) run's TensorBoard event files go, inside its directory.
+pub const TENSORBOARD_DIR: &str = "tb";
+
+/// The trackers of one entry: TensorBoard always, into its directory's `tb/`, with the cell's
+/// varied settings as hyperparameters and the cell as the session group (its seeds together).
+fn tracking_for(entry: &GridEntry, dir: &Path) -> Tracking {
+    let tensorboard = TensorBoard::new(
+        dir.join(TENSORBOARD_DIR),
+        entry.params.clone(),
+        entry.cell.clone(),
+    );
+    Tracking::new(vec![Arc::new(tensorboard)])
+}
+
+/// Reports the final evaluation and the run's end. A train artifact re-used from the cache
+/// trained no session here: the trackers get its whole record at once.
+fn track_the_end(
+    tracking: &Tracking,
+    trained: &Outcome<TrainSummary>,
+    report: &evaluate::EvalReport,
+) -> Result<()> {
+    let mut last = Curves::default();
+    last.push_eval(
+        report.train.iterations,
+        Evaluation {
+            test: report.final_metrics,
+            validation: report.validation,
+            layers: report.layers.clone(),
+        },
+    );
+    let final_point = &last.eval[0];
+    match trained {
+        Outcome::Built(..) => tracking.evaluation(final_point),
+        Outcome::Cached(dir) => {
+            let mut curves = train_artifact::load_curves(dir)
+                .with_context(|| format!("reading the curves in {}", dir.display()))?;
+            curves.eval.push(final_point.clone());
+            tracking.begin(report.train.iterations, &curves);
+        }
+    }
+    tracking.finish();
+    Ok(())
 }
 
 /// The fetch and decode artifacts of `plan` (built once per dataset, whatever the recipe).
@@ -192,8 +243,10 @@ fn train_stage(
     keys: &Keys,
     ctx: &RunContext<'_>,
     prepared: &Path,
+    tracking: &Tracking,
 ) -> Result<std::result::Result<Outcome<TrainSummary>, Suspension>> {
     let mut options = plan.train_options.clone();
+    options.tracking = tracking.clone();
     options.stop_after = ctx.stop_after;
     options.interrupt = ctx.interrupt.clone();
     let trained = ctx

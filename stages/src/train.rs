@@ -21,6 +21,7 @@ use crate::optimizers::Optimizers;
 use crate::preprocess::{self, Prepared};
 use crate::progress::Progress;
 use crate::regularizer::RegularizerConfig;
+use crate::tracking::{Tracker, Tracking};
 use crate::train_artifact::{
     TrainPoint, TrainSummary, CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE,
     MODEL_FILE, SUMMARY_FILE,
@@ -51,6 +52,8 @@ pub struct TrainOptions {
     pub memory_check: bool,
     /// Raised (by a signal handler) to checkpoint at the end of the current step and stop.
     pub interrupt: Interrupt,
+    /// Who watches the run (TensorBoard, MLflow): told every point the run records.
+    pub tracking: Tracking,
 }
 
 impl TrainOptions {
@@ -67,12 +70,14 @@ impl Default for TrainOptions {
             stop_after: None,
             memory_check: true,
             interrupt: Interrupt::default(),
+            tracking: Tracking::default(),
         }
     }
 }
 
 impl PartialEq for TrainOptions {
-    /// The interrupt is a channel, not a setting: options compare by their settings.
+    /// The interrupt and the tracking are channels, not settings: options compare by their
+    /// settings.
     fn eq(&self, other: &Self) -> bool {
         (
             self.checkpoint_every,
@@ -280,6 +285,8 @@ struct Trainer<'a> {
     /// The sampler as of the batch of the last step (the live one has drawn the next batch
     /// already): what a checkpoint after that step stores.
     sampler_at_step: Option<Sampler>,
+    /// The iteration and training seconds of the last throughput report to the tracking.
+    rate_mark: (u64, f64),
 }
 
 /// How often the trainer reads the pending steps' losses from the device (and updates the
@@ -350,6 +357,7 @@ impl<'a> Trainer<'a> {
             last_flush: Instant::now(),
             next_batch: None,
             sampler_at_step: None,
+            rate_mark: (0, 0.0),
         })
     }
 
@@ -357,6 +365,8 @@ impl<'a> Trainer<'a> {
     /// each, and the finish — or a suspension with a checkpoint.
     fn train(mut self) -> Result<TrainOutcome> {
         self.resume()?;
+        self.rate_mark = (self.start, self.record.train_seconds);
+        self.opts.tracking.begin(self.start, &self.record.curves);
         // The initial network, so curves start where training starts (not on resume: the
         // checkpoint's curves already hold it).
         if self.start == 0 && self.cfg.schedule.eval_every > 0 && self.iterations > 0 {
@@ -389,6 +399,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.flush()?;
+        self.report_throughput(self.iterations);
         self.progress.end();
         self.finish().map(TrainOutcome::Finished)
     }
@@ -500,6 +511,7 @@ impl<'a> Trainer<'a> {
         let losses = read(pending.iter().map(|p| p.loss.clone()).collect())?;
         let corrects = read(pending.iter().map(|p| p.correct.clone()).collect())?;
         let batch = self.cfg.schedule.batch_size as f64;
+        let first_new = self.record.curves.train.len();
         for ((p, loss), correct) in pending.iter().zip(losses).zip(corrects) {
             if !loss.is_finite() || correct.is_nan() {
                 return Err(StageError::Diverged {
@@ -514,6 +526,8 @@ impl<'a> Trainer<'a> {
                 acc: correct / batch,
             });
         }
+        let tracking = &self.opts.tracking;
+        tracking.train_points(&self.record.curves.train[first_new..]);
         self.last_flush = Instant::now();
         Ok(())
     }
@@ -542,8 +556,24 @@ impl<'a> Trainer<'a> {
             .unwrap_or_default();
         let note = format!("iteration {done}: test {}{val_note}", e.test.describe());
         self.record.curves.push_eval(done, e);
+        if let Some(point) = self.record.curves.eval.last() {
+            self.opts.tracking.evaluation(point);
+        }
+        self.report_throughput(done);
         self.progress.note(&note);
         Ok(())
+    }
+
+    /// Tells the tracking the images per second trained since the last report (none when no
+    /// step ran since).
+    fn report_throughput(&mut self, done: u64) {
+        let (iteration, seconds) = self.rate_mark;
+        let elapsed = self.record.train_seconds - seconds;
+        if done > iteration && elapsed > 0.0 {
+            let images = (done - iteration) as f64 * self.cfg.schedule.batch_size as f64;
+            self.opts.tracking.throughput(done, images / elapsed);
+            self.rate_mark = (done, self.record.train_seconds);
+        }
     }
 
     /// Ends an S-OPT episode when step `done` completes one (and is not the last step).
