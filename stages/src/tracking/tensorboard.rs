@@ -376,3 +376,183 @@ impl Tracker for TensorBoard {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::LayerMetrics;
+
+    fn train_point(i: u64) -> TrainPoint {
+        TrainPoint {
+            iteration: i,
+            lr: if i <= 5 { 0.1 } else { 0.01 },
+            loss: 2.0 / (i as f64 + 1.0),
+            acc: i as f64 / 10.0,
+        }
+    }
+
+    fn eval_point(i: u64) -> EvalPoint {
+        EvalPoint {
+            iteration: i,
+            loss: 1.0 + 1.0 / (i as f64 + 1.0),
+            top1: 0.1 + i as f64 / 100.0,
+            top5: Some(0.5),
+            val_loss: None,
+            val_top1: None,
+            layers: vec![LayerMetrics {
+                layer: "conv1".into(),
+                energy_s0: 1.5,
+                energy_s1: 0.75 + i as f64,
+                energy_s2: 0.5,
+                half_energy_s0: 1.0,
+                half_energy_s1: 0.25,
+                half_energy_s2: 0.125,
+                orth_error: Some(1e-6 * i as f64),
+            }],
+        }
+    }
+
+    /// A session of a run with 10 steps and an evaluation every 4, from `start` to the end (or
+    /// to `stop`, like a process killed there), told to `tb` as the trainer tells it.
+    fn session(tb: &TensorBoard, start: u64, stop: u64) {
+        let mut history = Curves::default();
+        history.train = (1..=start).map(train_point).collect();
+        if start > 0 {
+            history.eval = (0..=start).step_by(4).map(eval_point).collect();
+        }
+        tb.begin(start, &history);
+        if start == 0 {
+            tb.evaluation(&eval_point(0));
+        }
+        for i in start + 1..=stop {
+            tb.train_points(&[train_point(i)]);
+            if i % 4 == 0 {
+                tb.evaluation(&eval_point(i));
+                tb.throughput(i, 1000.0 + i as f64);
+            }
+        }
+        if stop == 10 {
+            tb.evaluation(&eval_point(10));
+            tb.finish();
+        }
+    }
+
+    fn tracker(dir: &Path) -> TensorBoard {
+        let hparams = vec![("method.name".into(), "gs".into())];
+        TensorBoard::new(dir.to_path_buf(), hparams, "method=gs".into())
+    }
+
+    /// Every scalar reads back under its name at its step, in 32 bits; the run's three
+    /// evaluations carry the per-layer energies and orthogonality error.
+    #[test]
+    fn scalars_read_back_at_their_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        session(&tracker(dir.path()), 0, 10);
+        let scalars = read_scalars(dir.path()).unwrap();
+        let loss: Vec<(u64, f32)> = (1..=10)
+            .map(|i| (i, (2.0 / (i as f64 + 1.0)) as f32))
+            .collect();
+        assert_eq!(scalars["train/loss"], loss);
+        assert_eq!(scalars["train/lr"][5], (6, 0.01f32));
+        assert_eq!(
+            scalars["test/top1"],
+            vec![(0, 0.1f32), (4, 0.14), (8, 0.18), (10, 0.2)]
+        );
+        assert_eq!(scalars["layer/conv1/energy_s1"][1], (4, 4.75f32));
+        assert_eq!(scalars["layer/conv1/orth_error"][2], (8, 8e-6f32));
+        assert_eq!(scalars["layers/max_orth_error"][2], (8, 8e-6f32));
+        assert_eq!(scalars[THROUGHPUT], vec![(4, 1004.0f32), (8, 1008.0)]);
+        assert!(!scalars.contains_key("validation/top1"));
+    }
+
+    /// A session killed at step 7 (its file cut inside a record) and resumed from the
+    /// checkpoint at step 4 ends with exactly the scalars of an uninterrupted run: the steps
+    /// 5–7 the killed session wrote are not repeated, the throughput it measured up to the
+    /// checkpoint is kept, and one event file remains.
+    #[test]
+    fn a_killed_then_resumed_run_has_the_scalars_of_an_uninterrupted_one() {
+        let (whole, killed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        session(&tracker(whole.path()), 0, 10);
+
+        session(&tracker(killed.path()), 0, 7);
+        let file = &event_files(killed.path())[0];
+        let bytes = std::fs::read(file).unwrap();
+        std::fs::write(file, &bytes[..bytes.len() - 5]).unwrap();
+        session(&tracker(killed.path()), 4, 10);
+
+        assert_eq!(event_files(killed.path()).len(), 1);
+        assert_eq!(
+            read_scalars(killed.path()).unwrap(),
+            read_scalars(whole.path()).unwrap()
+        );
+    }
+
+    /// The HParams records decode as TensorBoard's plugin reads them: the cell's settings
+    /// (numbers as numbers), its group, and a successful end.
+    #[test]
+    fn hparams_session_records_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let tb = TensorBoard::new(
+            dir.path().to_path_buf(),
+            vec![
+                ("schedule.lr".into(), "0.05".into()),
+                ("method.name".into(), "gs".into()),
+                ("augment.flip".into(), "false".into()),
+            ],
+            "cell".into(),
+        );
+        tb.begin(0, &Curves::default());
+        tb.finish();
+        let (events, damage) = read_event_file(&event_files(dir.path())[0]).unwrap();
+        assert_eq!(damage, None);
+        assert_eq!(
+            events[0].what,
+            Some(event::What::FileVersion(FILE_VERSION.into()))
+        );
+        let plugin = |e: &Event| match &e.what {
+            Some(event::What::Summary(s)) => {
+                let v = &s.value[0];
+                let data = v.metadata.clone().unwrap().plugin_data.unwrap();
+                assert_eq!(data.plugin_name, "hparams");
+                (
+                    v.tag.clone(),
+                    HParamsPluginData::decode(&data.content[..]).unwrap(),
+                )
+            }
+            other => panic!("not a summary: {other:?}"),
+        };
+        let (tag, start) = plugin(&events[1]);
+        assert_eq!(tag, SESSION_START_TAG);
+        let Some(hparams_plugin_data::Data::SessionStartInfo(info)) = start.data else {
+            panic!("{start:?}")
+        };
+        assert_eq!(info.group_name, "cell");
+        let kind = |k: &str| info.hparams[k].kind.clone().unwrap();
+        assert_eq!(kind("schedule.lr"), proto_value::Kind::NumberValue(0.05));
+        assert_eq!(
+            kind("method.name"),
+            proto_value::Kind::StringValue("gs".into())
+        );
+        assert_eq!(kind("augment.flip"), proto_value::Kind::BoolValue(false));
+        let (tag, end) = plugin(&events[2]);
+        assert_eq!(tag, SESSION_END_TAG);
+        assert!(matches!(
+            end.data,
+            Some(hparams_plugin_data::Data::SessionEndInfo(SessionEndInfo {
+                status: 1,
+                ..
+            }))
+        ));
+    }
+
+    /// A directory that cannot be written costs a warning, not the run.
+    #[test]
+    fn an_unwritable_directory_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, b"").unwrap();
+        let tb = tracker(&blocked.join("tb"));
+        session(&tb, 0, 10);
+        assert!(event_files(&blocked).is_empty());
+    }
+}

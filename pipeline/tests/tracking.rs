@@ -1,0 +1,279 @@
+//! Tracking: every run's TensorBoard event files (`tb/` in its directory) hold exactly the
+//! curves it records, survive a stop or a kill and the resume, and carry a grid cell's settings
+//! for the HParams tab. The fast tier reads them back with this crate's reader; the slow tier
+//! with TensorBoard's own (installed from PyPI into a virtual environment by
+//! `scripts/tracking-venv.sh`).
+
+mod common;
+
+use common::{opt, run_ok, write, TINY};
+use opt_stages::tracking::tensorboard::{event_files, read_scalars};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+type Scalars = BTreeMap<String, Vec<(u64, f32)>>;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The `tb/` directories under a run directory, by cell.
+fn tb_dirs(run_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join("cells"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .flat_map(|cell| std::fs::read_dir(cell).unwrap().map(|e| e.unwrap().path()))
+        .map(|seed| seed.join("tb"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// What TensorBoard must show for the run recorded in `dir`, from its `curves.csv` and
+/// `layers.csv` (independently of the tracking code: the CSV files are the evaluate stage's),
+/// as 32-bit floats as TensorBoard stores scalars.
+fn expected_from_csv(dir: &Path) -> Scalars {
+    let mut out = Scalars::new();
+    let mut push = |tag: String, step: u64, cell: &str| {
+        if !cell.is_empty() {
+            let v: f64 = cell.parse().unwrap();
+            out.entry(tag).or_default().push((step, v as f32));
+        }
+    };
+    let columns = [
+        ("lr", "train/lr"),
+        ("train_loss", "train/loss"),
+        ("train_acc", "train/accuracy"),
+        ("test_loss", "test/loss"),
+        ("test_top1", "test/top1"),
+        ("test_top5", "test/top5"),
+        ("val_loss", "validation/loss"),
+        ("val_top1", "validation/top1"),
+        ("energy_s1", "layers/mean_energy_s1"),
+        ("orth_error", "layers/max_orth_error"),
+    ];
+    let mut curves = csv::Reader::from_path(dir.join("curves.csv")).unwrap();
+    let header = curves.headers().unwrap().clone();
+    for row in curves.records() {
+        let row = row.unwrap();
+        let step: u64 = row[0].parse().unwrap();
+        for (column, tag) in columns {
+            let at = header.iter().position(|h| h == column).unwrap();
+            push(tag.to_string(), step, &row[at]);
+        }
+    }
+    let mut layers = csv::Reader::from_path(dir.join("layers.csv")).unwrap();
+    let header = layers.headers().unwrap().clone();
+    for row in layers.records() {
+        let row = row.unwrap();
+        let step: u64 = row[0].parse().unwrap();
+        for (at, column) in header.iter().enumerate().skip(2) {
+            push(format!("layer/{}/{column}", &row[1]), step, &row[at]);
+        }
+    }
+    out
+}
+
+/// The scalars without the throughput (a measurement of the machine, not of the run), which
+/// must still be there: positive, at evaluations after step 0.
+fn without_throughput(mut scalars: Scalars) -> Scalars {
+    let throughput = scalars.remove("perf/images_per_sec").unwrap_or_default();
+    assert!(!throughput.is_empty(), "no throughput in {scalars:?}");
+    assert!(throughput.iter().all(|&(step, v)| step > 0 && v > 0.0));
+    scalars
+}
+
+/// A run stopped after 3 steps (`--stop-after`) and resumed has, in TensorBoard, exactly the
+/// scalars of its `curves.csv` and `layers.csv` and those of an uninterrupted run; a run whose
+/// training came from the cache gets its event file too.
+#[test]
+fn tensorboard_holds_the_curves_through_a_stop_and_a_cached_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = write(
+        tmp.path(),
+        "tiny.toml",
+        &TINY.replace("test_limit = 128", "test_limit = 128\nvalidation = 32"),
+    );
+    let (cache, out) = (tmp.path().join("c"), tmp.path().join("o"));
+    let run = |cache: &Path, out: &Path, more: &[&str]| {
+        let mut args = vec![
+            "run",
+            s(&recipe),
+            "--cache",
+            s(cache),
+            "--out",
+            s(out),
+            "-q",
+        ];
+        args.extend(more);
+        run_ok(&args);
+    };
+    run(&cache, &out, &["--stop-after", "3"]);
+    run(&cache, &out, &[]);
+    let tb = &tb_dirs(&out)[0];
+    assert_eq!(event_files(tb).len(), 1);
+    let resumed = without_throughput(read_scalars(tb).unwrap());
+    let expected = expected_from_csv(tb.parent().unwrap());
+    assert!(
+        expected.contains_key("validation/top1") && expected.contains_key("layer/fc6/energy_s2")
+    );
+    assert_eq!(resumed, expected);
+
+    let (cache2, reference) = (tmp.path().join("c2"), tmp.path().join("r"));
+    run(&cache2, &reference, &[]);
+    let whole = without_throughput(read_scalars(&tb_dirs(&reference)[0]).unwrap());
+    assert_eq!(resumed, whole);
+
+    // The same training from the cache, recorded in another run directory.
+    let again = tmp.path().join("again");
+    run(&cache2, &again, &[]);
+    let cached = read_scalars(&tb_dirs(&again)[0]).unwrap();
+    assert!(!cached.contains_key("perf/images_per_sec"));
+    assert_eq!(cached, whole);
+}
+
+/// The Python of the virtual environment with TensorBoard (installed on first use).
+fn tracking_python() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tracking-venv.sh");
+    let out = std::process::Command::new(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/tracking-venv.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Every directory's scalars and HParams records as TensorBoard's own reader sees them.
+fn read_with_tensorboard(dirs: &[PathBuf]) -> Vec<(Scalars, serde_json::Value)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/read_tensorboard.py");
+    let out = std::process::Command::new(tracking_python())
+        .arg(script)
+        .args(dirs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    dirs.iter()
+        .map(|d| {
+            let run = &json[s(d)];
+            let scalars = run["scalars"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(tag, points)| {
+                    let points = points
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
+                        .collect();
+                    (tag.clone(), points)
+                })
+                .collect();
+            (scalars, run["hparams"].clone())
+        })
+        .collect()
+}
+
+/// A two-cell grid killed (SIGKILL) while its first cell trains, past a checkpoint, then run
+/// again to the end: through TensorBoard's own reader every run shows exactly its curves.csv
+/// and layers.csv and the scalars of the same grid run without a kill; each cell's HParams
+/// session holds its learning rate (a number), its cell as group, and a successful end.
+#[test]
+#[ignore = "slow tier (just test-slow)"]
+fn tensorboard_reads_every_scalar_of_a_killed_and_resumed_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace("test_limit = 128", "test_limit = 128\nvalidation = 32")
+        .replace("iterations = 6", "iterations = 1500")
+        .replace("milestones = [4]", "milestones = [1000]")
+        .replace("eval_every = 3", "eval_every = 400")
+        .replace("checkpoint_every = 2", "checkpoint_every = 250");
+    let recipe = write(
+        tmp.path(),
+        "grid.toml",
+        &format!("{text}\n[grid]\n\"schedule.lr\" = [0.05, 0.02]\n"),
+    );
+    let (cache, out) = (tmp.path().join("c"), tmp.path().join("o"));
+    let args = [
+        "run",
+        s(&recipe),
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&out),
+        "-q",
+    ];
+    let mut child = opt()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the first checkpoint, then a little further: the steps after it are lost.
+    let t = Instant::now();
+    let checkpoint_written = || {
+        std::fs::read_dir(cache.join("train"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().join("checkpoints/last.safetensors").is_file())
+    };
+    while !checkpoint_written() {
+        assert!(t.elapsed() < Duration::from_secs(300), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, resumed) = run_ok(&["run", s(&recipe), "--cache", s(&cache), "--out", s(&out)]);
+    assert!(
+        resumed.contains("resuming from checkpoint at iteration"),
+        "{resumed}"
+    );
+
+    let reference = tmp.path().join("r");
+    run_ok(&[
+        "run",
+        s(&recipe),
+        "--cache",
+        s(&tmp.path().join("c2")),
+        "--out",
+        s(&reference),
+        "-q",
+    ]);
+    let dirs = tb_dirs(&out);
+    let reference_dirs = tb_dirs(&reference);
+    assert_eq!(dirs.len(), 2);
+    let seen = read_with_tensorboard(&dirs);
+    let whole = read_with_tensorboard(&reference_dirs);
+    for ((dir, (scalars, hparams)), (whole_scalars, _)) in dirs.iter().zip(seen).zip(whole) {
+        let scalars = without_throughput(scalars);
+        let expected = expected_from_csv(dir.parent().unwrap());
+        assert_eq!(expected["train/loss"].len(), 1500);
+        assert_eq!(scalars, expected, "{}", dir.display());
+        assert_eq!(
+            scalars,
+            without_throughput(whole_scalars),
+            "{}",
+            dir.display()
+        );
+
+        let cell = dir.parent().unwrap().parent().unwrap();
+        let cell = cell.file_name().unwrap().to_str().unwrap();
+        let start = &hparams["_hparams_/session_start_info"]["sessionStartInfo"];
+        let lr: f64 = cell.trim_start_matches("lr=").parse().unwrap();
+        // A number (google.protobuf.Value's JSON form is the bare value), not text.
+        assert_eq!(start["hparams"]["schedule.lr"], lr, "{hparams}");
+        assert_eq!(start["groupName"], cell, "{hparams}");
+        let end = &hparams["_hparams_/session_end_info"]["sessionEndInfo"];
+        assert_eq!(end["status"], "STATUS_SUCCESS", "{hparams}");
+    }
+}
