@@ -29,10 +29,16 @@ fn the_reference_page_is_what_orthopt_list_prints() {
 fn the_readme_is_short_and_names_the_commands_ci_runs() {
     let readme = read(&root().join("README.md"));
     let lines = readme.lines().count();
-    assert!(lines <= 200, "README.md has {lines} lines; the reference belongs in docs/");
+    assert!(
+        lines <= 200,
+        "README.md has {lines} lines; the reference belongs in docs/"
+    );
     let ci = read(&root().join(".ci/run"));
     for command in ["just test", "just test-slow", "just run", "just docs"] {
-        assert!(readme.contains(command), "README.md does not say `{command}`");
+        assert!(
+            readme.contains(command),
+            "README.md does not say `{command}`"
+        );
     }
     for command in ["just test", "just test-slow", "scripts/docs.sh"] {
         assert!(ci.contains(command), ".ci/run does not run `{command}`");
@@ -168,9 +174,14 @@ fn the_book_lists_every_page() {
 #[test]
 fn the_link_checker_finds_broken_links() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("other.md"), "# A heading, with: punctuation\n").unwrap();
+    std::fs::write(
+        dir.path().join("other.md"),
+        "# A heading, with: punctuation\n",
+    )
+    .unwrap();
     let page = dir.path().join("page.md");
-    let text = "[ok](other.md) [ok](other.md#a-heading-with-punctuation) [web](https://x.invalid)\n\
+    let text =
+        "[ok](other.md) [ok](other.md#a-heading-with-punctuation) [web](https://x.invalid)\n\
                 [gone](missing.md) [no anchor](other.md#nowhere) `[code](skipped.md)`\n\
                 ```\n[in a block](skipped.md)\n```\n";
     let broken = broken_links(&page, text);

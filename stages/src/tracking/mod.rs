@@ -4,11 +4,13 @@
 //! the train artifact records stay the record, and a tracker that cannot write warns and stops
 //! rather than fail the run.
 
+pub mod mlflow;
 pub mod proto;
 pub mod record;
 pub mod tensorboard;
 
 use crate::train_artifact::{Curves, EvalPoint, TrainPoint};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What a training run tells whoever watches it. Called on the training thread, so an
@@ -26,6 +28,8 @@ pub trait Tracker: Send + Sync {
     fn evaluation(&self, point: &EvalPoint);
     /// Training throughput since the previous report, measured at `iteration`.
     fn throughput(&self, iteration: u64, images_per_sec: f64);
+    /// The run's files (its result row, curves, model), recorded once it is complete.
+    fn attach(&self, _files: &[&Path]) {}
     /// The run is complete: its final evaluation has been reported.
     fn finish(&self);
 }
@@ -66,6 +70,9 @@ impl Tracker for Tracking {
         self.0
             .iter()
             .for_each(|t| t.throughput(iteration, images_per_sec));
+    }
+    fn attach(&self, files: &[&Path]) {
+        self.0.iter().for_each(|t| t.attach(files));
     }
     fn finish(&self) {
         self.0.iter().for_each(|t| t.finish());
