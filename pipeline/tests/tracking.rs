@@ -334,6 +334,7 @@ impl MlflowServer {
         let group = format!("-{}", self.child.id());
         let _ = std::process::Command::new("kill")
             .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
     }
