@@ -415,11 +415,13 @@ mod tests {
     /// A session of a run with 10 steps and an evaluation every 4, from `start` to the end (or
     /// to `stop`, like a process killed there), told to `tb` as the trainer tells it.
     fn session(tb: &TensorBoard, start: u64, stop: u64) {
-        let mut history = Curves::default();
-        history.train = (1..=start).map(train_point).collect();
-        if start > 0 {
-            history.eval = (0..=start).step_by(4).map(eval_point).collect();
-        }
+        let history = Curves {
+            train: (1..=start).map(train_point).collect(),
+            eval: match start {
+                0 => vec![],
+                _ => (0..=start).step_by(4).map(eval_point).collect(),
+            },
+        };
         tb.begin(start, &history);
         if start == 0 {
             tb.evaluation(&eval_point(0));
