@@ -5,9 +5,15 @@
 
 #include <stdint.h>
 
-// r = upper Cholesky factor of g (g = rᵀr), row-major [b, n, n]; info[k] = j + 1 when pivot j
-// of matrix k is not positive (r is then garbage and the caller falls back).
-extern "C" __global__ void cholesky_upper_f64(const double *g, double *r, int *info, int n) {
+// Threads per block of every kernel here (one block per matrix); THREADS in orth/cuda.rs. Each
+// kernel declares it as its launch bound, so ptxas keeps its registers within what a block of
+// that size may use (scripts/ptxas-check.sh fails on a spill).
+#define MAPS_THREADS 512
+
+// r = upper Cholesky factor of g (g = rᵀr), row-major [b, n, n]; matrix k of r is all NaN when
+// one of its pivots is not positive (the caller's one orthogonality read then falls back).
+extern "C" __global__ void __launch_bounds__(MAPS_THREADS)
+cholesky_upper_f64(const double *g, double *r, int n) {
     const size_t nn = (size_t)n * n;
     const double *src = g + blockIdx.x * nn;
     double *a = r + blockIdx.x * nn;
@@ -26,7 +32,7 @@ extern "C" __global__ void cholesky_upper_f64(const double *g, double *r, int *i
         }
         __syncthreads();
         if (failed) {
-            if (threadIdx.x == 0) info[blockIdx.x] = failed;
+            for (size_t t = threadIdx.x; t < nn; t += blockDim.x) a[t] = nan("");
             return;
         }
         const double rjj = a[(size_t)j * n + j];
@@ -46,7 +52,8 @@ extern "C" __global__ void cholesky_upper_f64(const double *g, double *r, int *i
 }
 
 // x = r⁻¹ for upper-triangular r, row-major [b, n, n]: each thread back-substitutes columns.
-extern "C" __global__ void upper_inverse_f64(const double *r, double *x, int n) {
+extern "C" __global__ void __launch_bounds__(MAPS_THREADS)
+upper_inverse_f64(const double *r, double *x, int n) {
     const size_t nn = (size_t)n * n;
     const double *R = r + blockIdx.x * nn;
     double *X = x + blockIdx.x * nn;
@@ -61,12 +68,13 @@ extern "C" __global__ void upper_inverse_f64(const double *r, double *x, int n) 
     }
 }
 
-// Threads per block of det_sign_f64's pivot search (a power of two); THREADS in orth/cuda.rs.
-#define DET_THREADS 512
+// det_sign_f64's pivot search reduces over the block's threads (a power of two).
+#define DET_THREADS MAPS_THREADS
 
 // sign_out[k] = sign(det m_k) (±1, 0 for an exactly zero or non-finite pivot) by LU with
 // partial pivoting (the first largest |a_ij| of the column) in `work`, row-major [b, n, n].
-extern "C" __global__ void det_sign_f64(const double *m, double *work, double *sign_out, int n) {
+extern "C" __global__ void __launch_bounds__(MAPS_THREADS)
+det_sign_f64(const double *m, double *work, double *sign_out, int n) {
     const size_t nn = (size_t)n * n;
     const double *src = m + blockIdx.x * nn;
     double *a = work + blockIdx.x * nn;

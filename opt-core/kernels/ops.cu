@@ -4,12 +4,20 @@
 
 #include <stdint.h>
 
+// Threads per block of the element-wise kernels (grid-stride loops); ELEMENTWISE_THREADS in
+// ops/cuda.rs. Every kernel declares its block size as its launch bound, so ptxas keeps its
+// registers within what a block of that size may use (scripts/ptxas-check.sh fails on a spill).
+#define ELEMENTWISE_THREADS 1024
+// Threads per block of the per-channel reductions (a power of two); BN_THREADS in ops/cuda.rs.
+#define BN_THREADS 256
+
 #define GRID_STRIDE(i, total) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (total); \
          i += (size_t)blockDim.x * gridDim.x)
 
 // x [n, c, h, w] -> cols [n*ho*wo, c*kh*kw], column order ci*kh*kw + ky*kw + kx (OIHW).
-extern "C" __global__ void im2col_f32(const float *x, float *cols, int n, int c, int h, int w,
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+im2col_f32(const float *x, float *cols, int n, int c, int h, int w,
                                       int kh, int kw, int pad, int stride, int ho, int wo) {
     const size_t ncols = (size_t)c * kh * kw;
     const size_t total = (size_t)n * ho * wo * ncols;
@@ -31,7 +39,8 @@ extern "C" __global__ void im2col_f32(const float *x, float *cols, int n, int c,
 }
 
 // The adjoint of im2col: each input element gathers the taps that read it (no atomics).
-extern "C" __global__ void col2im_f32(const float *cols, float *x, int n, int c, int h, int w,
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+col2im_f32(const float *cols, float *x, int n, int c, int h, int w,
                                       int kh, int kw, int pad, int stride, int ho, int wo) {
     const size_t ncols = (size_t)c * kh * kw;
     const size_t total = (size_t)n * c * h * w;
@@ -71,7 +80,8 @@ __device__ __forceinline__ size_t window_argmax(const float *plane, int w, int o
     return best;
 }
 
-extern "C" __global__ void max_pool2x2_f32(const float *x, float *y, int planes, int h, int w) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+max_pool2x2_f32(const float *x, float *y, int planes, int h, int w) {
     const int ho = h / 2, wo = w / 2;
     const size_t total = (size_t)planes * ho * wo;
     GRID_STRIDE(i, total) {
@@ -83,7 +93,8 @@ extern "C" __global__ void max_pool2x2_f32(const float *x, float *y, int planes,
 }
 
 // dx must be zeroed; windows are disjoint, so each thread owns its writes.
-extern "C" __global__ void max_pool2x2_backward_f32(const float *x, const float *g, float *dx,
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+max_pool2x2_backward_f32(const float *x, const float *g, float *dx,
                                                     int planes, int h, int w) {
     const int ho = h / 2, wo = w / 2;
     const size_t total = (size_t)planes * ho * wo;
@@ -95,7 +106,6 @@ extern "C" __global__ void max_pool2x2_backward_f32(const float *x, const float 
     }
 }
 
-#define BN_THREADS 256
 
 // Sum of `v` over the block, in f64; every thread gets the result.
 __device__ double block_sum(double v, double *shared) {
@@ -112,7 +122,8 @@ __device__ double block_sum(double v, double *shared) {
 
 // One block per channel: mean, then the biased variance from centred squares (two passes, as
 // the CPU path), written to packed[len + ch] and packed[len + c + ch].
-extern "C" __global__ void bn_stats_f32(const float *x, float *packed, int n, int c, int hw) {
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+bn_stats_f32(const float *x, float *packed, int n, int c, int hw) {
     __shared__ double shared[BN_THREADS];
     const int ch = blockIdx.x;
     const size_t m = (size_t)n * hw;
@@ -135,7 +146,8 @@ extern "C" __global__ void bn_stats_f32(const float *x, float *packed, int n, in
 }
 
 // y = relu?(x * scale + shift) with scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
-extern "C" __global__ void bn_apply_f32(const float *x, const float *gamma, const float *beta,
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+bn_apply_f32(const float *x, const float *gamma, const float *beta,
                                         float *packed, int n, int c, int hw, double eps,
                                         int relu) {
     const size_t len = (size_t)n * c * hw;
@@ -152,7 +164,8 @@ extern "C" __global__ void bn_apply_f32(const float *x, const float *gamma, cons
 
 // One block per channel: db = sum g, dg = sum g * xhat with g = dy (masked by y > 0 after a
 // ReLU), into out[len + ch] (dgamma) and out[len + c + ch] (dbeta).
-extern "C" __global__ void bn_backward_sums_f32(const float *x, const float *dy,
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+bn_backward_sums_f32(const float *x, const float *dy,
                                                 const float *res, float *out, int n, int c,
                                                 int hw, double eps, int relu) {
     __shared__ double shared[BN_THREADS];
@@ -177,7 +190,8 @@ extern "C" __global__ void bn_backward_sums_f32(const float *x, const float *dy,
 }
 
 // dx = gamma / sigma * (g - dbeta / M - xhat * dgamma / M).
-extern "C" __global__ void bn_backward_apply_f32(const float *x, const float *dy,
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+bn_backward_apply_f32(const float *x, const float *dy,
                                                  const float *res, const float *gamma,
                                                  float *out, int n, int c, int hw, double eps,
                                                  int relu) {
@@ -195,10 +209,12 @@ extern "C" __global__ void bn_backward_apply_f32(const float *x, const float *dy
 }
 
 // Clamped arccos (the MHE angular energies).
-extern "C" __global__ void acos_f32(const float *x, float *y, unsigned long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+acos_f32(const float *x, float *y, unsigned long long n) {
     GRID_STRIDE(i, n) { y[i] = acosf(fminf(fmaxf(x[i], -1.f), 1.f)); }
 }
 
-extern "C" __global__ void acos_f64(const double *x, double *y, unsigned long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+acos_f64(const double *x, double *y, unsigned long long n) {
     GRID_STRIDE(i, n) { y[i] = acos(fmin(fmax(x[i], -1.0), 1.0)); }
 }

@@ -163,7 +163,7 @@ mod tests {
         let d = 12;
         let mut rng = Rng::seed(9);
         let p = Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?;
-        let x0 = crate::orth::orthogonalize(&p, crate::orth::OrthMap::GramSchmidt)?
+        let x0 = crate::ops::orthogonalize(&p, crate::orth::OrthMap::GramSchmidt)?
             .to_dtype(DType::F64)?;
         let mut store = ParamStore::new(dev.clone());
         let x = store.add(

@@ -21,6 +21,8 @@ pub mod cayley_sgd;
 pub mod cnn6;
 pub mod energy;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub(crate) mod launch;
 pub mod layers;
 pub mod loss;
 pub mod metrics;

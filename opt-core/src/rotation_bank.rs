@@ -16,7 +16,7 @@
 //! The scope lives in a thread-local because the layer seam (`KernelSource::kernel`) takes no
 //! context: the forward runs on the caller's thread, and so do the layers' requests.
 
-use crate::orth::{orthogonalize, orthogonalize_groups, OrthMap};
+use crate::ops::{orthogonalize, orthogonalize_groups, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, Var};
 use std::cell::Cell;

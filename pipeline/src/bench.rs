@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use opt_core::orth::{orthogonality_error, orthogonalize, OrthMap};
+use opt_core::ops::orthogonalize;
+use opt_core::orth::{orthogonality_error, OrthMap};
+use opt_stages::device::open_checked;
 use opt_stages::device::DeviceChoice;
 use opt_stages::model::{build, MethodConfig, ModelConfig};
 use opt_stages::optimizers::Optimizers;
@@ -62,6 +64,8 @@ pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
         device: cfg.device.resolve(),
         regularizer: None,
         tf32: false,
+        ops: Default::default(),
+        map_route: Default::default(),
     }
 }
 
@@ -75,7 +79,9 @@ pub fn measure_step(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchResult> {
-    let device = train.device.open()?;
+    let (device, _) = open_checked(train.device, train.ops, train.map_route, &|w| {
+        tracing::warn!("{w}")
+    })?;
     let batch = train.schedule.batch_size;
     let (model, store) = build(&train.model, &train.method, input, classes, 0, &device)?;
     let mut opt = Optimizers::new(train, &store)?;

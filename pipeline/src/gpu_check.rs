@@ -49,6 +49,20 @@ pub struct OpAgreement {
     pub pass: bool,
 }
 
+/// One row of the device self-check a run performs when it opens the device
+/// (`opt_core::ops::self_check`), as the check reports it.
+#[derive(Debug, Serialize)]
+pub struct SelfCheckRow {
+    pub case: String,
+    /// The op or map route under test.
+    pub subject: String,
+    pub same_device: Option<f64>,
+    pub cpu: Option<f64>,
+    pub tolerance: f64,
+    pub error: Option<String>,
+    pub pass: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct TrainingCheck {
     pub method: String,
@@ -94,6 +108,11 @@ pub struct BatchedMapRow {
 #[derive(Debug, Serialize)]
 pub struct GpuReport {
     pub device: String,
+    /// The self-check every run performs first, as a run on this device would see it, and the
+    /// routes it installed (`ops`, and each map's route).
+    pub self_check: Vec<SelfCheckRow>,
+    pub self_check_seconds: f64,
+    pub routes: String,
     pub reference: String,
     pub ops: Vec<OpAgreement>,
     pub training: Vec<TrainingCheck>,
@@ -110,6 +129,8 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
     let start = std::time::Instant::now();
     let device = cfg.device.resolve().open()?;
     let on_cpu = device.is_cpu();
+    eprintln!("gpu-check on {}: the self-check", cfg.device.resolve());
+    let (self_check, self_check_seconds, routes) = self_check(&device)?;
     eprintln!("gpu-check on {}: ops", cfg.device.resolve());
     let ops = op_agreement(&device, cfg.size)?;
     eprintln!("gpu-check: training every method");
@@ -131,9 +152,14 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
             });
         }
     }
-    let pass = ops.iter().all(|o| o.pass) && training.iter().all(|t| t.pass);
+    let pass = self_check.iter().all(|c| c.pass)
+        && ops.iter().all(|o| o.pass)
+        && training.iter().all(|t| t.pass);
     let report = GpuReport {
         device: cfg.device.resolve().to_string(),
+        self_check,
+        self_check_seconds,
+        routes,
         reference: if on_cpu {
             "each op's composed candle formulation, on the CPU".into()
         } else {
@@ -155,6 +181,39 @@ pub fn run(cfg: &GpuCheckConfig, out: &Path) -> Result<GpuReport> {
     let md = out.join("report.md");
     std::fs::write(&md, markdown(&report)).with_context(|| format!("writing {}", md.display()))?;
     Ok(report)
+}
+
+/// The self-check a training run performs when it opens `device` (`run.ops = "auto"`, the
+/// device's default map route), its warnings printed as a run prints them; the routes it
+/// installed stay for the training checks below, as in a run.
+fn self_check(device: &Device) -> Result<(Vec<SelfCheckRow>, f64, String)> {
+    use opt_core::ops::routes::{MapRouteChoice, OpsMode};
+    let checked =
+        opt_core::ops::self_check::check_and_install(device, OpsMode::Auto, MapRouteChoice::Auto)
+            .map_err(anyhow::Error::msg)?;
+    for w in &checked.warnings {
+        eprintln!("warning: {w}");
+    }
+    let maps: Vec<String> = ops::OrthMap::ALL
+        .iter()
+        .map(|m| format!("{} {}", m.name(), checked.routes.map_label(*m)))
+        .collect();
+    let routes = format!("ops: {}; maps: {}", checked.routes.ops_label(), maps.join(", "));
+    let rows = checked
+        .check
+        .rows
+        .iter()
+        .map(|r| SelfCheckRow {
+            case: r.case.clone(),
+            subject: r.subject.label(),
+            same_device: r.same_device,
+            cpu: r.cpu,
+            tolerance: r.tolerance,
+            error: r.error.clone(),
+            pass: r.passed(),
+        })
+        .collect();
+    Ok((rows, checked.check.seconds, routes))
 }
 
 fn host_tensor(rng: &mut opt_core::Rng, dims: &[usize], std: f64) -> Result<Tensor> {
@@ -263,7 +322,7 @@ fn conv_case(
     Ok(OpCase {
         name: format!("conv2d x{x:?} k{k:?} pad {pad} stride {stride}"),
         inputs: vec![host_tensor(rng, &x, 1.0)?, host_tensor(rng, &k, 0.3)?],
-        op: Box::new(move |t| Ok(vec![ops::conv2d(&t[0], &t[1], pad, stride)?])),
+        op: Box::new(move |t| Ok(vec![ops::conv2d_fused(&t[0], &t[1], pad, stride)?])),
         composed: Some(Box::new(move |t| {
             Ok(vec![ops::conv2d_composed(&t[0], &t[1], pad, stride)?])
         })),
@@ -280,7 +339,7 @@ fn bn_case(rng: &mut opt_core::Rng, relu: bool) -> Result<OpCase> {
             let f = if composed {
                 ops::batch_norm_train_composed
             } else {
-                ops::batch_norm_train
+                ops::batch_norm_train_fused
             };
             let (y, m, v) = f(&t[0], &t[1], &t[2], 1e-3, relu)?;
             Ok(vec![y, m, v])
@@ -351,7 +410,7 @@ fn batched_orth_case(rng: &mut opt_core::Rng, map: ops::OrthMap, d: usize) -> Re
     Ok(OpCase {
         name: format!("orthogonalize_batched {} b={BATCH} d={d}", map.name()),
         inputs: vec![p],
-        op: Box::new(move |t| Ok(vec![opt_core::orth::orthogonalize_batched(&t[0], map)?])),
+        op: Box::new(move |t| Ok(vec![ops::orthogonalize_batched(&t[0], map)?])),
         composed,
         tolerance: 1e-4,
     })
@@ -378,7 +437,7 @@ fn time_batched_map(
     reps: usize,
     device: &Device,
 ) -> Result<BatchedMapRow> {
-    use opt_core::orth::orthogonalize_batched;
+    use opt_core::ops::orthogonalize_batched;
     let mut rng = opt_core::Rng::seed(d as u64);
     let p = Var::from_tensor(&host_tensor(&mut rng, &[b, d, d], 1.0)?.to_device(device)?)?;
     let w = host_tensor(&mut rng, &[b, d, d], 1.0)?.to_device(device)?;
@@ -433,7 +492,7 @@ fn op_cases(size: Size) -> Result<Vec<OpCase>> {
     cases.push(OpCase {
         name: "max_pool2x2 [8, 16, 9, 9]".into(),
         inputs: vec![x],
-        op: Box::new(|t| Ok(vec![ops::max_pool2x2(&t[0])?])),
+        op: Box::new(|t| Ok(vec![ops::max_pool2x2_fused(&t[0])?])),
         composed: Some(Box::new(|t| Ok(vec![ops::max_pool2x2_composed(&t[0])?]))),
         tolerance: 1e-6,
     });
@@ -629,7 +688,28 @@ fn markdown(r: &GpuReport) -> String {
         r.seconds,
         r.reference
     );
-    s += "## Ops and gradients\n\n| op | value | max abs diff | normalised | tolerance | |\n|---|---|---:|---:|---:|---|\n";
+    s += &format!(
+        "## Self-check (what every run does first, {:.0} ms)\n\nRoutes installed: {}.\n\n| case | vs reference on the device | vs reference on the CPU | tolerance | |\n|---|---:|---:|---:|---|\n",
+        1e3 * r.self_check_seconds,
+        r.routes
+    );
+    let num = |d: Option<f64>| d.map_or("–".into(), |d| format!("{d:.1e}"));
+    for c in &r.self_check {
+        let status = match (&c.error, c.pass) {
+            (Some(e), _) => format!("FAIL: {e}"),
+            (None, true) => "ok".into(),
+            (None, false) => "FAIL".into(),
+        };
+        s += &format!(
+            "| {} | {} | {} | {:.0e} | {} |\n",
+            c.case,
+            num(c.same_device),
+            num(c.cpu),
+            c.tolerance,
+            status
+        );
+    }
+    s += "\n## Ops and gradients\n\n| op | value | max abs diff | normalised | tolerance | |\n|---|---|---:|---:|---:|---|\n";
     for o in &r.ops {
         s += &format!(
             "| {} | {} | {:.2e} | {:.2e} | {:.0e} | {} |\n",

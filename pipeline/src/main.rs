@@ -176,6 +176,9 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     run_elementwise_ops_inline();
+    // Fault injection for the tests (`FAILPOINTS=ops::conv2d=return`); not in users' builds.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let stdout = &mut std::io::stdout().lock();
     let result = match cli.command {

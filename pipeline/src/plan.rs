@@ -139,6 +139,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
         device: r.run.device.resolve(),
         regularizer,
         tf32: r.run.tf32,
+        ops: r.run.ops,
+        map_route: r.run.map_route,
     };
     check_device(loaded, train.device)?;
     check_memory(loaded, &train)?;
@@ -422,7 +424,7 @@ fn check_memory(loaded: &Loaded, train: &TrainConfig) -> Result<(), RecipeError>
     if !r.run.memory_check || train.device != DeviceChoice::Cpu {
         return Ok(());
     }
-    match train.check_memory(input, classes) {
+    match train.check_memory(input, classes, &candle_core::Device::Cpu) {
         Err(StageError::Setting { field, message }) => Err(invalid(loaded, field, message)),
         _ => Ok(()),
     }

@@ -6,6 +6,7 @@
 //! typed, validated stage configurations ([`crate::plan::Plan`]). Every error names the file (or
 //! variable / override) a value came from, the key path, and what was expected.
 
+use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::{Figment, Metadata, Provider, Source};
@@ -303,6 +304,17 @@ pub struct RunSection {
     pub memory_check: bool,
     /// TF32 tensor-core matmuls on a CUDA device (off: faithful f32; no effect on the CPU).
     pub tf32: bool,
+    /// How the fused ops are chosen: `auto` (the device self-check decides; a failing op takes
+    /// its composed formulation with a warning), `fused` (a failed check is an error) or
+    /// `composed` (candle's own ops and the exact maps only).
+    #[serde(with = "opt_stages::device::named")]
+    pub ops: OpsMode,
+    /// How the orthogonal maps are computed: `auto` (exact on the CPU, gemm on a GPU), `exact`
+    /// (the f64 factorisations of the spec, on the host) or `gemm` (Newton–Schulz for LS/CP,
+    /// Cholesky-QR2 for GS/HR, where the tensors live; a batch they cannot finish falls back
+    /// to exact).
+    #[serde(with = "opt_stages::device::named")]
+    pub map_route: MapRouteChoice,
 }
 
 impl Default for RunSection {
@@ -317,6 +329,8 @@ impl Default for RunSection {
             eval_batch: TrainOptions::DEFAULT_EVAL_BATCH,
             memory_check: options.memory_check,
             tf32: false,
+            ops: OpsMode::Auto,
+            map_route: MapRouteChoice::Auto,
         }
     }
 }

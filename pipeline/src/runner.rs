@@ -447,6 +447,8 @@ fn result_row(
         images_per_sec: rep.train.images_per_sec,
         ms_per_step: rep.train.ms_per_step,
         device: rep.train.device.clone(),
+        ops: rep.train.ops.clone(),
+        map_route: rep.train.map_route.clone(),
         provenance: Provenance {
             recipe_file: recipe_path(&plan.recipe_file),
             recipe_hash: recipe_hash(plan),

@@ -7,7 +7,7 @@ use crate::batches::Sampler;
 use crate::error::{format_err, IoContext};
 use crate::optimizers::Optimizers;
 use crate::progress::Progress;
-use crate::train_artifact::Curves;
+use crate::train_artifact::{Curves, RouteRecord};
 use crate::{Result, StageError};
 use candle_core::{DType, Device, Tensor};
 use opt_core::{ParamStore, Rng};
@@ -27,6 +27,9 @@ pub struct RunRecord {
     pub train_seconds: f64,
     /// Seconds spent in periodic evaluations, all sessions.
     pub eval_seconds: f64,
+    /// The routes every session used (absent in checkpoints older than the record).
+    #[serde(default)]
+    pub routes: RouteRecord,
 }
 
 /// Saves a training checkpoint with the run's record in its metadata.

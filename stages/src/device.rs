@@ -2,6 +2,8 @@
 
 use crate::{Result, StageError};
 use candle_core::Device;
+use opt_core::ops::routes::{MapRouteChoice, OpsMode};
+use opt_core::ops::self_check::{check_and_install, CheckedDevice};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -100,4 +102,48 @@ fn without_backtrace(e: candle_core::Error) -> String {
         candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
         other => other.to_string(),
     }
+}
+
+/// Serde for a choice spelled as its name (`run.ops = "composed"`): opt-core's route choices
+/// have `Display`/`FromStr` and no serde.
+pub mod named {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Whether `value` is its type's default (a key field absent when default keeps every older
+/// recipe's cache key).
+pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Opens `choice`'s device and runs its self-check (`opt_core::ops::self_check`) under `ops`
+/// and `map_route`, installing the routes the check decided for everything that runs on the
+/// device from now on; each op or map it switched is a warning through `warn`. An error when the
+/// device cannot be opened, or in `fused` mode when the check failed.
+pub fn open_checked(
+    choice: DeviceChoice,
+    ops: OpsMode,
+    map_route: MapRouteChoice,
+    warn: &dyn Fn(&str),
+) -> Result<(Device, CheckedDevice)> {
+    let device = choice.open()?;
+    let checked = check_and_install(&device, ops, map_route).map_err(StageError::Device)?;
+    for w in &checked.warnings {
+        warn(w);
+    }
+    Ok((device, checked))
 }

@@ -342,6 +342,18 @@ impl MethodConfig {
         }
     }
 
+    /// The orthogonal map the method's layers compute, if it has one.
+    pub fn orth_map(&self) -> Option<OrthMap> {
+        match self {
+            MethodConfig::Cp {} => Some(OrthMap::Cayley),
+            MethodConfig::Gs {} => Some(OrthMap::GramSchmidt),
+            MethodConfig::Hr {} => Some(OrthMap::Householder),
+            MethodConfig::Ls {} => Some(OrthMap::Lowdin),
+            MethodConfig::Sopt { base, .. } => Some(base.map()),
+            _ => None,
+        }
+    }
+
     /// All method names, for messages and benchmarks.
     pub const NAMES: [&'static str; 9] = [
         "baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt",

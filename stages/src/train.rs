@@ -13,6 +13,7 @@
 
 use crate::batches::{HostBatch, Sampler};
 use crate::checkpoint::{self, RunRecord};
+use crate::device::open_checked;
 use crate::error::{write_json, IoContext};
 use crate::evaluation::evaluate_view;
 use crate::interrupt::Interrupt;
@@ -24,16 +25,17 @@ use crate::regularizer::RegularizerConfig;
 use crate::tracking::{Tracker, Tracking};
 use crate::train_artifact::{
     TrainPoint, TrainSummary, CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE,
-    MODEL_FILE, SUMMARY_FILE,
-};
+    MODEL_FILE, SUMMARY_FILE, SessionRoutes};
 use crate::train_config::{build_model, TrainConfig};
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
 use opt_core::loss::{loss, LossKind};
 use opt_core::metrics::topk_correct_on_device;
+use opt_core::ops::routes::DeviceRoutes;
 use opt_core::{Entry, Kind, Network, ParamStore, PiecewiseLr, Rng, Role};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// 2: evaluations at iteration 0 and on the validation split; top-k ties counted by their
@@ -285,6 +287,9 @@ struct Trainer<'a> {
     /// The sampler as of the batch of the last step (the live one has drawn the next batch
     /// already): what a checkpoint after that step stores.
     sampler_at_step: Option<Sampler>,
+    /// The device's routes as its self-check installed them; map fallbacks are drained from it
+    /// after every step.
+    routes: Arc<DeviceRoutes>,
     /// The iteration and training seconds of the last throughput report to the tracking.
     rate_mark: (u64, f64),
 }
@@ -305,12 +310,13 @@ impl<'a> Trainer<'a> {
         progress: &'a dyn Progress,
     ) -> Result<Self> {
         let data = preprocess::load(prepared_dir, &cfg.data)?;
-        let device = cfg.device.open()?;
+        let (device, checked) =
+            open_checked(cfg.device, cfg.ops, cfg.map_route, &|w| progress.warn(w))?;
         // A process-wide switch of candle's CUDA matmuls (a no-op on the CPU): set for every run
         // so one recipe's TF32 never leaks into the next run of the same process.
         candle_core::cuda::set_gemm_reduced_precision_f32(cfg.tf32);
-        if opts.memory_check && device.is_cpu() {
-            cfg.check_memory(data.stats.shape, data.stats.classes)?;
+        if opts.memory_check {
+            cfg.check_memory(data.stats.shape, data.stats.classes, &device)?;
         }
         let (model, store) = build_model(cfg, &data.stats, &device)?;
         if let Some(r) = &cfg.regularizer {
@@ -357,6 +363,7 @@ impl<'a> Trainer<'a> {
             last_flush: Instant::now(),
             next_batch: None,
             sampler_at_step: None,
+            routes: checked.routes,
             rate_mark: (0, 0.0),
         })
     }
@@ -365,6 +372,16 @@ impl<'a> Trainer<'a> {
     /// each, and the finish — or a suspension with a checkpoint.
     fn train(mut self) -> Result<TrainOutcome> {
         self.resume()?;
+        self.record.routes.sessions.push(SessionRoutes {
+            from: self.start,
+            ops: self.routes.ops_label(),
+            map_route: self
+                .cfg
+                .method
+                .orth_map()
+                .map_or("none", |m| self.routes.map_label(m))
+                .to_string(),
+        });
         self.rate_mark = (self.start, self.record.train_seconds);
         self.opts.tracking.begin(self.start, &self.record.curves);
         // The initial network, so curves start where training starts (not on resume: the
@@ -383,6 +400,7 @@ impl<'a> Trainer<'a> {
                 return Err(self.flush().err().unwrap_or(e));
             }
             let done = i + 1;
+            self.note_map_fallbacks(done);
             let evaluating = self.evaluation_due(done);
             if evaluating || self.last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush()?;
@@ -493,6 +511,24 @@ impl<'a> Trainer<'a> {
         self.pending.push(point?);
         self.record.train_seconds += t0.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Warns of every map batch a gemm route could not finish since the last step (the exact
+    /// route computed it) and counts it in the record, the first with its reason and step.
+    fn note_map_fallbacks(&mut self, done: u64) {
+        for f in self.routes.take_fallbacks() {
+            let what = format!(
+                "{} ({}) at step {done}: {}",
+                f.map.name(),
+                f.route.name(),
+                f.reason
+            );
+            self.progress.warn(&format!(
+                "map {what}; the exact route computed this batch"
+            ));
+            self.record.routes.fallbacks += 1;
+            self.record.routes.first_fallback.get_or_insert(what);
+        }
     }
 
     /// Reads the pending steps' losses and top-1 counts from the device (one transfer each)
@@ -667,6 +703,8 @@ impl<'a> Trainer<'a> {
             trainable_params: self.store.count(|r| matches!(r, Role::Trainable { .. })),
             fixed_params: self.store.count(|r| matches!(r, Role::Fixed { .. })),
             device: self.cfg.device.to_string(),
+            ops: record.routes.ops_label(),
+            map_route: record.routes.map_label(),
         };
         write_json(&out.join(SUMMARY_FILE), &summary)?;
         let ckpt_dir = out.join(CHECKPOINT_DIR);

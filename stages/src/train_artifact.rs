@@ -218,6 +218,14 @@ pub struct TrainSummary {
     pub trainable_params: usize,
     pub fixed_params: usize,
     pub device: String,
+    /// The fused ops' routes the run used (`fused`, `composed`, `fused; composed: bn`; sessions
+    /// that differed joined by `, then `); empty for artifacts older than the record.
+    #[serde(default)]
+    pub ops: String,
+    /// The map route of the method's rotations (`exact`, `newton-schulz`, `cholesky-qr2`, `none`),
+    /// with the batches that fell back to the exact route and the first reason.
+    #[serde(default)]
+    pub map_route: String,
 }
 
 pub fn load_summary(dir: &Path) -> Result<TrainSummary> {
@@ -230,4 +238,64 @@ pub fn load_config(dir: &Path) -> Result<TrainConfig> {
 
 pub fn load_curves(dir: &Path) -> Result<Curves> {
     read_json(&dir.join(CURVES_FILE))
+}
+
+/// The routes one training session ran with (a resumed run may open a device whose self-check
+/// decided otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRoutes {
+    /// The iteration the session started at.
+    pub from: u64,
+    /// `fused`, `composed`, `fused; composed: bn`.
+    pub ops: String,
+    /// The method's map route, `none` without one.
+    pub map_route: String,
+}
+
+/// Which numerics produced a run: every session's routes and the map batches that fell back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    pub sessions: Vec<SessionRoutes>,
+    /// Batches a gemm map route could not finish (the exact route computed them).
+    pub fallbacks: u64,
+    /// The first of them: why, and at which step.
+    pub first_fallback: Option<String>,
+}
+
+impl RouteRecord {
+    /// The sessions' values, each change with the iteration it starts at:
+    /// `fused`, or `fused, then fused; composed: bn (from iteration 400)`.
+    fn joined(&self, value: impl Fn(&SessionRoutes) -> &str) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut last: Option<&str> = None;
+        for s in &self.sessions {
+            let v = value(s);
+            if last != Some(v) {
+                parts.push(if last.is_none() {
+                    v.to_string()
+                } else {
+                    format!("{v} (from iteration {})", s.from)
+                });
+                last = Some(v);
+            }
+        }
+        parts.join(", then ")
+    }
+
+    /// The `ops` column.
+    pub fn ops_label(&self) -> String {
+        self.joined(|s| &s.ops)
+    }
+
+    /// The `map_route` column: the route, and the fallbacks when there were any.
+    pub fn map_label(&self) -> String {
+        let route = self.joined(|s| &s.map_route);
+        match (&self.first_fallback, self.fallbacks) {
+            (Some(first), n) if n > 0 => format!(
+                "{route}; {n} batch{} fell back to exact (first: {first})",
+                if n == 1 { "" } else { "es" }
+            ),
+            _ => route,
+        }
+    }
 }

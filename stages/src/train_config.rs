@@ -4,6 +4,7 @@
 
 use crate::augment::AugmentConfig;
 use crate::device::DeviceChoice;
+use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use crate::model::{
     available_memory, build, check_step_memory, step_memory, MethodConfig, ModelConfig,
 };
@@ -142,6 +143,23 @@ pub struct TrainConfig {
     /// key when off, so every recipe's key is what it was before the option existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tf32: bool,
+    /// How the fused ops are chosen (`run.ops`): `auto` (the device self-check decides),
+    /// `fused` (a failed check is an error) or `composed` (candle's ops only). Absent from the
+    /// key when `auto`, so every recipe's key is what it was before the option existed.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::device::is_default",
+        with = "crate::device::named"
+    )]
+    pub ops: OpsMode,
+    /// How the orthogonal maps are computed (`run.map_route`): `auto` (exact on the CPU, gemm on
+    /// a GPU), `exact` or `gemm`. Absent from the key when `auto`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::device::is_default",
+        with = "crate::device::named"
+    )]
+    pub map_route: MapRouteChoice,
 }
 
 impl TrainConfig {
@@ -156,9 +174,20 @@ impl TrainConfig {
     }
 
     /// Refuses a training step on inputs of shape `input` with `classes` classes whose
-    /// estimated memory exceeds what the machine has available (when that is known).
-    pub fn check_memory(&self, input: (usize, usize, usize), classes: usize) -> Result<()> {
-        if let Some(available) = available_memory() {
+    /// estimated memory exceeds what `device` has available (when that is known): the
+    /// machine's available memory for the CPU, the GPU's free memory for a GPU.
+    pub fn check_memory(
+        &self,
+        input: (usize, usize, usize),
+        classes: usize,
+        device: &Device,
+    ) -> Result<()> {
+        let available = match opt_core::ops::free_device_memory(device)? {
+            Some(free) => Some(free),
+            None if device.is_cpu() => available_memory(),
+            None => None,
+        };
+        if let Some(available) = available {
             let need = step_memory(
                 &self.model,
                 &self.method,

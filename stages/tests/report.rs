@@ -59,6 +59,8 @@ fn row(cell: &str, index: usize, method: &str, label: &str, seed: u64, err: f64)
         images_per_sec: 1280.0,
         ms_per_step: 100.0,
         device: "cpu".into(),
+        ops: "fused".into(),
+        map_route: "exact".into(),
         provenance: Provenance {
             recipe_file: "recipes/ablations/methods.toml".into(),
             recipe_hash: format!("{:064x}", index * 10 + seed as usize),

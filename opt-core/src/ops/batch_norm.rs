@@ -20,9 +20,25 @@ pub struct BatchNormTrain {
 }
 
 /// Training-mode BN of `x` (`[n, c, h, w]`) with per-channel `gamma`, `beta`: returns `y` and the
-/// batch mean and biased variance (`[c]`, detached). f32 through [`BatchNormTrain`] on every
-/// device; other dtypes through [`batch_norm_train_composed`].
+/// batch mean and biased variance (`[c]`, detached). [`batch_norm_train_fused`] where the
+/// device's routes say so, else [`batch_norm_train_composed`].
 pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if super::routes::routes(x.device()).fused(super::FusedOp::BatchNorm) {
+        batch_norm_train_fused(x, gamma, beta, eps, relu)
+    } else {
+        batch_norm_train_composed(x, gamma, beta, eps, relu)
+    }
+}
+
+/// The fused op: f32 through [`BatchNormTrain`] on every device; other dtypes through
+/// [`batch_norm_train_composed`].
+pub fn batch_norm_train_fused(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -35,11 +51,21 @@ pub fn batch_norm_train(
     }
     let (n, c, h, w) = x.dims4()?;
     let len = n * c * h * w;
-    let packed = x.contiguous()?.apply_op3(
-        &gamma.contiguous()?,
-        &beta.contiguous()?,
-        BatchNormTrain { eps, relu },
-    )?;
+    let fused = || {
+        x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            BatchNormTrain { eps, relu },
+        )
+    };
+    let packed = (|| {
+        fail::fail_point!("ops::batch_norm", |a| super::injected(
+            "ops::batch_norm",
+            a,
+            fused
+        ));
+        fused()
+    })()?;
     let y = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
     let mean = packed.narrow(0, len, c)?.detach();
     let var = packed.narrow(0, len + c, c)?.detach();

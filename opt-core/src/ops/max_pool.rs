@@ -128,14 +128,28 @@ impl CustomOp2 for MaxPool2x2Backward {
     }
 }
 
-/// 2×2 max-pooling with stride 2 (odd trailing rows/columns dropped); f32 through the op on
-/// every device, other dtypes through [`max_pool2x2_composed`].
+/// 2×2 max-pooling with stride 2 (odd trailing rows/columns dropped): [`max_pool2x2_fused`]
+/// where the device's routes say so, else [`max_pool2x2_composed`].
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(MaxPool2x2)
+    if super::routes::routes(x.device()).fused(super::FusedOp::MaxPool) {
+        max_pool2x2_fused(x)
     } else {
         max_pool2x2_composed(x)
     }
+}
+
+/// The fused op for f32 on every device, other dtypes through [`max_pool2x2_composed`].
+pub fn max_pool2x2_fused(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        return max_pool2x2_composed(x);
+    }
+    let fused = || x.contiguous()?.apply_op1(MaxPool2x2);
+    fail::fail_point!("ops::max_pool", |a| super::injected(
+        "ops::max_pool",
+        a,
+        fused
+    ));
+    fused()
 }
 
 /// The same by reshaping into windows and reducing: any device and dtype, correct gradients

@@ -10,21 +10,27 @@
 //! the per-layer op did. Each matrix's result depends only on the matrix and that choice, never
 //! on scheduling, so runs stay reproducible.
 
-use super::{cholesky_qr, dense, newton_schulz, Factors, OrthMap};
+use super::{dense, Factors, OrthMap};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, Par};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-/// `Q_k = orth(P_k)` for every matrix of a `[b, d, d]` stack (f32 or f64, any device),
-/// differentiable w.r.t. the stack.
-///
-/// On a GPU, Löwdin and Cayley run where the stack lives (batched Newton–Schulz in candle ops),
-/// Gram–Schmidt and Householder as Cholesky-QR2 (`cholesky_qr`); a batch those routes cannot
-/// finish takes the exact host route (P down, Q up).
+/// `Q_k = orth(P_k)` for every matrix of a `[b, d, d]` stack (f32 or f64, any device) by the
+/// exact f64 factorisations on the host, differentiable w.r.t. the stack. (Which route a network's
+/// maps take is chosen in the ops seam, not here.)
 /// Fails on a non-square or non-float input, non-finite entries, and a (numerically) singular
 /// `P_k` for Gram–Schmidt / Householder.
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
+    check_stack(ps, map)?;
+    ps.apply_op1(OrthBatchOp {
+        map,
+        factors: Mutex::new(Vec::new()),
+    })
+}
+
+/// An error unless `ps` is a `[b, d, d]` stack of f32 or f64.
+pub fn check_stack(ps: &Tensor, map: OrthMap) -> Result<()> {
     let (_, rows, cols) = ps.dims3()?;
     if rows != cols {
         bail!(
@@ -39,53 +45,16 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
             ps.dtype()
         );
     }
-    if !ps.device().is_cpu() {
-        let on_device = match map {
-            OrthMap::Lowdin => {
-                newton_schulz::polar_newton_schulz_batched(ps, newton_schulz::MAX_ITERS)
-            }
-            OrthMap::Cayley => {
-                newton_schulz::cayley_newton_schulz_batched(ps, newton_schulz::MAX_ITERS)
-            }
-            OrthMap::GramSchmidt => cholesky_qr::gram_schmidt_cholesky_qr(ps),
-            OrthMap::Householder => cholesky_qr::householder_cholesky_qr(ps),
-        };
-        // A batch the device route cannot finish takes the exact route below.
-        if let Ok(q) = on_device {
-            return Ok(q);
-        }
-    }
-    ps.apply_op1(OrthBatchOp {
-        map,
-        factors: Mutex::new(Vec::new()),
-    })
+    Ok(())
 }
 
-/// `orth(P_k)` for equally shaped matrices, computed as one batch; the results keep their
-/// order and each is differentiable w.r.t. its own `P_k`.
+/// `orth(P_k)` for equally shaped matrices by the exact route, as one batch.
 pub fn orthogonalize_each(ps: &[Tensor], map: OrthMap) -> Result<Vec<Tensor>> {
     if ps.is_empty() {
         return Ok(Vec::new());
     }
     let q = orthogonalize_batched(&Tensor::stack(ps, 0)?, map)?;
     (0..ps.len()).map(|k| q.get(k)).collect()
-}
-
-/// [`orthogonalize_each`] of several groups (each its own map and size), concurrently on the
-/// CPU — a lone large matrix then runs beside another group's batch instead of after it; each
-/// matrix's result does not depend on the scheduling. On a GPU one after the other: its work is
-/// queued asynchronously anyway, and candle's CUDA ops are issued from the caller's thread.
-pub fn orthogonalize_groups(groups: &[(Vec<Tensor>, OrthMap)]) -> Result<Vec<Vec<Tensor>>> {
-    let on_cpu = groups
-        .iter()
-        .flat_map(|(ps, _)| ps.first())
-        .all(|p| p.device().is_cpu());
-    let each = |(ps, map): &(Vec<Tensor>, OrthMap)| orthogonalize_each(ps, *map);
-    if on_cpu {
-        groups.par_iter().map(each).collect()
-    } else {
-        groups.iter().map(each).collect()
-    }
 }
 
 /// Runs `f(k, par)` for every matrix `k < b`: concurrently with sequential faer kernels for a
@@ -149,8 +118,8 @@ impl CustomOp1 for OrthBatchOp {
         Ok((out, Shape::from((b, d, d))))
     }
 
-    /// Through host memory: the stack down, the CPU factorisations, `Q` up. (GS/HR on a GPU
-    /// until they have a device route; LS/CP only when Newton–Schulz could not finish.)
+    /// Through host memory: the stack down, the CPU factorisations, `Q` up (the exact route on a
+    /// GPU, and the fallback of its gemm routes).
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,

@@ -23,9 +23,10 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result,
 pub const TOLERANCE: f64 = 1e-10;
 
 /// `GS(P_k)` for a stack `[b, d, d]` (f32 or f64, any device), in `P`'s dtype, differentiable
-/// w.r.t. the stack by the closed form.
+/// w.r.t. the stack by the closed form. Reads the device once (the orthogonality check).
 pub fn gram_schmidt_cholesky_qr(ps: &Tensor) -> Result<Tensor> {
     let (q, r_inv) = positive_qr(&ps.detach().to_dtype(DType::F64)?.t()?, "Gram–Schmidt")?;
+    check_orthogonal(&q, "Gram–Schmidt")?;
     // The map's output has the orthonormalised rows of P as rows: Qᵀ.
     let q_gs = q.t()?.contiguous()?.to_dtype(ps.dtype())?;
     ps.apply_op3(&q_gs, &r_inv, WithQrGrad { transposed: true })
@@ -34,31 +35,36 @@ pub fn gram_schmidt_cholesky_qr(ps: &Tensor) -> Result<Tensor> {
 /// `HR(P_k)` for a stack `[b, d, d]`: the positive QR's `Q` of `P` with its last column
 /// negated where `sign(det P) ≠ (−1)^(d−1)` (what `qr::householder` computes; the sign comes
 /// from an LU with partial pivoting, a third small kernel). Differentiable by the same closed
-/// form, which holds for any fixed signs of diag(R).
+/// form, which holds for any fixed signs of diag(R). The signs stay on the device: a singular
+/// `P` (sign 0) zeroes the last column, which the one read — the orthogonality check — refuses.
 pub fn householder_cholesky_qr(ps: &Tensor) -> Result<Tensor> {
     let (b, d, _) = ps.dims3()?;
     let a = ps.detach().to_dtype(DType::F64)?.contiguous()?;
     let (q, r_inv) = positive_qr(&a, "Householder")?;
-    let signs = a.apply_op1_no_bwd(&DetSign)?.to_vec1::<f64>()?;
     let target = if d % 2 == 1 { 1.0 } else { -1.0 };
-    let mut flips = vec![1.0; b * d];
-    for (k, &s) in signs.iter().enumerate() {
-        if s == 0.0 {
-            bail!("Householder (Cholesky-QR): matrix {k} is singular");
-        }
-        if s != target {
-            flips[k * d + d - 1] = -1.0;
-        }
-    }
+    // +1 keeps the last column, −1 negates it, 0 (singular) zeroes it.
+    let last = (a.apply_op1_no_bwd(&DetSign)? * target)?.reshape((b, 1, 1))?;
     // Q·D and R⁻¹·D with D = diag(1, …, 1, ±1): column d − 1 of both.
-    let flips = Tensor::from_vec(flips, (b, 1, d), ps.device())?;
-    let q = q.broadcast_mul(&flips)?.to_dtype(ps.dtype())?;
+    let flips = if d == 1 {
+        last
+    } else {
+        Tensor::cat(
+            &[Tensor::ones((b, 1, d - 1), DType::F64, ps.device())?, last],
+            2,
+        )?
+    };
+    let q = q.broadcast_mul(&flips)?;
+    check_orthogonal(&q, "Householder")?;
     let r_inv = r_inv.broadcast_mul(&flips)?;
-    ps.apply_op3(&q, &r_inv, WithQrGrad { transposed: false })
+    ps.apply_op3(
+        &q.to_dtype(ps.dtype())?,
+        &r_inv,
+        WithQrGrad { transposed: false },
+    )
 }
 
 /// `(Q, R⁻¹)` of the positive QR of every matrix of `a` (`[b, d, d]`, f64) by Cholesky-QR2,
-/// or an error when it is not orthogonal to [`TOLERANCE`].
+/// unchecked: a Cholesky breakdown leaves NaN in its matrix, which [`check_orthogonal`] reports.
 fn positive_qr(a: &Tensor, map: &str) -> Result<(Tensor, Tensor)> {
     let (_, d, cols) = a.dims3()?;
     if d != cols {
@@ -68,14 +74,29 @@ fn positive_qr(a: &Tensor, map: &str) -> Result<(Tensor, Tensor)> {
     let (q1, r1_inv) = cholesky_qr_step(&a)?;
     let (q, r2_inv) = cholesky_qr_step(&q1)?;
     // A = Q·R2·R1, so R⁻¹ = R1⁻¹·R2⁻¹.
-    let r_inv = r1_inv.matmul(&r2_inv)?;
-    let eye = Tensor::eye(d, DType::F64, a.device())?;
-    let residual = q.t()?.matmul(&q)?.broadcast_sub(&eye)?;
+    Ok((q, r1_inv.matmul(&r2_inv)?))
+}
+
+/// The route's one read: an error unless every `‖QᵀQ − I‖_F` is below [`TOLERANCE`].
+fn check_orthogonal(q: &Tensor, map: &str) -> Result<()> {
+    let d = q.dim(1)?;
+    let eye = Tensor::eye(d, DType::F64, q.device())?;
+    let residual = q.t()?.matmul(q)?.broadcast_sub(&eye)?;
     let norms = residual.sqr()?.sum(2)?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
-    if let Some(n) = norms.iter().find(|n| n.is_nan() || **n >= TOLERANCE) {
-        bail!("{map} (Cholesky-QR): ‖QᵀQ − I‖_F = {n:.1e}, P too ill-conditioned");
+    for (k, n) in norms.iter().enumerate() {
+        if n.is_nan() {
+            bail!(
+                "{map} (Cholesky-QR): Cholesky breakdown in matrix {k} (P too ill-conditioned \
+                 or not finite)"
+            );
+        }
+        if *n >= TOLERANCE {
+            bail!(
+                "{map} (Cholesky-QR): ‖QᵀQ − I‖_F = {n:.1e} in matrix {k}, above {TOLERANCE:.0e}"
+            );
+        }
     }
-    Ok((q, r_inv))
+    Ok(())
 }
 
 /// `(Q, R⁻¹)` of one Cholesky-QR step of `a` (`[b, d, d]`, f64, contiguous).
@@ -87,7 +108,8 @@ fn cholesky_qr_step(a: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// Upper Cholesky factor `R` (`G = RᵀR`, positive diagonal, zeros below) of every matrix of a
-/// contiguous f64 `[b, n, n]` stack; an error when a pivot is not positive.
+/// contiguous f64 `[b, n, n]` stack; a matrix whose pivot is not positive comes out all NaN (no
+/// read of the device here: the route's one orthogonality check reports it).
 struct CholeskyUpper;
 
 /// `R⁻¹` of every upper-triangular matrix of a contiguous f64 `[b, n, n]` stack.
@@ -215,9 +237,9 @@ impl CustomOp1 for CholeskyUpper {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, b, n) = f64_stack(s, l, self.name())?;
         let mut out = x.to_vec();
-        for (k, m) in out.chunks_mut(n * n).enumerate() {
-            if let Err(j) = cholesky_in_place(m, n) {
-                bail!("cholesky: matrix {k} is not positive definite (pivot {j})");
+        for m in out.chunks_mut(n * n) {
+            if cholesky_in_place(m, n).is_err() {
+                m.fill(f64::NAN);
             }
         }
         Ok((CpuStorage::F64(out), Shape::from((b, n, n))))

@@ -8,14 +8,14 @@
 use candle_core::backend::BackendStorage;
 use candle_core::builder_arg;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::{CudaFunc, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/maps.ptx"));
 const MODULE: &str = "opt_core_maps";
 /// Threads per block (one block per matrix): enough to keep a trailing update of a 1024×1024
-/// matrix busy, within the 1024-thread limit; `DET_THREADS` in maps.cu must equal it (a power
-/// of two, for the pivot search's reduction).
+/// matrix busy, within the 1024-thread limit; `MAPS_THREADS` in maps.cu, every kernel's launch
+/// bound (a power of two, for the pivot search's reduction).
 const THREADS: u32 = 512;
 
 /// The f64 `[b, n, n]` stack of `s` from `l`'s start offset, which must be contiguous.
@@ -34,6 +34,13 @@ fn stack<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<(CudaView<'a, f
     Ok((s.as_cuda_slice::<f64>()?.slice(l.start_offset()..), b, n))
 }
 
+/// `name` from maps.cu, checked to take a block of [`THREADS`] on this device.
+fn load(dev: &candle_core::cuda_backend::CudaDevice, name: &str) -> Result<CudaFunc> {
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    crate::launch::check_launch_bound(&func, name, THREADS)?;
+    Ok(func)
+}
+
 fn per_matrix(b: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (b, 1, 1),
@@ -42,33 +49,20 @@ fn per_matrix(b: u32) -> LaunchConfig {
     }
 }
 
-/// Upper Cholesky factors; an error (read back: one int per matrix) when a pivot is not
-/// positive, so the caller takes the exact host route.
+/// Upper Cholesky factors; a matrix with a pivot that is not positive comes out all NaN (no read
+/// of the device: the route's one orthogonality check reports it).
 pub(super) fn cholesky_upper(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let dev = s.device();
     let (g, b, n) = stack(s, l, "cholesky")?;
     let out = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
-    let info = dev.alloc_zeros::<i32>(b as usize)?;
-    let func = dev.get_or_load_custom_func("cholesky_upper_f64", MODULE, PTX)?;
+    let func = load(dev, "cholesky_upper_f64")?;
     let mut builder = func.builder();
     builder.arg(&g);
     builder.arg(&out);
-    builder.arg(&info);
     builder_arg!(builder, n);
-    // SAFETY: block k reads and writes only matrix k of `g`/`out` and `info[k]`, all sized from
-    // the same layout.
+    // SAFETY: block k reads and writes only matrix k of `g`/`out`, both sized from the same
+    // layout.
     unsafe { builder.launch(per_matrix(b)) }.w()?;
-    if let Some((k, j)) = dev
-        .clone_dtoh(&info)?
-        .iter()
-        .enumerate()
-        .find(|(_, &j)| j != 0)
-    {
-        bail!(
-            "cholesky: matrix {k} is not positive definite (pivot {})",
-            j - 1
-        );
-    }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         l.shape().clone(),
@@ -80,7 +74,7 @@ pub(super) fn upper_inverse(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage,
     let dev = s.device();
     let (r, b, n) = stack(s, l, "upper inverse")?;
     let out = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
-    let func = dev.get_or_load_custom_func("upper_inverse_f64", MODULE, PTX)?;
+    let func = load(dev, "upper_inverse_f64")?;
     let mut builder = func.builder();
     builder.arg(&r);
     builder.arg(&out);
@@ -99,7 +93,7 @@ pub(super) fn det_sign(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shap
     let (a, b, n) = stack(s, l, "det sign")?;
     let work = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
     let out = unsafe { dev.alloc::<f64>(b as usize)? };
-    let func = dev.get_or_load_custom_func("det_sign_f64", MODULE, PTX)?;
+    let func = load(dev, "det_sign_f64")?;
     let mut builder = func.builder();
     builder.arg(&a);
     builder.arg(&work);

@@ -9,15 +9,16 @@
 //! that needs it). A batch's matrices are factorised concurrently (see `batch`); an OPT network
 //! hands each (size, map) group of its layers to one call (`crate::rotation_bank`).
 //!
-//! The op is the device seam for the maps (`crate::ops`): its `cuda_fwd` takes the stack
-//! through host memory, factorises there and returns `Q` on the device; the backward does the
-//! same with `∂L/∂Q` — one round trip per batch, not per layer. On a GPU that is every map's
-//! fallback only: Löwdin and Cayley run there as batched Newton–Schulz iterations in candle ops
+//! The op runs on any device: its `cuda_fwd` takes the stack through host memory, factorises
+//! there and returns `Q` on the device; the backward does the same with `∂L/∂Q` — one round
+//! trip per batch, not per layer. Beside the exact maps are the gemm routes that run where the
+//! stack lives: Löwdin and Cayley as batched Newton–Schulz iterations in candle ops
 //! ([`polar_newton_schulz_batched`], [`cayley_newton_schulz_batched`]), Gram–Schmidt and
 //! Householder as Cholesky-QR2 with the closed-form backward in candle ops
 //! ([`gram_schmidt_cholesky_qr`], [`householder_cholesky_qr`]; three small f64 kernels in
 //! `kernels/maps.cu`, whose algorithms the CPU runs in the tests); all are tested against the
-//! exact maps here on the CPU.
+//! exact maps here on the CPU. Which route a network's batch takes is decided in one place,
+//! the ops seam (its routes table), never here.
 
 mod batch;
 mod cayley;
@@ -31,11 +32,13 @@ mod qr;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{orthogonalize_batched, orthogonalize_each, orthogonalize_groups};
+pub use batch::{check_stack, orthogonalize_batched, orthogonalize_each};
 pub use cholesky_qr::{gram_schmidt_cholesky_qr, householder_cholesky_qr};
 pub use newton_schulz::{
-    cayley_newton_schulz, cayley_newton_schulz_batched, polar_newton_schulz,
-    polar_newton_schulz_batched, MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
+    cayley_newton_schulz, cayley_newton_schulz_batched, cayley_newton_schulz_scheduled,
+    polar_newton_schulz, polar_newton_schulz_batched, polar_newton_schulz_scheduled,
+    Iterations as NewtonSchulzIterations, FIRST_READ as NEWTON_SCHULZ_FIRST_READ,
+    MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
 
 use candle_core::{bail, Result, Tensor};

@@ -25,6 +25,32 @@ pub const TOLERANCE: f64 = 1e-10;
 /// Iterations allowed by default: enough for `σ_min/σ_max` down to about 1e-12.
 pub const MAX_ITERS: usize = 80;
 
+/// Iterations run before the first read when nothing better is known: a well-conditioned `P`
+/// (OPT's during training) converges in fewer; a Gaussian one at d = 1024 needs about 30.
+pub const FIRST_READ: usize = 16;
+
+/// Iterations between later reads, when the first chunk did not converge.
+const LATER_CHUNK: usize = 8;
+
+/// When the iterations read their residuals from the device: a read is a wait for the whole
+/// queue, so the residual norms of a chunk of iterations stay on the device and are read once
+/// at its end. With `first_read` at least what the batch needs, a call reads once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iterations {
+    pub first_read: usize,
+    pub max: usize,
+}
+
+impl Iterations {
+    /// At most `max`, the first read after [`FIRST_READ`].
+    pub fn up_to(max: usize) -> Self {
+        Self {
+            first_read: FIRST_READ,
+            max,
+        }
+    }
+}
+
 /// The polar factor `P(PᵀP)^{-1/2}` of a square, nonsingular `P` (f32 or f64, any device), in
 /// `P`'s dtype, differentiable w.r.t. `P` through the iterations.
 pub fn polar_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
@@ -38,60 +64,89 @@ pub fn polar_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
 /// [`polar_newton_schulz`] of every matrix of a `[b, d, d]` stack at once (batched matmuls);
 /// the batch iterates until its worst matrix has converged.
 pub fn polar_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+    Ok(polar_newton_schulz_scheduled(ps, Iterations::up_to(max_iters))?.0)
+}
+
+/// [`polar_newton_schulz_batched`] reading the device as `iterations` says; also returns how many
+/// iterations the batch needed (the next call's `first_read`).
+pub fn polar_newton_schulz_scheduled(
+    ps: &Tensor,
+    iterations: Iterations,
+) -> Result<(Tensor, usize)> {
     let (b, d, cols) = ps.dims3()?;
     if d != cols {
         bail!("polar (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");
     }
     let x0 = ps.to_dtype(DType::F64)?;
-    // Each matrix is scaled by its own Frobenius norm, so every singular value is in (0, 1].
+    // Each matrix is scaled by its own Frobenius norm, so every singular value is in (0, 1]. A
+    // zero or non-finite P makes every residual NaN, which the iteration's read reports.
     let norms = x0.sqr()?.sum_keepdim(2)?.sum_keepdim(1)?.sqrt()?;
-    let values = norms.flatten_all()?.to_vec1::<f64>()?;
-    if values.iter().any(|n| !n.is_finite() || *n <= 0.0) {
-        bail!("polar (Newton–Schulz): P is zero or not finite");
-    }
     let eye = Tensor::eye(d, DType::F64, ps.device())?;
     // X ← X + ½·X(I − XᵀX).
-    let x = iterate(
+    let (x, needed) = iterate(
         x0.broadcast_div(&norms)?,
-        max_iters,
+        iterations,
         "polar",
         |x| eye.broadcast_sub(&x.t()?.matmul(x)?),
         0.5,
     )?;
-    x.to_dtype(ps.dtype())
+    Ok((x.to_dtype(ps.dtype())?, needed))
 }
 
-/// Iterates `x ← x + x·residual(x)` until every matrix's `‖residual‖_F < TOLERANCE`;
-/// `residual(x)` is `I − XᵀX` (polar) or `I − AX` (inverse). Errors when `max_iters` do not get
-/// there.
+/// `‖r_k‖_F` of every matrix of a `[b, d, d]` stack, detached, on its device.
+fn frobenius(r: &Tensor) -> Result<Tensor> {
+    r.detach().sqr()?.sum(2)?.sum(1)?.sqrt()
+}
+
+/// Iterates `x ← x + x·residual(x)·scale` until every matrix's `‖residual‖_F < TOLERANCE`;
+/// `residual(x)` is `I − XᵀX` (polar) or `I − AX` (inverse). The norms of a chunk of iterations
+/// are read in one transfer at its end (the first chunk `iterations.first_read` long), so the
+/// result may have iterated a little past convergence — a fixed point, where that changes
+/// nothing but rounding. Returns the iterate and how many iterations the batch needed; an error
+/// when `iterations.max` do not get there or a residual is NaN.
 fn iterate(
     mut x: Tensor,
-    max_iters: usize,
+    iterations: Iterations,
     what: &str,
     residual: impl Fn(&Tensor) -> Result<Tensor>,
     scale: f64,
-) -> Result<Tensor> {
-    let mut norm = f64::INFINITY;
-    for _ in 0..=max_iters {
-        let r = residual(&x)?;
-        let norms = r.detach().sqr()?.sum(2)?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
-        // The worst matrix decides; a NaN anywhere stops the batch (and fails below).
-        norm = norms.iter().fold(
-            0.0,
-            |m: f64, &n| if n.is_nan() { f64::NAN } else { m.max(n) },
-        );
-        if norm < TOLERANCE || !norm.is_finite() {
-            break;
+) -> Result<(Tensor, usize)> {
+    let mut done = 0;
+    let mut chunk = iterations.first_read.clamp(1, iterations.max.max(1));
+    loop {
+        // norms[j]: the residual of the iterate after `done + j` iterations.
+        let mut norms = Vec::with_capacity(chunk + 1);
+        for _ in 0..chunk {
+            let r = residual(&x)?;
+            norms.push(frobenius(&r)?);
+            x = (&x + (x.matmul(&r)? * scale)?)?;
         }
-        x = (&x + (x.matmul(&r)? * scale)?)?;
+        norms.push(frobenius(&residual(&x)?)?);
+        // The worst matrix decides; a NaN anywhere stops the batch.
+        let worst: Vec<f64> = Tensor::stack(&norms, 0)?
+            .to_vec2::<f64>()?
+            .iter()
+            .map(|row| {
+                row.iter().fold(
+                    0.0,
+                    |m: f64, &n| if n.is_nan() { f64::NAN } else { m.max(n) },
+                )
+            })
+            .collect();
+        let last = worst[worst.len() - 1];
+        if last < TOLERANCE {
+            let first = worst.iter().position(|n| *n < TOLERANCE).unwrap_or(chunk);
+            return Ok((x, done + first));
+        }
+        done += chunk;
+        if last.is_nan() || done >= iterations.max {
+            bail!(
+                "{what} (Newton–Schulz): residual ‖·‖_F = {last:.1e} after {done} iterations \
+                 (P is singular, not finite or too ill-conditioned for this route)"
+            );
+        }
+        chunk = LATER_CHUNK.min(iterations.max - done);
     }
-    if norm.is_nan() || norm >= TOLERANCE {
-        bail!(
-            "{what} (Newton–Schulz): residual ‖·‖_F = {norm:.1e} after {max_iters} iterations \
-             (P is singular or too ill-conditioned for this route)"
-        );
-    }
-    Ok(x)
 }
 
 /// The Cayley map `Q = (I + S)(I − S)⁻¹`, `S = triu(P) − triu(P)ᵀ`, of a square `P` (f32 or f64,
@@ -106,6 +161,15 @@ pub fn cayley_newton_schulz(p: &Tensor, max_iters: usize) -> Result<Tensor> {
 
 /// [`cayley_newton_schulz`] of every matrix of a `[b, d, d]` stack at once.
 pub fn cayley_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Tensor> {
+    Ok(cayley_newton_schulz_scheduled(ps, Iterations::up_to(max_iters))?.0)
+}
+
+/// [`cayley_newton_schulz_batched`] reading the device as `iterations` says; also returns how
+/// many iterations the batch needed.
+pub fn cayley_newton_schulz_scheduled(
+    ps: &Tensor,
+    iterations: Iterations,
+) -> Result<(Tensor, usize)> {
     let (b, d, cols) = ps.dims3()?;
     if d != cols {
         bail!("Cayley (Newton–Schulz): P must be square, got [{b}, {d}, {cols}]");
@@ -118,24 +182,22 @@ pub fn cayley_newton_schulz_batched(ps: &Tensor, max_iters: usize) -> Result<Ten
     let eye = Tensor::eye(d, DType::F64, dev)?;
     let a = eye.broadcast_sub(&s)?;
     // ‖A‖₁·‖A‖_∞ ≥ σ_max(A)² per matrix, from detached values (the scale only sets where X
-    // starts).
+    // starts), kept on the device; a non-finite P makes the residuals NaN.
     let abs = a.detach().abs()?;
-    let norm_1 = abs.sum(1)?.max(1)?.to_vec1::<f64>()?;
-    let norm_inf = abs.sum(2)?.max(1)?.to_vec1::<f64>()?;
-    let scales: Vec<f64> = norm_1.iter().zip(&norm_inf).map(|(a, b)| a * b).collect();
-    if scales.iter().any(|s| !s.is_finite()) {
-        bail!("Cayley (Newton–Schulz): P is not finite");
-    }
-    let scales = Tensor::from_vec(scales, (b, 1, 1), dev)?;
+    let norm_1 = abs.sum(1)?.max_keepdim(1)?;
+    let norm_inf = abs.sum(2)?.max_keepdim(1)?;
+    let scales = (norm_1 * norm_inf)?.reshape((b, 1, 1))?;
     let x0 = a.t()?.broadcast_div(&scales)?;
-    let inverse = iterate(
+    let (inverse, needed) = iterate(
         x0,
-        max_iters,
+        iterations,
         "Cayley",
         |x| eye.broadcast_sub(&a.matmul(x)?),
         1.0,
     )?;
-    eye.broadcast_add(&s)?
+    let q = eye
+        .broadcast_add(&s)?
         .matmul(&inverse)?
-        .to_dtype(ps.dtype())
+        .to_dtype(ps.dtype())?;
+    Ok((q, needed))
 }

@@ -98,6 +98,14 @@ pub struct ResultRow {
     pub images_per_sec: f64,
     pub ms_per_step: f64,
     pub device: String,
+    /// The fused ops' routes the training used (`fused`, `composed`, `fused; composed: bn`);
+    /// empty in rows recorded before routes were.
+    #[serde(default)]
+    pub ops: String,
+    /// The method's map route (`exact`, `newton-schulz`, `cholesky-qr2`, `none`) and the batches
+    /// that fell back to the exact route.
+    #[serde(default)]
+    pub map_route: String,
     pub provenance: Provenance,
 }
 

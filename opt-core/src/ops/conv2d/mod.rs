@@ -245,18 +245,32 @@ fn cpu_backward(
 }
 
 /// Convolution of `x` (`[n, c, h, w]`) with `kernel` (`[c_out, c, k_h, k_w]`), symmetric
-/// zero padding and a stride, as `im2col(x) · Kᵀ` for f32 on every device (one graph node,
-/// gemm-based backward); other dtypes take [`conv2d_composed`]. Same result as
+/// zero padding and a stride: [`conv2d_fused`] where the device's routes say so (see
+/// [`super::routes`]), else [`conv2d_composed`]. Same result as
 /// `x.conv2d(kernel, pad, stride, 1, 1)`.
 pub fn conv2d(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+    if super::routes::routes(x.device()).fused(super::FusedOp::Conv2d) {
+        conv2d_fused(x, kernel, pad, stride)
+    } else {
+        conv2d_composed(x, kernel, pad, stride)
+    }
+}
+
+/// The fused convolution: `im2col(x) · Kᵀ` for f32 on every device (one graph node,
+/// gemm-based backward); other dtypes take [`conv2d_composed`].
+pub fn conv2d_fused(x: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
     if stride == 0 {
         candle_core::bail!("conv2d: stride must be positive");
     }
     if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 {
         return conv2d_composed(x, kernel, pad, stride);
     }
-    x.contiguous()?
-        .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad, stride })
+    let fused = || {
+        x.contiguous()?
+            .apply_op2(&kernel.contiguous()?, Conv2dIm2col { pad, stride })
+    };
+    fail::fail_point!("ops::conv2d", |a| super::injected("ops::conv2d", a, fused));
+    fused()
 }
 
 /// candle's own convolution: the oracle [`conv2d`] is tested against.

@@ -1,0 +1,357 @@
+//! Which formulation each fused op and each orthogonal map takes on a device: the one place the
+//! route is chosen, so a run can say afterwards which numerics produced its result.
+//!
+//! A device's table starts "all fused, the device's default map route"; the device self-check
+//! (`super::self_check`) replaces it before a run uses the device, switching an op that errors
+//! or disagrees with its composed candle formulation to that formulation, and a map whose gemm
+//! route fails to the exact host route. During a run a gemm route that cannot finish a batch
+//! (a Cholesky breakdown, Newton–Schulz not converging, a launch error) takes the exact route for
+//! that batch and leaves a [`MapFallback`] here, which the trainer drains after every step to
+//! warn at the step it happened and to count.
+//!
+//! The table is per physical device (candle's `DeviceLocation`) and process-wide, because the
+//! ops are reached from layers that take no context; runs of one process install it in turn.
+
+use super::OrthMap;
+use candle_core::{Device, DeviceLocation};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// `run.ops`: how the fused ops are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpsMode {
+    /// The self-check decides: an op that fails it takes its composed formulation, with a warning.
+    #[default]
+    Auto,
+    /// Every fused op; a failed self-check is an error.
+    Fused,
+    /// candle's own ops only (and the exact host route for the maps): the cautious choice.
+    Composed,
+}
+
+/// `run.map_route`: how the orthogonal maps are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MapRouteChoice {
+    /// The device's default: exact on the CPU, gemm on a GPU.
+    #[default]
+    Auto,
+    /// The exact f64 factorisations on the host (spec §2.2–2.5), on every device.
+    Exact,
+    /// Built on matrix products where the tensors live: Newton–Schulz (LS, CP), Cholesky-QR2
+    /// (GS, HR), each falling back to the exact route for a batch it cannot finish.
+    Gemm,
+}
+
+/// The fused ops of the training step (the orthogonal maps have [`MapRoute`]s instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FusedOp {
+    Conv2d,
+    BatchNorm,
+    MaxPool,
+    Acos,
+}
+
+impl FusedOp {
+    pub const ALL: [FusedOp; 4] = [
+        FusedOp::Conv2d,
+        FusedOp::BatchNorm,
+        FusedOp::MaxPool,
+        FusedOp::Acos,
+    ];
+
+    /// The name in records and warnings (`fused; composed: bn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FusedOp::Conv2d => "conv2d",
+            FusedOp::BatchNorm => "bn",
+            FusedOp::MaxPool => "max_pool",
+            FusedOp::Acos => "acos",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The algorithm that computed a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapRoute {
+    Exact,
+    NewtonSchulz,
+    CholeskyQr2,
+}
+
+impl MapRoute {
+    pub fn name(self) -> &'static str {
+        match self {
+            MapRoute::Exact => "exact",
+            MapRoute::NewtonSchulz => "newton-schulz",
+            MapRoute::CholeskyQr2 => "cholesky-qr2",
+        }
+    }
+
+    /// The gemm route of `map`.
+    pub fn gemm(map: OrthMap) -> MapRoute {
+        match map {
+            OrthMap::Lowdin | OrthMap::Cayley => MapRoute::NewtonSchulz,
+            OrthMap::GramSchmidt | OrthMap::Householder => MapRoute::CholeskyQr2,
+        }
+    }
+}
+
+/// A batch a gemm route could not finish, computed by the exact route instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapFallback {
+    pub map: OrthMap,
+    pub route: MapRoute,
+    pub reason: String,
+}
+
+/// One device's routes.
+#[derive(Debug)]
+pub struct DeviceRoutes {
+    composed: [AtomicBool; 4],
+    /// Per map (`OrthMap::ALL` order): the route a batch tries first.
+    maps: [MapRoute; 4],
+    fallbacks: Mutex<Vec<MapFallback>>,
+    fallback_count: AtomicUsize,
+    /// Newton–Schulz iterations the last batch of each (map, d, b) needed: the next batch runs
+    /// that many (plus a margin) before its one read of the residuals.
+    iterations: Mutex<Vec<((OrthMap, usize, usize), usize)>>,
+}
+
+fn map_index(map: OrthMap) -> usize {
+    OrthMap::ALL
+        .iter()
+        .position(|m| *m == map)
+        .unwrap_or_default()
+}
+
+impl DeviceRoutes {
+    /// Every fused op, and each map's route from `choice` on `device`.
+    pub fn new(device: &Device, choice: MapRouteChoice) -> Self {
+        let gemm = match choice {
+            MapRouteChoice::Exact => false,
+            MapRouteChoice::Gemm => true,
+            MapRouteChoice::Auto => !device.is_cpu(),
+        };
+        Self {
+            composed: Default::default(),
+            maps: OrthMap::ALL.map(|m| {
+                if gemm {
+                    MapRoute::gemm(m)
+                } else {
+                    MapRoute::Exact
+                }
+            }),
+            fallbacks: Mutex::new(Vec::new()),
+            fallback_count: AtomicUsize::new(0),
+            iterations: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn set_composed(&self, op: FusedOp) {
+        self.composed[op.index()].store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `op` runs fused on this device.
+    pub fn fused(&self, op: FusedOp) -> bool {
+        !self.composed[op.index()].load(Ordering::Relaxed)
+    }
+
+    /// The ops that take their composed formulation.
+    pub fn composed_ops(&self) -> Vec<FusedOp> {
+        FusedOp::ALL
+            .into_iter()
+            .filter(|op| !self.fused(*op))
+            .collect()
+    }
+
+    pub fn map_route(&self, map: OrthMap) -> MapRoute {
+        self.maps[map_index(map)]
+    }
+
+    /// `map` takes the exact route from now on.
+    pub fn set_exact(&mut self, map: OrthMap) {
+        self.maps[map_index(map)] = MapRoute::Exact;
+    }
+
+    /// Notes a batch the gemm route could not finish.
+    pub fn record_fallback(&self, fallback: MapFallback) {
+        self.fallback_count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.fallbacks.lock() {
+            f.push(fallback);
+        }
+    }
+
+    /// The fallbacks since the last call (the trainer's per-step drain).
+    pub fn take_fallbacks(&self) -> Vec<MapFallback> {
+        self.fallbacks
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+
+    /// Fallbacks since the table was installed.
+    pub fn fallback_count(&self) -> usize {
+        self.fallback_count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn iterations_hint(&self, key: (OrthMap, usize, usize)) -> Option<usize> {
+        let table = self.iterations.lock().ok()?;
+        table.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
+    }
+
+    pub(crate) fn set_iterations_hint(&self, key: (OrthMap, usize, usize), n: usize) {
+        if let Ok(mut table) = self.iterations.lock() {
+            match table.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = n,
+                None => table.push((key, n)),
+            }
+        }
+    }
+
+    /// `fused`, `composed`, or `fused; composed: bn, acos`.
+    pub fn ops_label(&self) -> String {
+        let composed = self.composed_ops();
+        match composed.len() {
+            0 => "fused".into(),
+            n if n == FusedOp::ALL.len() => "composed".into(),
+            _ => {
+                let names: Vec<&str> = composed.iter().map(|op| op.name()).collect();
+                format!("fused; composed: {}", names.join(", "))
+            }
+        }
+    }
+
+    /// The route of `map`'s batches, e.g. `cholesky-qr2`.
+    pub fn map_label(&self, map: OrthMap) -> &'static str {
+        self.map_route(map).name()
+    }
+}
+
+type Registry = RwLock<Vec<(DeviceLocation, Arc<DeviceRoutes>)>>;
+
+static REGISTRY: Registry = RwLock::new(Vec::new());
+
+/// The routes installed for `device`, or its defaults (every fused op, the automatic map route)
+/// when nothing was installed.
+pub fn routes(device: &Device) -> Arc<DeviceRoutes> {
+    let location = device.location();
+    if let Ok(table) = REGISTRY.read() {
+        if let Some((_, r)) = table.iter().find(|(l, _)| *l == location) {
+            return r.clone();
+        }
+    }
+    let fresh = Arc::new(DeviceRoutes::new(device, MapRouteChoice::Auto));
+    match REGISTRY.write() {
+        Ok(mut table) => match table.iter().find(|(l, _)| *l == location) {
+            Some((_, r)) => r.clone(),
+            None => {
+                table.push((location, fresh.clone()));
+                fresh
+            }
+        },
+        Err(_) => fresh,
+    }
+}
+
+/// Makes `routes` the table of `device` for everything that runs on it from now on.
+pub fn install(device: &Device, routes: DeviceRoutes) -> Arc<DeviceRoutes> {
+    let location = device.location();
+    let routes = Arc::new(routes);
+    if let Ok(mut table) = REGISTRY.write() {
+        table.retain(|(l, _)| *l != location);
+        table.push((location, routes.clone()));
+    }
+    routes
+}
+
+macro_rules! named_choice {
+    ($ty:ty, $what:literal, $($variant:ident => $name:literal),+) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $name),+ })
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(format!(
+                        concat!("expected ", $what, ", found {:?}"),
+                        s
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named_choice!(OpsMode, "\"auto\", \"fused\" or \"composed\"",
+    Auto => "auto", Fused => "fused", Composed => "composed");
+named_choice!(MapRouteChoice, "\"auto\", \"exact\" or \"gemm\"",
+    Auto => "auto", Exact => "exact", Gemm => "gemm");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_the_ops_that_fell_back() {
+        let r = DeviceRoutes::new(&Device::Cpu, MapRouteChoice::Auto);
+        assert_eq!(r.ops_label(), "fused");
+        r.set_composed(FusedOp::BatchNorm);
+        r.set_composed(FusedOp::Acos);
+        assert_eq!(r.ops_label(), "fused; composed: bn, acos");
+        for op in FusedOp::ALL {
+            r.set_composed(op);
+        }
+        assert_eq!(r.ops_label(), "composed");
+    }
+
+    #[test]
+    fn map_routes_follow_the_choice_and_the_device() {
+        let auto = DeviceRoutes::new(&Device::Cpu, MapRouteChoice::Auto);
+        let mut gemm = DeviceRoutes::new(&Device::Cpu, MapRouteChoice::Gemm);
+        for map in OrthMap::ALL {
+            assert_eq!(auto.map_route(map), MapRoute::Exact);
+        }
+        assert_eq!(gemm.map_label(OrthMap::Lowdin), "newton-schulz");
+        assert_eq!(gemm.map_label(OrthMap::Cayley), "newton-schulz");
+        assert_eq!(gemm.map_label(OrthMap::GramSchmidt), "cholesky-qr2");
+        assert_eq!(gemm.map_label(OrthMap::Householder), "cholesky-qr2");
+        gemm.set_exact(OrthMap::Householder);
+        assert_eq!(gemm.map_label(OrthMap::Householder), "exact");
+        assert_eq!(gemm.map_label(OrthMap::GramSchmidt), "cholesky-qr2");
+    }
+
+    #[test]
+    fn choices_parse_and_name_the_expectation() {
+        assert_eq!("composed".parse::<OpsMode>(), Ok(OpsMode::Composed));
+        assert_eq!("gemm".parse::<MapRouteChoice>(), Ok(MapRouteChoice::Gemm));
+        let err = "fast".parse::<OpsMode>().unwrap_err();
+        assert!(err.contains("\"auto\", \"fused\" or \"composed\""), "{err}");
+        assert_eq!(MapRouteChoice::Exact.to_string(), "exact");
+    }
+
+    #[test]
+    fn fallbacks_are_drained_once_and_counted() {
+        let r = DeviceRoutes::new(&Device::Cpu, MapRouteChoice::Gemm);
+        let f = MapFallback {
+            map: OrthMap::GramSchmidt,
+            route: MapRoute::CholeskyQr2,
+            reason: "Cholesky breakdown".into(),
+        };
+        r.record_fallback(f.clone());
+        r.record_fallback(f.clone());
+        assert_eq!(r.take_fallbacks(), vec![f.clone(), f]);
+        assert!(r.take_fallbacks().is_empty());
+        assert_eq!(r.fallback_count(), 2);
+    }
+}
