@@ -99,7 +99,7 @@ gpu-check *args:
 
 # Watch the runs in TensorBoard (default outputs/runs; installs TensorBoard from PyPI into .venv-tracking once).
 tensorboard dir="outputs/runs" *args:
-    "$(scripts/tracking-venv.sh)" -m tensorboard.main --logdir "$@"
+    "$(scripts/tracking-venv.sh)" -m tensorboard.main --logdir "{{dir}}" "${@:2}"
 
 # Build the book (docs/, mdBook) into target/book/ (installs mdBook from crates.io once).
 docs:
