@@ -55,8 +55,12 @@ test:
 test-slow:
     cargo test --workspace --release -- --ignored
 
-# Run both tiers, as CI does.
-test-all: test test-slow
+# Run the fault-injection tests: a failure injected into each fused op and into a map route mid-run (a build with the `failpoints` feature).
+test-faults:
+    cargo test --release -p opt-pipeline --features failpoints --test faults -- --ignored
+
+# Run every tier, as CI does.
+test-all: test test-slow test-faults
 
 # Check formatting and lints as CI does.
 lint:
@@ -92,6 +96,10 @@ bench-data *args:
 # Build the CUDA orthopt into .cuda/target (installs CUDA 13.0 from PyPI when the machine has no toolkit; about 15 minutes the first time).
 build-cuda *args:
     scripts/build-cuda.sh "$@"
+
+# Assemble every CUDA kernel with ptxas for sm_80 and sm_90: registers, spills and shared memory per kernel, checked against its launch bound (no GPU needed).
+ptxas-check:
+    scripts/ptxas-check.sh
 
 # Check the GPU path (ops and gradients against the CPU, every method's training, the benchmark) with the CUDA build; --cpu checks the plumbing on the CPU.
 gpu-check *args:

@@ -198,7 +198,11 @@ fn self_check(device: &Device) -> Result<(Vec<SelfCheckRow>, f64, String)> {
         .iter()
         .map(|m| format!("{} {}", m.name(), checked.routes.map_label(*m)))
         .collect();
-    let routes = format!("ops: {}; maps: {}", checked.routes.ops_label(), maps.join(", "));
+    let routes = format!(
+        "ops: {}; maps: {}",
+        checked.routes.ops_label(),
+        maps.join(", ")
+    );
     let rows = checked
         .check
         .rows

@@ -6,11 +6,11 @@
 //! typed, validated stage configurations ([`crate::plan::Plan`]). Every error names the file (or
 //! variable / override) a value came from, the key path, and what was expected.
 
-use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::value::Value;
 use figment::{Figment, Metadata, Provider, Source};
 use opt_core::batchnorm::BatchNormConfig;
+use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use opt_stages::augment::AugmentConfig;
 use opt_stages::device::DeviceChoice;
 use opt_stages::fetch::DatasetName;

@@ -37,7 +37,12 @@ checkpoint_every = 0
 
 /// One run in its own cache (an injected run must never take a cached result), with
 /// `failpoints` in the environment: (success, stderr, results.csv as header → value).
-fn run(dir: &Path, name: &str, failpoints: &str, sets: &[&str]) -> (bool, String, Vec<(String, String)>) {
+fn run(
+    dir: &Path,
+    name: &str,
+    failpoints: &str,
+    sets: &[&str],
+) -> (bool, String, Vec<(String, String)>) {
     let recipe = write(dir, "faults.toml", RECIPE);
     let out = dir.join(name);
     let mut cmd = opt();
@@ -90,12 +95,37 @@ fn a_failing_fused_op_falls_back_alone_and_the_record_says_so() {
     assert_eq!(column(&clean, "ops"), "fused");
     assert!(!stderr.contains("self-check"), "{stderr}");
     for (failpoint, action, op, case) in [
-        ("ops::conv2d", "return", "conv2d", "conv2d 3×3 SAME failed: injected failure"),
-        ("ops::batch_norm", "return", "bn", "batch norm failed: injected failure"),
-        ("ops::max_pool", "return", "max_pool", "max-pool 2×2 failed: injected failure"),
-        ("ops::acos", "return", "acos", "acos failed: injected failure"),
+        (
+            "ops::conv2d",
+            "return",
+            "conv2d",
+            "conv2d 3×3 SAME failed: injected failure",
+        ),
+        (
+            "ops::batch_norm",
+            "return",
+            "bn",
+            "batch norm failed: injected failure",
+        ),
+        (
+            "ops::max_pool",
+            "return",
+            "max_pool",
+            "max-pool 2×2 failed: injected failure",
+        ),
+        (
+            "ops::acos",
+            "return",
+            "acos",
+            "acos failed: injected failure",
+        ),
         // A kernel that computes wrong values rather than failing.
-        ("ops::batch_norm", "return(corrupt)", "bn", "batch norm differs from its reference"),
+        (
+            "ops::batch_norm",
+            "return(corrupt)",
+            "bn",
+            "batch norm differs from its reference",
+        ),
     ] {
         let name = format!("{op}-{}", action.len());
         let (ok, stderr, row) = run(tmp.path(), &name, &format!("{failpoint}={action}"), &[]);
@@ -118,7 +148,12 @@ fn a_failing_fused_op_falls_back_alone_and_the_record_says_so() {
 #[ignore = "slow tier (just test-faults)"]
 fn fused_mode_refuses_a_failed_self_check() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, stderr, _) = run(tmp.path(), "fused", "ops::max_pool=return", &["run.ops=fused"]);
+    let (ok, stderr, _) = run(
+        tmp.path(),
+        "fused",
+        "ops::max_pool=return",
+        &["run.ops=fused"],
+    );
     assert!(!ok, "the run should have been refused");
     assert!(
         stderr.contains("max-pool 2×2: failed: injected failure")
@@ -144,7 +179,11 @@ fn a_map_route_failing_mid_run_warns_at_its_step_and_is_counted() {
         .filter(|l| l.contains("map gs (cholesky-qr2) at step"))
         .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
-    assert!(warnings[0].to_lowercase().contains("warn"), "{}", warnings[0]);
+    assert!(
+        warnings[0].to_lowercase().contains("warn"),
+        "{}",
+        warnings[0]
+    );
     assert!(warnings[0].contains("injected failure"), "{}", warnings[0]);
     let step: u64 = warnings[0]
         .split("at step ")
@@ -155,8 +194,9 @@ fn a_map_route_failing_mid_run_warns_at_its_step_and_is_counted() {
     assert!((1..=120).contains(&step), "{step}");
     let route = column(&row, "map_route");
     assert!(
-        route.starts_with("cholesky-qr2; 1 batch fell back to exact (first: gs (cholesky-qr2) at step ")
-            && route.contains(&format!("at step {step}: injected failure")),
+        route.starts_with(
+            "cholesky-qr2; 1 batch fell back to exact (first: gs (cholesky-qr2) at step "
+        ) && route.contains(&format!("at step {step}: injected failure")),
         "{route}"
     );
     assert!(test_acc(&row) > 0.5, "{}", test_acc(&row));

@@ -54,9 +54,8 @@ pub fn run(
     let data = preprocess::load(prepared_dir, &tcfg.data)?;
     let summary = artifact::load_summary(train_dir)?;
     let mut curves = artifact::load_curves(train_dir)?;
-    let (device, _) = crate::device::open_checked(tcfg.device, tcfg.ops, tcfg.map_route, &|w| {
-        progress.warn(w)
-    })?;
+    let (device, _) =
+        crate::device::open_checked(tcfg.device, tcfg.ops, tcfg.map_route, &|w| progress.warn(w))?;
     let (model, store) = build_model(&tcfg, &data.stats, &device)?;
     checkpoint::load_model(&train_dir.join(artifact::MODEL_FILE), &store)?;
     let e = evaluate_view(&model, &data, tcfg.loss.kind(), cfg.batch_size, &device)?;

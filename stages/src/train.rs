@@ -24,8 +24,9 @@ use crate::progress::Progress;
 use crate::regularizer::RegularizerConfig;
 use crate::tracking::{Tracker, Tracking};
 use crate::train_artifact::{
-    TrainPoint, TrainSummary, CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE,
-    MODEL_FILE, SUMMARY_FILE, SessionRoutes};
+    SessionRoutes, TrainPoint, TrainSummary, CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE,
+    CURVES_FILE, MODEL_FILE, SUMMARY_FILE,
+};
 use crate::train_config::{build_model, TrainConfig};
 use crate::{Result, StageError};
 use candle_core::{Device, Tensor};
@@ -523,9 +524,8 @@ impl<'a> Trainer<'a> {
                 f.route.name(),
                 f.reason
             );
-            self.progress.warn(&format!(
-                "map {what}; the exact route computed this batch"
-            ));
+            self.progress
+                .warn(&format!("map {what}; the exact route computed this batch"));
             self.record.routes.fallbacks += 1;
             self.record.routes.first_fallback.get_or_insert(what);
         }

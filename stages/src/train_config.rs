@@ -4,7 +4,6 @@
 
 use crate::augment::AugmentConfig;
 use crate::device::DeviceChoice;
-use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use crate::model::{
     available_memory, build, check_step_memory, step_memory, MethodConfig, ModelConfig,
 };
@@ -13,6 +12,7 @@ use crate::regularizer::RegularizerConfig;
 use crate::Result;
 use candle_core::Device;
 use opt_core::loss::LossKind;
+use opt_core::ops::routes::{MapRouteChoice, OpsMode};
 use opt_core::{Network, ParamStore};
 use serde::{Deserialize, Serialize};
 use std::num::{NonZeroU64, NonZeroUsize};
