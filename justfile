@@ -105,6 +105,18 @@ ptxas-check:
 gpu-check *args:
     scripts/gpu-check.sh "$@"
 
+# Watch the runs in TensorBoard (default outputs/runs; installs TensorBoard from PyPI into .venv-tracking once).
+tensorboard dir="outputs/runs" *args:
+    "$(scripts/tracking-venv.sh)" -m tensorboard.main --logdir "{{dir}}" "${@:2}"
+
+# Build the book (docs/, mdBook) into target/book/ (installs mdBook from crates.io once).
+docs:
+    scripts/docs.sh
+
+# Regenerate the book's reference page from the definitions recipes are validated against.
+docs-reference:
+    {{orthopt}} list --markdown > docs/src/reference.md
+
 # Install Debian's full Fashion-MNIST (used by recipes/fashion_mnist/full.toml and a test).
 fetch-fashion-mnist:
     apt-get install -y dataset-fashion-mnist

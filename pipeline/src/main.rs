@@ -96,7 +96,11 @@ enum Command {
     },
     /// List the methods, architectures and datasets with their options and defaults, and every
     /// recipe section's defaults.
-    List,
+    List {
+        /// Print the book's reference page (docs/src/reference.md) instead.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Show the artifact cache (size per stage); with --keep, the artifacts no recipe under the
     /// given files or directories refers to, which --clean removes.
     Cache {
@@ -201,8 +205,13 @@ fn main() -> ExitCode {
             out,
             no_estimate,
         } => commands::plan::plan(&recipe, out, !no_estimate, stdout),
-        Command::List => {
-            opt_pipeline::catalog::describe().and_then(|text| Ok(write!(stdout, "{text}")?))
+        Command::List { markdown } => {
+            let text = if markdown {
+                opt_pipeline::catalog::reference_page()
+            } else {
+                opt_pipeline::catalog::describe()
+            };
+            text.and_then(|text| Ok(write!(stdout, "{text}")?))
         }
         Command::Cache { cache, keep, clean } => {
             commands::cache::cache(&cache, &keep, clean, stdout)

@@ -297,6 +297,7 @@ fn resolve_run(loaded: &Loaded) -> Result<(TrainOptions, EvaluateConfig), Recipe
         stop_after: None,
         memory_check: run.memory_check,
         interrupt: Default::default(),
+        tracking: Default::default(),
     };
     let evaluate = EvaluateConfig {
         batch_size: run.eval_batch.get(),

@@ -24,7 +24,7 @@ use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// Top-level sections (and what `OPT_<SECTION>__…` variables may name).
-pub const SECTIONS: [&str; 11] = [
+pub const SECTIONS: [&str; 12] = [
     "dataset",
     "model",
     "method",
@@ -34,6 +34,7 @@ pub const SECTIONS: [&str; 11] = [
     "augment",
     "run",
     "report",
+    "track",
     "name",
     "grid",
 ];
@@ -73,6 +74,10 @@ pub struct Recipe {
     pub run: RunSection,
     #[serde(default)]
     pub report: ReportSection,
+    /// Where the runs are also tracked (MLflow). Not part of any result: left out of the
+    /// resolved recipe a row's hash covers, so tracking a run never makes it another recipe.
+    #[serde(default, skip_serializing)]
+    pub track: TrackSection,
     /// Ablation grid: dotted keys → lists of values, plus `seeds = [...]`; expanded into cells
     /// by [`crate::grid`]. Each cell's own recipe has no grid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,6 +333,15 @@ impl Default for RunSection {
             map_route: MapRouteChoice::Auto,
         }
     }
+}
+
+/// `[track]`: the trackers a run reports to besides TensorBoard (which every run writes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackSection {
+    /// An MLflow tracking server (`http://host:port`); without it, `MLFLOW_TRACKING_URI`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

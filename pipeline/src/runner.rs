@@ -6,13 +6,18 @@ use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
 use crate::store::{ArtifactStore, Built, Outcome, StageSpec};
 use anyhow::{Context, Result};
+use opt_stages::evaluation::Evaluation;
 use opt_stages::interrupt::Interrupt;
 use opt_stages::progress::Progress;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
+use opt_stages::tracking::mlflow::{Mlflow, MlflowConfig};
+use opt_stages::tracking::tensorboard::TensorBoard;
+use opt_stages::tracking::{Tracker, Tracking};
 use opt_stages::train::{Suspension, TrainOutcome};
-use opt_stages::train_artifact::TrainSummary;
+use opt_stages::train_artifact::{self, Curves, TrainSummary};
 use opt_stages::{evaluate, fetch, preprocess, train};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct RunContext<'a> {
     pub store: &'a ArtifactStore,
@@ -84,6 +89,8 @@ pub fn run(entry: &GridEntry, ctx: &RunContext<'_>) -> Result<RunResult> {
 /// its files).
 pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Result<RunResult> {
     let plan = &entry.plan;
+    let dir = entry_dir(&ctx.run_dir, entry);
+    let tracking = tracking_for(entry, keys, ctx, &dir)?;
     let (_, prepared) = fetch_and_preprocess(plan, keys, ctx)?;
     if let Some(signal) = ctx.interrupt.requested() {
         return Ok(RunResult::Interrupted {
@@ -91,7 +98,7 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
             signal,
         });
     }
-    let trained = match train_stage(plan, keys, ctx, prepared.dir())? {
+    let trained = match train_stage(plan, keys, ctx, prepared.dir(), &tracking)? {
         Ok(outcome) => outcome,
         Err(Suspension::Stopped(iteration)) => {
             tracing::info!(
@@ -133,16 +140,184 @@ pub fn run_with_keys(entry: &GridEntry, keys: &Keys, ctx: &RunContext<'_>) -> Re
         },
     )?;
     log_outcome("evaluate", &keys.evaluate, &evaluated);
-    let row = result_row(entry, keys, ctx, &evaluate::load_report(evaluated.dir())?);
-    let dir = entry_dir(&ctx.run_dir, entry);
+    let report = evaluate::load_report(evaluated.dir())?;
+    track_the_end(&tracking, &trained, &report)?;
+    let row = result_row(entry, keys, ctx, &report);
     warn_if_replacing_another_recipe(&dir, &row);
     let files = [evaluate::CURVES_FILE, evaluate::LAYERS_FILE].map(|f| evaluated.dir().join(f));
     report::write_run(&dir, &row, &files.each_ref().map(|p| p.as_path()))
         .with_context(|| format!("recording the run in {}", dir.display()))?;
+    let recorded = [report::ROW_FILE, report::CURVES_CSV, report::LAYERS_CSV].map(|f| dir.join(f));
+    let model = trained.dir().join(train_artifact::MODEL_FILE);
+    let mut attached: Vec<&Path> = recorded.iter().map(PathBuf::as_path).collect();
+    attached.push(&model);
+    tracking.attach(&attached);
+    tracking.finish();
     Ok(RunResult::Finished {
         row: Box::new(row),
         trained: matches!(trained, Outcome::Built(..)),
     })
+}
+
+/// Where a (cell, seed) run's TensorBoard event files go, inside its directory.
+pub const TENSORBOARD_DIR: &str = "tb";
+
+/// Where a (cell, seed) run keeps the id of its MLflow run, so a resume continues it.
+pub const MLFLOW_STATE: &str = "mlflow.json";
+
+/// The trackers of one entry: TensorBoard always, into its directory's `tb/`, with the cell's
+/// varied settings as hyperparameters and the cell as the session group (its seeds together);
+/// MLflow when the recipe or `MLFLOW_TRACKING_URI` names a server.
+fn tracking_for(
+    entry: &GridEntry,
+    keys: &Keys,
+    ctx: &RunContext<'_>,
+    dir: &Path,
+) -> Result<Tracking> {
+    let tensorboard = TensorBoard::new(
+        dir.join(TENSORBOARD_DIR),
+        entry.params.clone(),
+        entry.cell.clone(),
+    );
+    let mut trackers: Vec<Arc<dyn Tracker>> = vec![Arc::new(tensorboard)];
+    if let Some(uri) = mlflow_uri(&entry.plan)? {
+        trackers.push(Arc::new(Mlflow::start(mlflow_config(
+            entry, keys, ctx, dir, uri,
+        )?)));
+    }
+    Ok(Tracking::new(trackers))
+}
+
+/// The MLflow server: the recipe's `track.mlflow`, else `MLFLOW_TRACKING_URI` (MLflow's own
+/// convention). Only HTTP servers can be reached through the REST API: a recipe naming
+/// anything else is an error, the variable naming anything else is skipped with a warning.
+fn mlflow_uri(plan: &Plan) -> Result<Option<String>> {
+    let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    if let Some(uri) = &plan.recipe.track.mlflow {
+        if !is_http(uri) {
+            return Err(plan
+                .invalid(
+                    "track.mlflow",
+                    format!("expected an http:// or https:// MLflow server, found {uri:?}"),
+                )
+                .into());
+        }
+        return Ok(Some(uri.clone()));
+    }
+    match std::env::var("MLFLOW_TRACKING_URI") {
+        Ok(uri) if is_http(&uri) => Ok(Some(uri)),
+        Ok(uri) if !uri.is_empty() => {
+            tracing::warn!(
+                "MLFLOW_TRACKING_URI={uri:?} is not an http:// or https:// server; not tracked in MLflow"
+            );
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The entry's MLflow run: the experiment named after the recipe, the run after the cell and
+/// seed, the resolved recipe's keys flattened as parameters, the cache keys and the grid cell
+/// as tags.
+fn mlflow_config(
+    entry: &GridEntry,
+    keys: &Keys,
+    ctx: &RunContext<'_>,
+    dir: &Path,
+    uri: String,
+) -> Result<MlflowConfig> {
+    let plan = &entry.plan;
+    let recipe = serde_json::to_value(&plan.recipe).context("serialising the recipe")?;
+    let mut params = Vec::new();
+    flatten("", &recipe, &mut params);
+    let mut tags: Vec<(String, String)> = [
+        ("orthopt.cell", entry.cell.clone()),
+        ("orthopt.seed", entry.seed.to_string()),
+        ("orthopt.method", plan.train.method.name().to_string()),
+        ("orthopt.dataset", plan.fetch.dataset.as_str().to_string()),
+        ("orthopt.recipe_file", recipe_path(&plan.recipe_file)),
+        ("orthopt.git_commit", ctx.git_commit.clone()),
+        ("orthopt.key.fetch", keys.fetch.clone()),
+        ("orthopt.key.preprocess", keys.preprocess.clone()),
+        ("orthopt.key.train", keys.train.clone()),
+        ("orthopt.key.evaluate", keys.evaluate.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if !entry.params.is_empty() {
+        let varied: Vec<String> = entry
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        tags.push(("orthopt.grid".into(), varied.join(",")));
+    }
+    let finish_wait = std::env::var("ORTHOPT_MLFLOW_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs_f64,
+        );
+    Ok(MlflowConfig {
+        uri,
+        experiment: plan.name.clone(),
+        run_name: entry.dir_name(),
+        params,
+        tags,
+        state_file: dir.join(MLFLOW_STATE),
+        finish_wait,
+    })
+}
+
+/// `value`'s leaves under dotted keys (`schedule.lr`); lists as JSON text.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        serde_json::Value::Null => {}
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// Reports the final evaluation and the run's end. A train artifact re-used from the cache
+/// trained no session here: the trackers get its whole record at once.
+fn track_the_end(
+    tracking: &Tracking,
+    trained: &Outcome<TrainSummary>,
+    report: &evaluate::EvalReport,
+) -> Result<()> {
+    let mut last = Curves::default();
+    last.push_eval(
+        report.train.iterations,
+        Evaluation {
+            test: report.final_metrics,
+            validation: report.validation,
+            layers: report.layers.clone(),
+        },
+    );
+    let final_point = &last.eval[0];
+    match trained {
+        Outcome::Built(..) => tracking.evaluation(final_point),
+        Outcome::Cached(dir) => {
+            let mut curves = train_artifact::load_curves(dir)
+                .with_context(|| format!("reading the curves in {}", dir.display()))?;
+            curves.eval.push(final_point.clone());
+            tracking.begin(report.train.iterations, &curves);
+        }
+    }
+    Ok(())
 }
 
 /// The fetch and decode artifacts of `plan` (built once per dataset, whatever the recipe).
@@ -192,8 +367,10 @@ fn train_stage(
     keys: &Keys,
     ctx: &RunContext<'_>,
     prepared: &Path,
+    tracking: &Tracking,
 ) -> Result<std::result::Result<Outcome<TrainSummary>, Suspension>> {
     let mut options = plan.train_options.clone();
+    options.tracking = tracking.clone();
     options.stop_after = ctx.stop_after;
     options.interrupt = ctx.interrupt.clone();
     let trained = ctx

@@ -32,6 +32,7 @@ pub mod progress;
 pub mod regularizer;
 pub mod report;
 pub mod spec;
+pub mod tracking;
 pub mod train;
 pub mod train_artifact;
 pub mod train_config;

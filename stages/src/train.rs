@@ -22,6 +22,7 @@ use crate::optimizers::Optimizers;
 use crate::preprocess::{self, Prepared};
 use crate::progress::Progress;
 use crate::regularizer::RegularizerConfig;
+use crate::tracking::{Tracker, Tracking};
 use crate::train_artifact::{
     SessionRoutes, TrainPoint, TrainSummary, CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE,
     CURVES_FILE, MODEL_FILE, SUMMARY_FILE,
@@ -54,6 +55,8 @@ pub struct TrainOptions {
     pub memory_check: bool,
     /// Raised (by a signal handler) to checkpoint at the end of the current step and stop.
     pub interrupt: Interrupt,
+    /// Who watches the run (TensorBoard, MLflow): told every point the run records.
+    pub tracking: Tracking,
 }
 
 impl TrainOptions {
@@ -70,12 +73,14 @@ impl Default for TrainOptions {
             stop_after: None,
             memory_check: true,
             interrupt: Interrupt::default(),
+            tracking: Tracking::default(),
         }
     }
 }
 
 impl PartialEq for TrainOptions {
-    /// The interrupt is a channel, not a setting: options compare by their settings.
+    /// The interrupt and the tracking are channels, not settings: options compare by their
+    /// settings.
     fn eq(&self, other: &Self) -> bool {
         (
             self.checkpoint_every,
@@ -286,6 +291,8 @@ struct Trainer<'a> {
     /// The device's routes as its self-check installed them; map fallbacks are drained from it
     /// after every step.
     routes: Arc<DeviceRoutes>,
+    /// The iteration and training seconds of the last throughput report to the tracking.
+    rate_mark: (u64, f64),
 }
 
 /// How often the trainer reads the pending steps' losses from the device (and updates the
@@ -358,6 +365,7 @@ impl<'a> Trainer<'a> {
             next_batch: None,
             sampler_at_step: None,
             routes: checked.routes,
+            rate_mark: (0, 0.0),
         })
     }
 
@@ -375,6 +383,8 @@ impl<'a> Trainer<'a> {
                 .map_or("none", |m| self.routes.map_label(m))
                 .to_string(),
         });
+        self.rate_mark = (self.start, self.record.train_seconds);
+        self.opts.tracking.begin(self.start, &self.record.curves);
         // The initial network, so curves start where training starts (not on resume: the
         // checkpoint's curves already hold it).
         if self.start == 0 && self.cfg.schedule.eval_every > 0 && self.iterations > 0 {
@@ -408,6 +418,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.flush()?;
+        self.report_throughput(self.iterations);
         self.progress.end();
         self.finish().map(TrainOutcome::Finished)
     }
@@ -536,6 +547,7 @@ impl<'a> Trainer<'a> {
         let losses = read(pending.iter().map(|p| p.loss.clone()).collect())?;
         let corrects = read(pending.iter().map(|p| p.correct.clone()).collect())?;
         let batch = self.cfg.schedule.batch_size as f64;
+        let first_new = self.record.curves.train.len();
         for ((p, loss), correct) in pending.iter().zip(losses).zip(corrects) {
             if !loss.is_finite() || correct.is_nan() {
                 return Err(StageError::Diverged {
@@ -550,6 +562,8 @@ impl<'a> Trainer<'a> {
                 acc: correct / batch,
             });
         }
+        let tracking = &self.opts.tracking;
+        tracking.train_points(&self.record.curves.train[first_new..]);
         self.last_flush = Instant::now();
         Ok(())
     }
@@ -578,8 +592,24 @@ impl<'a> Trainer<'a> {
             .unwrap_or_default();
         let note = format!("iteration {done}: test {}{val_note}", e.test.describe());
         self.record.curves.push_eval(done, e);
+        if let Some(point) = self.record.curves.eval.last() {
+            self.opts.tracking.evaluation(point);
+        }
+        self.report_throughput(done);
         self.progress.note(&note);
         Ok(())
+    }
+
+    /// Tells the tracking the images per second trained since the last report (none when no
+    /// step ran since).
+    fn report_throughput(&mut self, done: u64) {
+        let (iteration, seconds) = self.rate_mark;
+        let elapsed = self.record.train_seconds - seconds;
+        if done > iteration && elapsed > 0.0 {
+            let images = (done - iteration) as f64 * self.cfg.schedule.batch_size as f64;
+            self.opts.tracking.throughput(done, images / elapsed);
+            self.rate_mark = (done, self.record.train_seconds);
+        }
     }
 
     /// Ends an S-OPT episode when step `done` completes one (and is not the last step).
