@@ -379,3 +379,27 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A P whose Gram matrix has no Cholesky factor (zero, or not finite) is reported by the
+    /// route's one read as a breakdown, for both maps.
+    #[test]
+    fn a_breakdown_is_reported_by_the_one_read() -> Result<()> {
+        let d = 6;
+        let zero = Tensor::zeros((1, d, d), DType::F64, &Device::Cpu)?;
+        let mut values = crate::Rng::seed(4).normal_vec(d * d, 1.0);
+        values[7] = f32::NAN;
+        let nan = Tensor::from_vec(values, (1, d, d), &Device::Cpu)?.to_dtype(DType::F64)?;
+        for p in [zero, nan] {
+            for route in [gram_schmidt_cholesky_qr, householder_cholesky_qr] {
+                let e = route(&p).unwrap_err().to_string();
+                assert!(e.contains("Cholesky breakdown in matrix 0"), "{e}");
+            }
+        }
+        Ok(())
+    }
+}

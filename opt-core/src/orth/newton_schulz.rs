@@ -201,3 +201,66 @@ pub fn cayley_newton_schulz_scheduled(
         .to_dtype(ps.dtype())?;
     Ok((q, needed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn gaussian(b: usize, d: usize, seed: u64) -> Result<Tensor> {
+        let mut rng = crate::Rng::seed(seed);
+        Tensor::from_vec(rng.normal_vec(b * d * d, 1.0), (b, d, d), &Device::Cpu)
+    }
+
+    /// The count a batch reports is what it needs: the next call, told to read after that many
+    /// (one read), converges to the same matrices as a call that reads after every iteration,
+    /// and fewer iterations than that do not converge.
+    #[test]
+    fn the_reported_count_suffices_for_one_read() -> Result<()> {
+        let ps = gaussian(3, 40, 5)?;
+        for (name, route) in [
+            (
+                "polar",
+                polar_newton_schulz_scheduled as fn(&Tensor, Iterations) -> _,
+            ),
+            ("cayley", cayley_newton_schulz_scheduled),
+        ] {
+            let every = Iterations {
+                first_read: 1,
+                max: MAX_ITERS,
+            };
+            let (q_every, needed) = route(&ps, every)?;
+            assert!(needed > 2, "{name}: {needed}");
+            let once = Iterations {
+                first_read: needed,
+                max: MAX_ITERS,
+            };
+            let (q_once, again) = route(&ps, once)?;
+            assert_eq!(again, needed, "{name}");
+            let diff = (q_once - &q_every)?.abs()?.flatten_all()?.max(0)?;
+            assert!(diff.to_scalar::<f32>()? < 1e-6, "{name}");
+            let short = Iterations {
+                first_read: needed - 1,
+                max: needed - 1,
+            };
+            assert!(
+                route(&ps, short).is_err(),
+                "{name}: converged before its count"
+            );
+        }
+        Ok(())
+    }
+
+    /// A non-finite or zero P is an error from the one read, not a result.
+    #[test]
+    fn non_finite_and_zero_inputs_fail() -> Result<()> {
+        let mut nan = gaussian(1, 8, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        nan[5] = f32::NAN;
+        let nan = Tensor::from_vec(nan, (1, 8, 8), &Device::Cpu)?;
+        assert!(polar_newton_schulz_batched(&nan, MAX_ITERS).is_err());
+        assert!(cayley_newton_schulz_batched(&nan, MAX_ITERS).is_err());
+        let zero = Tensor::zeros((1, 8, 8), DType::F32, &Device::Cpu)?;
+        assert!(polar_newton_schulz_batched(&zero, MAX_ITERS).is_err());
+        Ok(())
+    }
+}
