@@ -1,14 +1,13 @@
 //! What every kernel launch of the crate's own CUDA modules (`ops`, `orth`) checks when the
 //! kernel is loaded.
 
-/// An error naming `name` unless the loaded kernel can run blocks of `threads` on its device
+/// The loaded kernel `func`, or an error naming `name` unless it can run blocks of `threads` on its device
 /// (its registers and shared memory decide how many threads a block may have): checked when a
 /// kernel is loaded, before its first launch.
-pub(crate) fn check_launch_bound(
-    func: &candle_core::cuda_backend::CudaFunc,
-    name: &str,
-    threads: u32,
-) -> candle_core::Result<()> {
+pub(crate) fn checked<F>(func: F, name: &str, threads: u32) -> candle_core::Result<F>
+where
+    F: std::ops::Deref<Target = candle_core::cuda_backend::cudarc::driver::CudaFunction>,
+{
     use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
     use candle_core::cuda_backend::WrapErr;
     let max = func
@@ -20,5 +19,5 @@ pub(crate) fn check_launch_bound(
              at most {max} (registers or shared memory per block)"
         );
     }
-    Ok(())
+    Ok(func)
 }

@@ -11,22 +11,26 @@ use candle_core::builder_arg;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaFunc, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
 const MODULE: &str = "opt_core_ops";
+
+/// The kernel `$name` of this module, checked to take blocks of `$threads` on the device.
+macro_rules! load {
+    ($dev:expr, $name:expr, $threads:expr) => {
+        crate::launch::checked(
+            $dev.get_or_load_custom_func($name, MODULE, PTX)?,
+            $name,
+            $threads,
+        )?
+    };
+}
 /// Threads per block of the per-channel reductions (`BN_THREADS` in ops.cu).
 const BN_THREADS: u32 = 256;
 /// Threads per block of the element-wise kernels (`ELEMENTWISE_THREADS` in ops.cu).
 const ELEMENTWISE_THREADS: u32 = 1024;
-
-/// `name` from ops.cu, checked to take a block of `threads` on this device.
-fn load(dev: &CudaDevice, name: &str, threads: u32) -> Result<CudaFunc> {
-    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    crate::launch::check_launch_bound(&func, name, threads)?;
-    Ok(func)
-}
 
 /// The f32 elements of `s` from `l`'s start offset, which must be contiguous.
 fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
@@ -87,7 +91,7 @@ fn launch_patches(
     total: usize,
     dev: &CudaDevice,
 ) -> Result<()> {
-    let func = load(dev, name, ELEMENTWISE_THREADS)?;
+    let func = load!(dev, name, ELEMENTWISE_THREADS);
     let args = patch_args(p)?;
     let mut b = func.builder();
     b.arg(src);
@@ -169,7 +173,7 @@ pub(super) fn max_pool_forward(
     let out = unsafe { dev.alloc::<f32>(total)? };
     let (planes, h32, w32) = pool_args(n, c, h, w)?;
     let src = view(x, l, "max-pool")?;
-    let func = load(dev, "max_pool2x2_f32", ELEMENTWISE_THREADS)?;
+    let func = load!(dev, "max_pool2x2_f32", ELEMENTWISE_THREADS);
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&out);
@@ -192,7 +196,7 @@ pub(super) fn max_pool_backward(
     let (planes, h32, w32) = pool_args(n, c, h, w)?;
     let op = "max-pool backward";
     let (xv, gv) = (view(x, xl, op)?, view(g, gl, op)?);
-    let func = load(dev, "max_pool2x2_backward_f32", ELEMENTWISE_THREADS)?;
+    let func = load!(dev, "max_pool2x2_backward_f32", ELEMENTWISE_THREADS);
     let mut b = func.builder();
     b.arg(&xv);
     b.arg(&gv);
@@ -229,14 +233,14 @@ pub(super) fn batch_norm_forward(
     let op = "batchnorm";
     let (xv, gv, bv) = (view(x, xl, op)?, view(g, gl, op)?, view(b, bl, op)?);
     let (n32, c32, hw32) = bn_args(n, c, hw)?;
-    let stats = load(dev, "bn_stats_f32", BN_THREADS)?;
+    let stats = load!(dev, "bn_stats_f32", BN_THREADS);
     let mut l = stats.builder();
     l.arg(&xv);
     l.arg(&out);
     builder_arg!(l, n32, c32, hw32);
     // SAFETY: one block per channel writes that channel's two statistics past `len`.
     unsafe { l.launch(per_channel(c)) }.w()?;
-    let apply = load(dev, "bn_apply_f32", ELEMENTWISE_THREADS)?;
+    let apply = load!(dev, "bn_apply_f32", ELEMENTWISE_THREADS);
     let mut l = apply.builder();
     l.arg(&xv);
     l.arg(&gv);
@@ -269,7 +273,7 @@ pub(super) fn batch_norm_backward(
         view(gamma, gl, op)?,
     );
     let (n32, c32, hw32) = bn_args(n, c, hw)?;
-    let sums = load(dev, "bn_backward_sums_f32", BN_THREADS)?;
+    let sums = load!(dev, "bn_backward_sums_f32", BN_THREADS);
     let mut l = sums.builder();
     l.arg(&xv);
     l.arg(&dyv);
@@ -278,7 +282,7 @@ pub(super) fn batch_norm_backward(
     builder_arg!(l, n32, c32, hw32, eps, relu as i32);
     // SAFETY: one block per channel writes that channel's two sums past `len`.
     unsafe { l.launch(per_channel(c)) }.w()?;
-    let apply = load(dev, "bn_backward_apply_f32", ELEMENTWISE_THREADS)?;
+    let apply = load!(dev, "bn_backward_apply_f32", ELEMENTWISE_THREADS);
     let mut l = apply.builder();
     l.arg(&xv);
     l.arg(&dyv);
@@ -312,7 +316,7 @@ fn acos_as<T: CudaDType + DeviceRepr>(
     let n = l.shape().elem_count();
     let src = x.as_cuda_slice::<T>()?.slice(l.start_offset()..);
     let out = unsafe { dev.alloc::<T>(n)? };
-    let func = load(dev, kernel, ELEMENTWISE_THREADS)?;
+    let func = load!(dev, kernel, ELEMENTWISE_THREADS);
     let mut b = func.builder();
     b.arg(&src);
     b.arg(&out);

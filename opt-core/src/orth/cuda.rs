@@ -8,11 +8,22 @@
 use candle_core::backend::BackendStorage;
 use candle_core::builder_arg;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaFunc, WrapErr};
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/maps.ptx"));
 const MODULE: &str = "opt_core_maps";
+
+/// The kernel `$name` of this module, checked to take blocks of `$threads` on the device.
+macro_rules! load {
+    ($dev:expr, $name:expr, $threads:expr) => {
+        crate::launch::checked(
+            $dev.get_or_load_custom_func($name, MODULE, PTX)?,
+            $name,
+            $threads,
+        )?
+    };
+}
 /// Threads per block (one block per matrix): enough to keep a trailing update of a 1024×1024
 /// matrix busy, within the 1024-thread limit; `MAPS_THREADS` in maps.cu, every kernel's launch
 /// bound (a power of two, for the pivot search's reduction).
@@ -34,13 +45,6 @@ fn stack<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<(CudaView<'a, f
     Ok((s.as_cuda_slice::<f64>()?.slice(l.start_offset()..), b, n))
 }
 
-/// `name` from maps.cu, checked to take a block of [`THREADS`] on this device.
-fn load(dev: &candle_core::cuda_backend::CudaDevice, name: &str) -> Result<CudaFunc> {
-    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    crate::launch::check_launch_bound(&func, name, THREADS)?;
-    Ok(func)
-}
-
 fn per_matrix(b: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (b, 1, 1),
@@ -55,7 +59,7 @@ pub(super) fn cholesky_upper(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
     let dev = s.device();
     let (g, b, n) = stack(s, l, "cholesky")?;
     let out = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
-    let func = load(dev, "cholesky_upper_f64")?;
+    let func = load!(dev, "cholesky_upper_f64", THREADS);
     let mut builder = func.builder();
     builder.arg(&g);
     builder.arg(&out);
@@ -74,7 +78,7 @@ pub(super) fn upper_inverse(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage,
     let dev = s.device();
     let (r, b, n) = stack(s, l, "upper inverse")?;
     let out = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
-    let func = load(dev, "upper_inverse_f64")?;
+    let func = load!(dev, "upper_inverse_f64", THREADS);
     let mut builder = func.builder();
     builder.arg(&r);
     builder.arg(&out);
@@ -93,7 +97,7 @@ pub(super) fn det_sign(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shap
     let (a, b, n) = stack(s, l, "det sign")?;
     let work = unsafe { dev.alloc::<f64>(l.shape().elem_count())? };
     let out = unsafe { dev.alloc::<f64>(b as usize)? };
-    let func = load(dev, "det_sign_f64")?;
+    let func = load!(dev, "det_sign_f64", THREADS);
     let mut builder = func.builder();
     builder.arg(&a);
     builder.arg(&work);
