@@ -20,6 +20,7 @@ pub mod export;
 pub mod fetch;
 pub mod files;
 pub mod idx;
+pub mod input;
 pub mod image_folder;
 pub mod interrupt;
 pub mod metrics;

@@ -105,6 +105,12 @@ fn read_split(dir: &Path, images_stem: &str, labels_stem: &str, classes: usize) 
             ))
         }
     };
+    if h == 0 || w == 0 {
+        return Err(format_err(
+            &ipath,
+            format!("images of {h}×{w} pixels: an image needs at least one pixel"),
+        ));
+    }
     if labels.dims != [n] {
         return Err(format_err(
             &lpath,
@@ -284,6 +290,12 @@ pub fn run(
     }
     if train.is_empty() || test.is_empty() {
         return Err(format_err(&root, "a dataset split is empty"));
+    }
+    if train.image_len() == 0 {
+        return Err(format_err(
+            &root,
+            format!("images of shape {:?} hold no pixels", train.shape),
+        ));
     }
     let classes = class_names.len();
     let (mean, std) = channel_stats(&train);
