@@ -18,7 +18,7 @@ pub struct IdxArray {
 
 /// Parses IDX bytes; `path` is only used in error messages.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
-    parse_stream(bytes, path, u64::MAX)
+    parse_stream(bytes, path, u64::MAX, false)
 }
 
 /// Reads an IDX file, gunzipping it when it starts with the gzip magic. Streamed: the body is
@@ -39,15 +39,16 @@ pub fn read_with(path: &Path, limits: InputLimits) -> Result<IdxArray> {
     } else {
         Box::new(buffered)
     };
-    parse_stream(reader, path, limits.max_bytes)
+    parse_stream(reader, path, limits.max_bytes, gz)
 }
 
 pub fn read(path: &Path) -> Result<IdxArray> {
     read_with(path, InputLimits::of_machine())
 }
 
-fn parse_stream(mut r: impl Read, path: &Path, max_bytes: u64) -> Result<IdxArray> {
-    let corrupt = |e: std::io::Error| format_err(path, format!("cannot read the IDX data: {e}"));
+fn parse_stream(mut r: impl Read, path: &Path, max_bytes: u64, gz: bool) -> Result<IdxArray> {
+    let what = if gz { "corrupt gzip stream" } else { "cannot read" };
+    let corrupt = |e: std::io::Error| format_err(path, format!("{what}: {e}"));
     let mut head = Vec::with_capacity(4);
     (&mut r).take(4).read_to_end(&mut head).map_err(corrupt)?;
     if head.len() < 4 || head[0] != 0 || head[1] != 0 {
