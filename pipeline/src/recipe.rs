@@ -577,6 +577,10 @@ fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
             names.push(canonical.display().to_string());
             return Err(RecipeError::Cycle(names.join(" → ")));
         }
+        crate::recipe_bounds::check(&canonical).map_err(|message| RecipeError::File {
+            file: canonical.display().to_string(),
+            message,
+        })?;
         let fig = Figment::from(provider_for_boxed(&canonical)?);
         refuse_empty(&canonical, &fig)?;
         // A file that does not parse has no readable `extends`; the full extraction below
