@@ -51,3 +51,30 @@ fn a_recipe_that_is_a_fifo_is_refused_without_hanging() {
     assert!(t.elapsed() < Duration::from_secs(2));
     assert!(e.ends_with("a recipe must be a regular file"), "{e}");
 }
+
+#[test]
+fn hub_file_names_climbing_out_are_a_recipe_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("hub.toml");
+    std::fs::write(
+        &recipe,
+        "name = \"hub\"\n[dataset]\nname = \"cifar-10\"\nsource = \"hub\"\nrepo = \"a/b\"\n\
+         files = [\"../../../outside.parquet\"]\nformat = \"parquet\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orthopt"))
+        .args(["run", recipe.to_str().unwrap(), "--cache"])
+        .arg(dir.path().join("c"))
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("hub.toml: key `dataset.files`: file \"../../../outside.parquet\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("hf").exists(), "nothing was fetched");
+}
