@@ -78,3 +78,32 @@ fn hub_file_names_climbing_out_are_a_recipe_error_naming_the_key() {
     );
     assert!(!dir.path().join("hf").exists(), "nothing was fetched");
 }
+
+/// An unknown option of a method lists the options that method has; for a method without
+/// options, says so (the message listed nothing after "expected one of:").
+#[test]
+fn an_unknown_method_option_lists_the_method_options() {
+    let dir = tempfile::tempdir().unwrap();
+    for (method, known) in [
+        (
+            "ogd",
+            "; expected one of: rotation_lr, rotation_lr_factor, weight_decay_scale",
+        ),
+        ("gs", "; method `gs` takes no options besides `name`"),
+    ] {
+        let path = dir.path().join(format!("{method}.toml"));
+        std::fs::write(
+            &path,
+            format!("name = \"m\"\n[method]\nname = \"{method}\"\nrotation_lrr = 0.1\n"),
+        )
+        .unwrap();
+        let e = match recipe::load(&path, &[]) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.ends_with(&format!("unknown key `rotation_lrr`{known}")),
+            "{e}"
+        );
+    }
+}
