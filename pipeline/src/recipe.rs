@@ -791,7 +791,9 @@ pub fn load_cell(
         fig = fig.merge(provider);
     }
     let fallback = chain.last().cloned().unwrap_or_else(|| file.to_path_buf());
-    let mut recipe: Recipe = fig.extract().map_err(|e| figment_errors(e, &fallback, &fig))?;
+    let mut recipe: Recipe = fig
+        .extract()
+        .map_err(|e| figment_errors(e, &fallback, &fig))?;
     length.apply(&mut recipe.schedule);
     if !values.is_empty() {
         recipe.grid = None;

@@ -25,9 +25,7 @@ pub fn check(path: &Path) -> Result<(), String> {
     }
     let text = std::fs::read(path).map_err(|e| format!("cannot read recipe: {e}"))?;
     let text = String::from_utf8_lossy(&text);
-    let yaml = path
-        .extension()
-        .is_some_and(|e| e == "yaml" || e == "yml");
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     let depth = nesting(&text, yaml);
     if depth > MAX_NESTING {
         return Err(format!(
@@ -140,7 +138,9 @@ mod tests {
         assert!(nesting(&format!("[{}]\nx = 1\n", vec!["a"; n].join(".")), false) >= n);
         assert!(nesting(&format!("a: {}", "[".repeat(n)), true) >= n);
         assert!(nesting(&format!("{}1\n", "- ".repeat(n)), true) >= n);
-        let indented: String = (0..1000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let indented: String = (0..1000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect();
         assert!(nesting(&indented, true) >= 1000);
     }
 }

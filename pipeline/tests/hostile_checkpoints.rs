@@ -57,7 +57,11 @@ fn corruptions() -> Vec<(&'static str, Change)> {
         (
             "iteration 2^62",
             Box::new(|t| {
-                set(t, "iteration", Tensor::new(&[1i64 << 62], &Device::Cpu).unwrap());
+                set(
+                    t,
+                    "iteration",
+                    Tensor::new(&[1i64 << 62], &Device::Cpu).unwrap(),
+                );
                 "`iteration` is 4611686018427387904, outside this run's 0..6".into()
             }),
         ),
@@ -82,7 +86,11 @@ fn corruptions() -> Vec<(&'static str, Change)> {
                 let mut p: Vec<u32> = t["permutation"].to_vec1().unwrap();
                 p[3] = u32::MAX;
                 let n = p.len();
-                set(t, "permutation", Tensor::from_vec(p, n, &Device::Cpu).unwrap());
+                set(
+                    t,
+                    "permutation",
+                    Tensor::from_vec(p, n, &Device::Cpu).unwrap(),
+                );
                 "`permutation` entry 3 is 4294967295: not a permutation of 0..256".into()
             }),
         ),

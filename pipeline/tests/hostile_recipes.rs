@@ -13,7 +13,11 @@ fn refused_quickly(name: &str, text: &str) -> String {
         Ok(_) => panic!("{name} was accepted"),
         Err(e) => e.to_string(),
     };
-    assert!(t.elapsed() < Duration::from_secs(2), "{name}: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "{name}: {:?}",
+        t.elapsed()
+    );
     let canonical = path.canonicalize().unwrap();
     assert!(e.starts_with(&canonical.display().to_string()), "{e}");
     e
@@ -24,15 +28,30 @@ fn deeply_nested_recipes_are_refused_before_parsing() {
     let n = 100_000;
     let cases = [
         // 200 KB of YAML flow sequences, 100k deep (203 s of CPU in the YAML parser before).
-        ("flow.yaml", format!("name: x\nmodel: {}{}\n", "[".repeat(n), "]".repeat(n))),
+        (
+            "flow.yaml",
+            format!("name: x\nmodel: {}{}\n", "[".repeat(n), "]".repeat(n)),
+        ),
         ("block.yaml", format!("{}1\n", "- ".repeat(n))),
-        ("arrays.toml", format!("name = {}{}\n", "[".repeat(n), "]".repeat(n))),
-        ("tables.toml", format!("[{}]\nx = 1\n", vec!["a"; n].join("."))),
-        ("inline.toml", format!("x = {}{}\n", "{a = ".repeat(n), "}".repeat(n))),
+        (
+            "arrays.toml",
+            format!("name = {}{}\n", "[".repeat(n), "]".repeat(n)),
+        ),
+        (
+            "tables.toml",
+            format!("[{}]\nx = 1\n", vec!["a"; n].join(".")),
+        ),
+        (
+            "inline.toml",
+            format!("x = {}{}\n", "{a = ".repeat(n), "}".repeat(n)),
+        ),
     ];
     for (name, text) in cases {
         let e = refused_quickly(name, &text);
-        assert!(e.ends_with("nests values more than 64 levels deep (a recipe needs 3 or 4)"), "{e}");
+        assert!(
+            e.ends_with("nests values more than 64 levels deep (a recipe needs 3 or 4)"),
+            "{e}"
+        );
     }
     let huge = format!("name = \"{}\"\n", "x".repeat(2 << 20));
     let e = refused_quickly("huge.toml", &huge);
@@ -44,7 +63,10 @@ fn deeply_nested_recipes_are_refused_before_parsing() {
 fn a_recipe_that_is_a_fifo_is_refused_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("r.toml");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(made.success());
     let t = Instant::now();
     let e = recipe::load(&fifo, &[]).err().unwrap().to_string();

@@ -86,10 +86,15 @@ impl Collect {
         let (reader, holds): (Box<dyn Read>, u64) = if lower.ends_with(".tar") {
             (Box::new(std::io::BufReader::new(file)), len)
         } else {
-            let holds = len.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1 << 20);
+            let holds = len
+                .saturating_mul(DEFLATE_MAX_RATIO)
+                .saturating_add(1 << 20);
             let cap = holds.min(budget.saturating_add(slack));
             let gz = GzDecoder::new(std::io::BufReader::new(file));
-            (Box::new(Capped::new(gz, cap, "the decompressed archive")), holds)
+            (
+                Box::new(Capped::new(gz, cap, "the decompressed archive")),
+                holds,
+            )
         };
         let failed = |e: std::io::Error| {
             let text = e.to_string();
@@ -154,7 +159,10 @@ impl Collect {
             if (data.len() as u64) < declared {
                 return Err(failed(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("member {name} ends after {} of {declared} bytes", data.len()),
+                    format!(
+                        "member {name} ends after {} of {declared} bytes",
+                        data.len()
+                    ),
                 )));
             }
             self.held += data.len() as u64;

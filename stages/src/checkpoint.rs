@@ -202,7 +202,13 @@ impl Snapshot {
             .map(|(k, v)| (format!("model.{k}"), v))
             .chain(optimizers.state());
         for (key, like) in expected {
-            check_tensor(&self.path, &key, self.tensor(&key)?, like.dims(), like.dtype())?;
+            check_tensor(
+                &self.path,
+                &key,
+                self.tensor(&key)?,
+                like.dims(),
+                like.dtype(),
+            )?;
         }
         let rng = self.tensor("rng_state")?;
         check_tensor(&self.path, "rng_state", rng, &[4], DType::I64)?;
@@ -295,10 +301,7 @@ fn check_stored(
         return Err(bad(format!("has shape {:?}, expected {dims:?}", t.dims())));
     }
     if t.dtype() != dtype {
-        return Err(bad(format!(
-            "is {:?}, expected {dtype:?}",
-            t.dtype()
-        )));
+        return Err(bad(format!("is {:?}, expected {dtype:?}", t.dtype())));
     }
     if dtype.is_float() {
         let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -47,7 +47,11 @@ pub fn read(path: &Path) -> Result<IdxArray> {
 }
 
 fn parse_stream(mut r: impl Read, path: &Path, max_bytes: u64, gz: bool) -> Result<IdxArray> {
-    let what = if gz { "corrupt gzip stream" } else { "cannot read" };
+    let what = if gz {
+        "corrupt gzip stream"
+    } else {
+        "cannot read"
+    };
     let corrupt = |e: std::io::Error| format_err(path, format!("{what}: {e}"));
     let mut head = Vec::with_capacity(4);
     (&mut r).take(4).read_to_end(&mut head).map_err(corrupt)?;

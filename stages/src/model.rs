@@ -560,7 +560,10 @@ pub fn check_step_memory(estimate: StepMemory, available: u64) -> Result<()> {
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let (field, advice) = if estimate.activations >= estimate.parameters {
-        ("schedule.batch_size", "lower schedule.batch_size (or model.width)")
+        (
+            "schedule.batch_size",
+            "lower schedule.batch_size (or model.width)",
+        )
     } else {
         ("model.width", "lower model.width (or schedule.batch_size)")
     };

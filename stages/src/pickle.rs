@@ -99,7 +99,9 @@ fn within_depth(v: &Value, limit: usize) -> bool {
         return false;
     }
     match v {
-        Value::List(items) | Value::Tuple(items) => items.iter().all(|i| within_depth(i, limit - 1)),
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().all(|i| within_depth(i, limit - 1))
+        }
         Value::Dict(pairs) => pairs
             .iter()
             .all(|(k, v)| within_depth(k, limit - 1) && within_depth(v, limit - 1)),

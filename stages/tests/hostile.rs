@@ -24,7 +24,11 @@ fn limits(max_bytes: u64) -> InputLimits {
 fn fails_quickly<T>(f: impl FnOnce() -> opt_stages::Result<T>) -> String {
     let t = Instant::now();
     let r = f();
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
     match r {
         Ok(_) => panic!("a hostile input was accepted"),
         Err(e) => e.to_string(),
@@ -94,7 +98,10 @@ fn a_gzip_bomb_in_a_tarball_stops_at_the_limit_naming_the_member() {
         zeros(w, 1024);
     });
     let e = fails_quickly(|| Bundle::load_with(&many, limits(20 * MIB)));
-    assert!(e.contains("many.tar.gz!/part2.bin: 8.0 MiB does not fit"), "{e}");
+    assert!(
+        e.contains("many.tar.gz!/part2.bin: 8.0 MiB does not fit"),
+        "{e}"
+    );
     // Within the limit, the same archive loads.
     let b = Bundle::load_with(&many, limits(32 * MIB)).unwrap();
     assert_eq!(b.entries.len(), 3);
@@ -312,7 +319,10 @@ fn files_that_are_no_regular_files_and_symlinks_out_are_refused() {
     std::fs::create_dir_all(escape.join("train")).unwrap();
     symlink("/", escape.join("train/root")).unwrap();
     let e = fails_quickly(|| Bundle::load(&escape));
-    assert!(e.contains("train/root: symlink to /, outside the dataset"), "{e}");
+    assert!(
+        e.contains("train/root: symlink to /, outside the dataset"),
+        "{e}"
+    );
     let local = FetchConfig {
         dataset: DatasetName::Cifar10,
         source: Source::Local {

@@ -227,7 +227,10 @@ fn the_token_stays_on_its_host_and_credentials_never_show() {
     .to_string();
     std::env::remove_var("HF_TOKEN");
     assert!(!e.contains("pa55word") && !e.contains("hf_secret"), "{e}");
-    assert!(e.contains(&format!("http://***@127.0.0.1:{dead_port}")), "{e}");
+    assert!(
+        e.contains(&format!("http://***@127.0.0.1:{dead_port}")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -251,7 +254,12 @@ fn hub_file_names_are_checked_before_any_request_or_path() {
         "{e}"
     );
     assert!(log.lock().unwrap().is_empty());
-    assert!(!cache.path().parent().unwrap().join("escaped.parquet").exists());
+    assert!(!cache
+        .path()
+        .parent()
+        .unwrap()
+        .join("escaped.parquet")
+        .exists());
 }
 
 #[test]

@@ -73,7 +73,9 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'`()<>".contains(c))
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'`()<>".contains(c)
+            })
             .unwrap_or(tail.len());
         match tail[..end].rfind('@') {
             Some(at) => {
@@ -128,7 +130,10 @@ fn attempt(
     if (300..400).contains(&resp.status()) {
         return Err(AttemptError::Refused {
             code: resp.status(),
-            status: format!("{} (a redirect where the file was expected)", resp.status_text()),
+            status: format!(
+                "{} (a redirect where the file was expected)",
+                resp.status_text()
+            ),
         });
     }
     // A server that ignores Range answers 200 with the whole file, and one that answers
@@ -294,7 +299,10 @@ mod tests {
     #[test]
     fn credentials_are_redacted_wherever_they_appear() {
         assert_eq!(
-            redact("http://user:secret@hub.local:8080/api: Connection refused", None),
+            redact(
+                "http://user:secret@hub.local:8080/api: Connection refused",
+                None
+            ),
             "http://***@hub.local:8080/api: Connection refused"
         );
         assert_eq!(

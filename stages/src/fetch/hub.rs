@@ -33,7 +33,10 @@ fn check_relative(name: &str, what: &str) -> std::result::Result<(), String> {
     if name.chars().any(|c| c == '\\' || c.is_control()) {
         return bad("contains a backslash or a control character");
     }
-    if name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return bad("has an empty, `.` or `..` segment; expected a path inside the repository");
     }
     Ok(())
@@ -72,7 +75,11 @@ fn origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or(authority);
-    format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase())
+    format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    )
 }
 
 /// Where a `Location` header leads from `base`.
@@ -234,7 +241,10 @@ fn download(
     let r = resolve(agent, &url, endpoint, auth)?;
     check_relative(&r.commit, "commit").and_then(|_| check_relative(&r.etag, "etag"))?;
     if r.commit.contains('/') || r.etag.contains('/') {
-        return Err(format!("the hub answered a commit {:?} / etag {:?}", r.commit, r.etag));
+        return Err(format!(
+            "the hub answered a commit {:?} / etag {:?}",
+            r.commit, r.etag
+        ));
     }
     let cache_repo = cache.path().join(repo.folder_name());
     let blobs = cache_repo.join("blobs");
@@ -300,7 +310,9 @@ pub(super) fn fetch(
         message: format!(
             "{}. {}",
             redact(&e, token.as_deref()),
-            local_advice(&format!("{shown}/datasets/{repo}/resolve/{revision}/{file}"))
+            local_advice(&format!(
+                "{shown}/datasets/{repo}/resolve/{revision}/{file}"
+            ))
         ),
     };
     let agent = ureq::AgentBuilder::new()
@@ -346,7 +358,15 @@ mod tests {
     fn names_that_would_leave_the_cache_are_refused() {
         let ok = |f: &str| check_hub_names("uoft-cs/cifar10", "main", &[f.to_string()]);
         assert!(ok("plain_text/train-00000-of-00001.parquet").is_ok());
-        for bad in ["../../etc/x", "a/../../b", "/abs", "a//b", "a\\..\\b", "./a", ""] {
+        for bad in [
+            "../../etc/x",
+            "a/../../b",
+            "/abs",
+            "a//b",
+            "a\\..\\b",
+            "./a",
+            "",
+        ] {
             let e = ok(bad).unwrap_err().to_string();
             assert!(e.starts_with("dataset.files: file "), "{bad}: {e}");
         }
@@ -363,7 +383,13 @@ mod tests {
         assert_eq!(join(base, "/api/y"), "https://hub.example/api/y");
         assert_eq!(join(base, "https://cdn.example/z"), "https://cdn.example/z");
         assert_eq!(join(base, "//cdn.example/z"), "https://cdn.example/z");
-        assert_eq!(join(base, "y"), "https://hub.example/datasets/a/b/resolve/main/y");
-        assert_eq!(origin("HTTP://u:p@Hub.Example:8080/x"), "http://hub.example:8080");
+        assert_eq!(
+            join(base, "y"),
+            "https://hub.example/datasets/a/b/resolve/main/y"
+        );
+        assert_eq!(
+            origin("HTTP://u:p@Hub.Example:8080/x"),
+            "http://hub.example:8080"
+        );
     }
 }
