@@ -99,7 +99,10 @@ impl Collect {
         let failed = |e: std::io::Error| {
             let text = e.to_string();
             if text.contains("exceeds the limit") {
-                format_err(path, format!("{text} (more than this machine can hold)"))
+                format_err(
+                    path,
+                    format!("{text} (more than a dataset may take in memory here)"),
+                )
             } else {
                 format_err(
                     path,
@@ -142,8 +145,8 @@ impl Collect {
                 return Err(format_err(
                     &member,
                     format!(
-                        "{} does not fit in the {} left of the {} this machine can hold for \
-                         a dataset",
+                        "{} does not fit in the {} left of the {} a dataset may take \
+                         in memory here",
                         size_text(declared),
                         size_text(left),
                         size_text(budget)
@@ -226,6 +229,36 @@ impl Bundle {
             dirs: c.dirs,
             limits,
         })
+    }
+
+    /// A bundle of in-memory files (`(name, bytes)`), as if expanded from an archive at `root`:
+    /// for tools and fuzzing, which feed readers without touching the disk.
+    pub fn from_members(root: &Path, members: Vec<(String, Vec<u8>)>, limits: InputLimits) -> Self {
+        let mut dirs: Vec<String> = Vec::new();
+        for (name, _) in &members {
+            let mut at = name.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_string());
+                }
+                at = parent;
+            }
+        }
+        let entries = members
+            .into_iter()
+            .map(|(name, data)| Entry {
+                name,
+                origin: root.to_path_buf(),
+                data: Some(data),
+                max_bytes: limits.max_bytes,
+            })
+            .collect();
+        Self {
+            root: root.to_path_buf(),
+            entries,
+            dirs,
+            limits,
+        }
     }
 
     /// The entry whose last path component(s) equal `suffix` (e.g. `data_batch_1` or

@@ -239,6 +239,11 @@ impl Snapshot {
         Ok(iteration as u64)
     }
 
+    /// Checks that every tensor the file holds is finite (those of the run or not).
+    pub fn check_all_finite(&self) -> Result<()> {
+        check_finite(&self.path, &self.tensors)
+    }
+
     fn bad(&self, message: &str) -> StageError {
         format_err(&self.path, format!("corrupt checkpoint: {message}"))
     }

@@ -89,8 +89,8 @@ fn parse_stream(mut r: impl Read, path: &Path, max_bytes: u64, gz: bool) -> Resu
         return Err(format_err(
             path,
             format!(
-                "IDX dimensions {dims:?} declare {}, more than the {} this machine can hold \
-                 for a dataset",
+                "IDX dimensions {dims:?} declare {}, more than the {} a dataset may take in \
+                 memory here",
                 size_text(expected as u64),
                 size_text(max_bytes)
             ),

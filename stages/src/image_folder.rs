@@ -130,8 +130,8 @@ pub fn read(bundle: &Bundle) -> Result<Decoded> {
         return Err(format_err(
             &bundle.root,
             format!(
-                "{} images of {w}×{h} decode to {}, more than the {} this machine can hold \
-                 for a dataset",
+                "{} images of {w}×{h} decode to {}, more than the {} a dataset may take in \
+                 memory here",
                 images.len(),
                 size_text(total),
                 size_text(bundle.limits.max_bytes)

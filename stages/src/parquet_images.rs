@@ -115,8 +115,8 @@ fn read_file(
         let bytes = header.pixels_bytes(c as u64);
         *left = left.checked_sub(bytes).ok_or_else(|| {
             err(format!(
-                "row {i}: the images so far decode to more than the {} this machine can hold \
-                 for a dataset",
+                "row {i}: the images so far decode to more than the {} a dataset may take \
+                 in memory here",
                 size_text(max_bytes)
             ))
         })?;
