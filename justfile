@@ -63,6 +63,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzz every reader of outside data (cargo-fuzz, stable): SECONDS per target, every target unless named.
+fuzz seconds="60" *targets:
+    scripts/fuzz {{seconds}} {{targets}}
+
 # Check every dependency's advisories (RustSec snapshot of 2026-08-21 in ../shared/advisory-db, offline), licences, bans and sources.
 deny *args:
     scripts/deny "$@"

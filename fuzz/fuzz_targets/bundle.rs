@@ -9,7 +9,12 @@ fuzz_target!(|data: &[u8]| {
     for name in ["d.tar", "d.tar.gz"] {
         let path = dir.path().join(name);
         std::fs::write(&path, data).unwrap();
-        if let Ok(b) = Bundle::load_with(&path, InputLimits { max_bytes: 64 << 20 }) {
+        if let Ok(b) = Bundle::load_with(
+            &path,
+            InputLimits {
+                max_bytes: 64 << 20,
+            },
+        ) {
             for e in &b.entries {
                 let _ = e.bytes();
             }

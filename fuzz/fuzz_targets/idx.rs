@@ -9,5 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train-images-idx3-ubyte");
     std::fs::write(&path, data).unwrap();
-    let _ = idx::read_with(&path, InputLimits { max_bytes: 64 << 20 });
+    let _ = idx::read_with(
+        &path,
+        InputLimits {
+            max_bytes: 64 << 20,
+        },
+    );
 });

@@ -10,7 +10,13 @@ fuzz_target!(|data: &[u8]| {
             (format!("train/a/0.{ext}"), data.to_vec()),
             (format!("test/a/0.{ext}"), data.to_vec()),
         ];
-        let b = Bundle::from_members(std::path::Path::new("fuzz"), members, InputLimits { max_bytes: 64 << 20 });
+        let b = Bundle::from_members(
+            std::path::Path::new("fuzz"),
+            members,
+            InputLimits {
+                max_bytes: 64 << 20,
+            },
+        );
         let _ = opt_stages::image_folder::read(&b);
     }
 });
