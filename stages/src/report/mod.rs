@@ -309,10 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("results.csv");
         let stale = dir.path().join(".results.csv.4242.tmp");
-        // A live writer: this process.
-        let fresh = dir
-            .path()
-            .join(format!(".results.csv.{}.tmp", std::process::id()));
+        // A live writer: init (pid 1) lives as long as the machine.
+        let fresh = dir.path().join(".results.csv.1.tmp");
         // Fresh, but its writer is gone (pids never reach 2^31 on Linux): a killed report.
         let orphan = dir.path().join(".results.csv.2147483647.tmp");
         let other = dir.path().join(".summary.csv.4242.tmp");
