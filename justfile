@@ -67,6 +67,14 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzz every reader of outside data (cargo-fuzz, stable): SECONDS per target, every target unless named.
+fuzz seconds="60" *targets:
+    scripts/fuzz {{seconds}} {{targets}}
+
+# Check every dependency's advisories (RustSec snapshot of 2026-08-21 in ../shared/advisory-db, offline), licences, bans and sources.
+deny *args:
+    scripts/deny "$@"
+
 # Measure CNN-6 training throughput per method and each orthogonal map's time at d = 576 and 1024.
 bench *args:
     {{orthopt}} bench --methods all --maps 576,1024 --width 64 --input 3x32x32 --batch 128 "$@"

@@ -118,7 +118,9 @@ pub fn references(paths: &[PathBuf]) -> References {
                         .extend([k.fetch, k.preprocess, k.train, k.evaluate]);
                 }
             }
-            Err(e) => refs.unresolved.push((file, format!("{e:#}"))),
+            Err(e) => refs
+                .unresolved
+                .push((file, crate::progress::error_text(&e))),
         }
     }
     refs

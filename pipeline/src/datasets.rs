@@ -162,6 +162,15 @@ fn hub_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError
             ))
         }
     };
+    let revision = d.revision.clone().unwrap_or_else(|| "main".into());
+    // Names become URLs and paths in the hub cache: checked here, naming the recipe key.
+    match opt_stages::fetch::check_hub_names(&repo, &revision, &files) {
+        Err(opt_stages::StageError::Setting { field, message }) => {
+            return Err(invalid(loaded, field, message))
+        }
+        Err(e) => return Err(invalid(loaded, "dataset.files", e.to_string())),
+        Ok(()) => {}
+    }
     Ok(Source::Hub {
         endpoint: d
             .endpoint
@@ -169,7 +178,7 @@ fn hub_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError
             .map(|e| e.trim_end_matches('/').to_string())
             .unwrap_or_else(default_endpoint),
         repo,
-        revision: d.revision.clone().unwrap_or_else(|| "main".into()),
+        revision,
         files,
         cache_dir: None,
     })

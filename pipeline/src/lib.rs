@@ -15,6 +15,7 @@ pub mod grid;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod recipe_bounds;
 pub mod runner;
 pub mod signals;
 pub mod store;

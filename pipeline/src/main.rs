@@ -242,7 +242,7 @@ fn main() -> ExitCode {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", opt_pipeline::progress::error_text(&e));
                     ExitCode::from(2)
                 }
             };
@@ -257,7 +257,7 @@ fn finish(result: Result<ExitCode>) -> ExitCode {
         // The reader went away (`orthopt list | head`): what it wanted was written.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", opt_pipeline::progress::error_text(&e));
             ExitCode::FAILURE
         }
     }

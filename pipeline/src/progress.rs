@@ -165,3 +165,41 @@ impl Progress for Bars {
         }
     }
 }
+
+/// An error and its causes, each said once: `{e:#}` repeats a cause that the error's own text
+/// already shows (`path: No space left on device (os error 28): No space left on device
+/// (os error 28)`), as every `"{path}: {source}"` error with a `#[source]` does.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[test]
+    fn a_cause_already_shown_is_not_repeated() {
+        let full = opt_stages::StageError::Io {
+            path: "/cache/train/x/model.safetensors".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let e = anyhow::Error::new(full).context("stage train");
+        let text = error_text(&e);
+        assert_eq!(
+            text,
+            "stage train: /cache/train/x/model.safetensors: No space left on device (os error 28)"
+        );
+        assert_eq!(format!("{e:#}").matches("No space left").count(), 2);
+    }
+}

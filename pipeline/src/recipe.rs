@@ -551,7 +551,17 @@ pub fn origin(meta: Option<&Metadata>) -> String {
     }
 }
 
-fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
+/// Why a key is unknown where serde lists no alternatives: an option-less method (an empty
+/// struct variant of the internally tagged method enum) takes nothing but its `name`.
+fn no_options_hint(fig: &Figment, path: &[String]) -> Option<String> {
+    if path.first().is_none_or(|p| p != "method") {
+        return None;
+    }
+    let name = fig.find_value("method.name").ok()?.into_string()?;
+    Some(format!("method `{name}` takes no options besides `name`"))
+}
+
+fn figment_errors(err: figment::Error, fallback: &Path, fig: &Figment) -> RecipeError {
     let messages: Vec<(String, String, String)> = err
         .into_iter()
         .map(|e| {
@@ -561,10 +571,17 @@ fn figment_errors(err: figment::Error, fallback: &Path) -> RecipeError {
             };
             let message = match &e.kind {
                 figment::error::Kind::UnknownField(found, expected) => {
-                    format!(
-                        "unknown key `{found}`; expected one of: {}",
-                        expected.join(", ")
-                    )
+                    if expected.is_empty() {
+                        match no_options_hint(fig, &e.path) {
+                            Some(hint) => format!("unknown key `{found}`; {hint}"),
+                            None => format!("unknown key `{found}`"),
+                        }
+                    } else {
+                        format!(
+                            "unknown key `{found}`; expected one of: {}",
+                            expected.join(", ")
+                        )
+                    }
                 }
                 kind => kind.to_string(),
             };
@@ -605,6 +622,10 @@ fn chain(file: &Path) -> Result<Vec<PathBuf>, RecipeError> {
             names.push(canonical.display().to_string());
             return Err(RecipeError::Cycle(names.join(" → ")));
         }
+        crate::recipe_bounds::check(&canonical).map_err(|message| RecipeError::File {
+            file: canonical.display().to_string(),
+            message,
+        })?;
         let fig = Figment::from(provider_for_boxed(&canonical)?);
         refuse_empty(&canonical, &fig)?;
         // A file that does not parse has no readable `extends`; the full extraction below
@@ -798,7 +819,9 @@ pub fn load_cell(
         fig = fig.merge(provider);
     }
     let fallback = chain.last().cloned().unwrap_or_else(|| file.to_path_buf());
-    let mut recipe: Recipe = fig.extract().map_err(|e| figment_errors(e, &fallback))?;
+    let mut recipe: Recipe = fig
+        .extract()
+        .map_err(|e| figment_errors(e, &fallback, &fig))?;
     length.apply(&mut recipe.schedule);
     if !values.is_empty() {
         recipe.grid = None;

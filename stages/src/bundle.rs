@@ -6,7 +6,8 @@
 //! read only when a reader asks for them, so pointing at a large directory costs a listing,
 //! not its contents.
 
-use crate::error::{format_err, IoContext};
+use crate::error::format_err;
+use crate::input::{self, size_text, Capped, InputLimits};
 use crate::Result;
 use flate2::read::GzDecoder;
 use std::borrow::Cow;
@@ -21,14 +22,16 @@ pub struct Entry {
     pub origin: PathBuf,
     /// An archive member's bytes; `None` for a loose file, read on demand.
     data: Option<Vec<u8>>,
+    /// The most a loose file may hold (the bundle's limit).
+    max_bytes: u64,
 }
 
 impl Entry {
-    /// The file's bytes (read from disk for a loose file).
+    /// The file's bytes (read from disk for a loose file, refusing one over the limit).
     pub fn bytes(&self) -> Result<Cow<'_, [u8]>> {
         match &self.data {
             Some(d) => Ok(Cow::Borrowed(d)),
-            None => Ok(Cow::Owned(std::fs::read(&self.origin).at(&self.origin)?)),
+            None => Ok(Cow::Owned(input::read_file(&self.origin, self.max_bytes)?)),
         }
     }
 
@@ -48,6 +51,8 @@ pub struct Bundle {
     /// Every directory, `/`-separated relative names (archive members included): readers that
     /// give folders a meaning (image-folder classes) can see the empty ones.
     pub dirs: Vec<String>,
+    /// What readers of this bundle may hold in memory.
+    pub limits: InputLimits,
 }
 
 fn is_archive(name: &str) -> bool {
@@ -55,116 +60,205 @@ fn is_archive(name: &str) -> bool {
     n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
 }
 
-/// Reads every regular file of a tar (optionally gzip-compressed) archive, and notes its
-/// directories.
-fn expand(path: &Path, entries: &mut Vec<Entry>, dirs: &mut Vec<String>) -> Result<()> {
-    let file = std::fs::File::open(path).at(path)?;
-    let lower = path.to_string_lossy().to_ascii_lowercase();
-    let reader: Box<dyn Read> = if lower.ends_with(".tar") {
-        Box::new(std::io::BufReader::new(file))
-    } else {
-        Box::new(GzDecoder::new(std::io::BufReader::new(file)))
-    };
-    let corrupt = |e: std::io::Error| {
-        format_err(
-            path,
-            format!("corrupt or truncated archive ({e}); delete it and fetch it again"),
-        )
-    };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        let name = entry
-            .path()
-            .map_err(corrupt)?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_string();
-        if entry.header().entry_type().is_dir() {
-            dirs.push(name);
-            continue;
-        }
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let mut data = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut data).map_err(corrupt)?;
-        entries.push(Entry {
-            name,
-            origin: path.to_path_buf(),
-            data: Some(data),
-        });
-    }
-    Ok(())
+/// Deflate cannot expand data more than 1032-fold: a gzip stream longer than that many times
+/// its file (plus slack for headers) is not a gzip stream.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// The bundle being collected, with the archive bytes held so far.
+struct Collect {
+    entries: Vec<Entry>,
+    dirs: Vec<String>,
+    limits: InputLimits,
+    held: u64,
 }
 
-fn walk(dir: &Path, rel: &str, entries: &mut Vec<Entry>, dirs: &mut Vec<String>) -> Result<()> {
-    let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
-        .at(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .at(dir)?;
-    children.sort();
-    for p in children {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') {
-            continue; // .DS_Store, editor droppings, our own `.part` files
-        }
-        let rel = if rel.is_empty() {
-            name.clone()
+impl Collect {
+    /// Reads every regular file of a tar (optionally gzip-compressed) archive, and notes its
+    /// directories. Streamed: a member's declared size is checked against what the archive can
+    /// hold and the memory left before anything is allocated, and the decompressed stream is
+    /// capped (a gzip bomb stops at the limit, not at the end of memory).
+    fn expand(&mut self, path: &Path) -> Result<()> {
+        let (file, len) = input::open_regular(path)?;
+        let lower = path.to_string_lossy().to_ascii_lowercase();
+        let budget = self.limits.max_bytes;
+        // Headers, padding and skipped members pass through the stream too.
+        let slack = 64 << 20;
+        let (reader, holds): (Box<dyn Read>, u64) = if lower.ends_with(".tar") {
+            (Box::new(std::io::BufReader::new(file)), len)
         } else {
-            format!("{rel}/{name}")
+            let holds = len
+                .saturating_mul(DEFLATE_MAX_RATIO)
+                .saturating_add(1 << 20);
+            let cap = holds.min(budget.saturating_add(slack));
+            let gz = GzDecoder::new(std::io::BufReader::new(file));
+            (
+                Box::new(Capped::new(gz, cap, "the decompressed archive")),
+                holds,
+            )
         };
-        if p.is_dir() {
-            dirs.push(rel.clone());
-            walk(&p, &rel, entries, dirs)?;
-        } else {
-            add_file(&p, rel, entries, dirs)?;
+        let failed = |e: std::io::Error| {
+            let text = e.to_string();
+            if text.contains("exceeds the limit") {
+                format_err(
+                    path,
+                    format!("{text} (more than a dataset may take in memory here)"),
+                )
+            } else {
+                format_err(
+                    path,
+                    format!("corrupt or truncated archive ({text}); delete it and fetch it again"),
+                )
+            }
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(failed)? {
+            let mut entry = entry.map_err(failed)?;
+            let name = entry
+                .path()
+                .map_err(failed)?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            if entry.header().entry_type().is_dir() {
+                self.dirs.push(name);
+                continue;
+            }
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let member = PathBuf::from(format!("{}!/{name}", path.display()));
+            let declared = entry.size();
+            if declared > holds {
+                return Err(format_err(
+                    &member,
+                    format!(
+                        "the tar header declares {}, more than the {} archive can hold: a \
+                         corrupt or forged archive",
+                        size_text(declared),
+                        size_text(len)
+                    ),
+                ));
+            }
+            let left = budget.saturating_sub(self.held);
+            if declared > left {
+                return Err(format_err(
+                    &member,
+                    format!(
+                        "{} does not fit in the {} left of the {} a dataset may take \
+                         in memory here",
+                        size_text(declared),
+                        size_text(left),
+                        size_text(budget)
+                    ),
+                ));
+            }
+            // Grown as the bytes arrive: the declared size is only believed up to a point.
+            let mut data = Vec::with_capacity(declared.min(1 << 26) as usize);
+            (&mut entry)
+                .take(declared)
+                .read_to_end(&mut data)
+                .map_err(failed)?;
+            if (data.len() as u64) < declared {
+                return Err(failed(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "member {name} ends after {} of {declared} bytes",
+                        data.len()
+                    ),
+                )));
+            }
+            self.held += data.len() as u64;
+            self.entries.push(Entry {
+                name,
+                origin: path.to_path_buf(),
+                data: Some(data),
+                max_bytes: budget,
+            });
         }
-    }
-    Ok(())
-}
-
-fn add_file(
-    path: &Path,
-    rel: String,
-    entries: &mut Vec<Entry>,
-    dirs: &mut Vec<String>,
-) -> Result<()> {
-    if is_archive(&rel) {
-        expand(path, entries, dirs)
-    } else {
-        entries.push(Entry {
-            name: rel,
-            origin: path.to_path_buf(),
-            data: None,
-        });
         Ok(())
+    }
+
+    fn add_file(&mut self, path: &Path, rel: String) -> Result<()> {
+        if is_archive(&rel) {
+            self.expand(path)
+        } else {
+            input::open_regular(path)?;
+            self.entries.push(Entry {
+                name: rel,
+                origin: path.to_path_buf(),
+                data: None,
+                max_bytes: self.limits.max_bytes,
+            });
+            Ok(())
+        }
     }
 }
 
 impl Bundle {
-    /// Loads `root`: a directory (recursively) or a single file; archives are expanded.
+    /// Loads `root`: a directory (recursively) or a single file; archives are expanded. What
+    /// it may hold in memory is half of what the machine has free.
     pub fn load(root: &Path) -> Result<Self> {
-        let (mut entries, mut dirs) = (Vec::new(), Vec::new());
+        Self::load_with(root, InputLimits::of_machine())
+    }
+
+    /// [`Bundle::load`] within explicit limits.
+    pub fn load_with(root: &Path, limits: InputLimits) -> Result<Self> {
+        let mut c = Collect {
+            entries: Vec::new(),
+            dirs: Vec::new(),
+            limits,
+            held: 0,
+        };
         if root.is_dir() {
-            walk(root, "", &mut entries, &mut dirs)?;
+            let (files, dirs) = input::walk_tree(root, true)?;
+            c.dirs = dirs;
+            for f in files {
+                c.add_file(&f.path, f.rel)?;
+            }
         } else {
             let name = root
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            add_file(root, name, &mut entries, &mut dirs)?;
+            c.add_file(root, name)?;
         }
         Ok(Self {
             root: root.to_path_buf(),
+            entries: c.entries,
+            dirs: c.dirs,
+            limits,
+        })
+    }
+
+    /// A bundle of in-memory files (`(name, bytes)`), as if expanded from an archive at `root`:
+    /// for tools and fuzzing, which feed readers without touching the disk.
+    pub fn from_members(root: &Path, members: Vec<(String, Vec<u8>)>, limits: InputLimits) -> Self {
+        let mut dirs: Vec<String> = Vec::new();
+        for (name, _) in &members {
+            let mut at = name.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_string());
+                }
+                at = parent;
+            }
+        }
+        let entries = members
+            .into_iter()
+            .map(|(name, data)| Entry {
+                name,
+                origin: root.to_path_buf(),
+                data: Some(data),
+                max_bytes: limits.max_bytes,
+            })
+            .collect();
+        Self {
+            root: root.to_path_buf(),
             entries,
             dirs,
-        })
+            limits,
+        }
     }
 
     /// The entry whose last path component(s) equal `suffix` (e.g. `data_batch_1` or

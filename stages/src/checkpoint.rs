@@ -49,15 +49,18 @@ pub fn save_run(
     save(path, store, optimizers, sampler, iteration, metadata)
 }
 
-/// Restores the newest readable checkpoint (`path`, else its `previous`) into the model, the
+/// Restores the newest valid checkpoint (`path`, else its `previous`) into the model, the
 /// optimizers and the sampler, returning its iteration and record; `None` when there is none
-/// to resume from. An unreadable one is kept aside as `*.corrupt`, with a warning, and the
-/// next one tried: a truncated checkpoint must not block every later run.
+/// to resume from. A checkpoint is valid when it reads, and every tensor the run restores is
+/// there with its shape and dtype, finite, and the iteration lies inside the run of
+/// `iterations` steps. An invalid one is kept aside as `*.corrupt`, with a warning, and the
+/// next one tried: a bad checkpoint must not block (or falsify) every later run.
 pub fn restore_run(
     path: &Path,
     store: &ParamStore,
     optimizers: &Optimizers,
     sampler: &mut Sampler,
+    iterations: u64,
     progress: &dyn Progress,
 ) -> Result<Option<(u64, RunRecord)>> {
     let candidates = [path.to_path_buf(), previous_of(path)];
@@ -65,6 +68,7 @@ pub fn restore_run(
     for path in candidates.iter().filter(|p| p.is_file()) {
         let read = read(path).and_then(|snapshot| {
             let record = snapshot.record()?;
+            snapshot.validate(store, optimizers, sampler.permutation.len(), iterations)?;
             Ok((snapshot, record))
         });
         match read {
@@ -178,24 +182,91 @@ impl Snapshot {
         })
     }
 
-    /// Restores the model, the optimizers and the data stream; returns the iteration.
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| format_err(&self.path, format!("corrupt checkpoint: no `{key}`")))
+    }
+
+    /// Checks everything [`Snapshot::apply`] reads: the model's and the optimizers' tensors
+    /// (present, of the run's shapes and dtypes, finite), the data stream's state (a live RNG,
+    /// a permutation of the `images` training images) and the iteration (inside `0..iterations`:
+    /// a checkpoint is never written after the last step). Returns the iteration.
+    pub fn validate(
+        &self,
+        store: &ParamStore,
+        optimizers: &Optimizers,
+        images: usize,
+        iterations: u64,
+    ) -> Result<u64> {
+        let expected = store
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (format!("model.{k}"), v))
+            .chain(optimizers.state());
+        for (key, like) in expected {
+            check_tensor(
+                &self.path,
+                &key,
+                self.tensor(&key)?,
+                like.dims(),
+                like.dtype(),
+            )?;
+        }
+        let rng = self.tensor("rng_state")?;
+        check_tensor(&self.path, "rng_state", rng, &[4], DType::I64)?;
+        if rng.to_vec1::<i64>()?.iter().all(|&w| w == 0) {
+            return Err(self.bad("`rng_state` is all zeros (a generator that never leaves 0)"));
+        }
+        let perm = self.tensor("permutation")?;
+        check_tensor(&self.path, "permutation", perm, &[images], DType::U32)?;
+        let mut seen = vec![false; images];
+        for (i, &p) in perm.to_vec1::<u32>()?.iter().enumerate() {
+            match seen.get_mut(p as usize) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return Err(self.bad(&format!(
+                        "`permutation` entry {i} is {p}: not a permutation of 0..{images}"
+                    )))
+                }
+            }
+        }
+        let it = self.tensor("iteration")?;
+        check_tensor(&self.path, "iteration", it, &[1], DType::I64)?;
+        let iteration = it.to_vec1::<i64>()?[0];
+        if iteration < 0 || iteration as u64 >= iterations {
+            return Err(self.bad(&format!(
+                "`iteration` is {iteration}, outside this run's 0..{iterations}"
+            )));
+        }
+        Ok(iteration as u64)
+    }
+
+    /// Checks that every tensor the file holds is finite (those of the run or not).
+    pub fn check_all_finite(&self) -> Result<()> {
+        check_finite(&self.path, &self.tensors)
+    }
+
+    fn bad(&self, message: &str) -> StageError {
+        format_err(&self.path, format!("corrupt checkpoint: {message}"))
+    }
+
+    /// Restores the model, the optimizers and the data stream; returns the iteration. The
+    /// snapshot must have passed [`Snapshot::validate`] against the same run.
     pub fn apply(
         &self,
         store: &ParamStore,
         optimizers: &Optimizers,
         sampler: &mut Sampler,
     ) -> Result<u64> {
-        let path = &self.path;
-        let tensors = &self.tensors;
-        let bad = |m: String| format_err(path, format!("corrupt checkpoint: {m}"));
+        let bad = |m: String| self.bad(&m);
         store
-            .load(tensors, "model.")
+            .load(&self.tensors, "model.")
             .map_err(|e| bad(e.to_string()))?;
         optimizers
-            .load_state(tensors)
+            .load_state(&self.tensors)
             .map_err(|e| bad(e.to_string()))?;
-        let get = |k: &str| tensors.get(k).ok_or_else(|| bad(format!("no `{k}`")));
-        let rng: Vec<i64> = get("rng_state")?.to_dtype(DType::I64)?.to_vec1()?;
+        let rng: Vec<i64> = self.tensor("rng_state")?.to_vec1()?;
         let rng: [u64; 4] = rng
             .iter()
             .map(|&w| w as u64)
@@ -203,7 +274,7 @@ impl Snapshot {
             .try_into()
             .map_err(|_| bad("rng_state must have 4 words".into()))?;
         sampler.rng = Rng::from_state(rng);
-        let perm: Vec<u32> = get("permutation")?.to_vec1()?;
+        let perm: Vec<u32> = self.tensor("permutation")?.to_vec1()?;
         if perm.len() != sampler.permutation.len() {
             return Err(bad(format!(
                 "permutation of {} images, dataset has {}",
@@ -212,8 +283,53 @@ impl Snapshot {
             )));
         }
         sampler.permutation = perm;
-        Ok(get("iteration")?.to_vec1::<i64>()?[0] as u64)
+        let iteration = self.tensor("iteration")?.to_vec1::<i64>()?;
+        match iteration.as_slice() {
+            [i] if *i >= 0 => Ok(*i as u64),
+            _ => Err(bad(format!("`iteration` is {iteration:?}"))),
+        }
     }
+}
+
+/// Checks one stored tensor against what the run expects, naming the file and the key.
+fn check_tensor(path: &Path, key: &str, t: &Tensor, dims: &[usize], dtype: DType) -> Result<()> {
+    check_stored(path, "corrupt checkpoint", key, t, dims, dtype)
+}
+
+fn check_stored(
+    path: &Path,
+    what: &str,
+    key: &str,
+    t: &Tensor,
+    dims: &[usize],
+    dtype: DType,
+) -> Result<()> {
+    let bad = |m: String| format_err(path, format!("{what}: `{key}` {m}"));
+    if t.dims() != dims {
+        return Err(bad(format!("has shape {:?}, expected {dims:?}", t.dims())));
+    }
+    if t.dtype() != dtype {
+        return Err(bad(format!("is {:?}, expected {dtype:?}", t.dtype())));
+    }
+    if dtype.is_float() {
+        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("holds {} at flat index {i}", values[i])));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every tensor a model restores is finite, naming the file and key of the first
+/// that is not: weights that are NaN give metrics that are NaN, which must never be cached.
+pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        let t = &tensors[key];
+        check_stored(path, "unusable model", key, t, t.dims(), t.dtype())?;
+    }
+    Ok(())
 }
 
 /// Saves only the model tensors (the train artifact's `model.safetensors`).
@@ -231,6 +347,7 @@ pub fn save_model(path: &Path, store: &ParamStore) -> Result<()> {
 pub fn load_model(path: &Path, store: &ParamStore) -> Result<()> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| format_err(path, e.to_string()))?;
+    check_finite(path, &tensors)?;
     store
         .load(&tensors, "")
         .map_err(|e| format_err(path, e.to_string()))

@@ -181,7 +181,14 @@ fn python_file(entry: &Entry, cifar: Cifar, label: LabelChoice, split: &mut Spli
     for (i, l) in labels.iter().enumerate() {
         let l = match l {
             Value::Int(x) if *x >= 0 && *x <= u32::MAX as i64 => *x as u32,
-            other => return Err(err(format!("label {i} is {other:?}, expected an int ≥ 0"))),
+            // The kind, not the value: a hostile label could be a list of a million items.
+            Value::Int(x) => return Err(err(format!("label {i} is {x}, expected an int ≥ 0"))),
+            other => {
+                return Err(err(format!(
+                    "label {i} is a {}, expected an int ≥ 0",
+                    other.kind()
+                )))
+            }
         };
         check_label(entry, i, l, classes)?;
         split.labels.push(l);

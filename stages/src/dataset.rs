@@ -132,3 +132,59 @@ pub fn push_chw(img: &image::DynamicImage, gray: bool, out: &mut Vec<u8>) {
         }
     }
 }
+
+/// What an encoded image's header says, read without decoding its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub width: u32,
+    pub height: u32,
+    /// Whether the image has colour (else it decodes to one plane).
+    pub color: bool,
+}
+
+impl ImageHeader {
+    /// Bytes the image takes in the artifacts' layout with `channels` planes.
+    pub fn pixels_bytes(&self, channels: u64) -> u64 {
+        self.width as u64 * self.height as u64 * channels
+    }
+}
+
+fn image_reader(
+    bytes: &[u8],
+) -> std::result::Result<image::ImageReader<std::io::Cursor<&[u8]>>, String> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read the image: {e}"))
+}
+
+/// Reads an encoded image's header: its size is known before anything is decoded.
+pub fn image_header(bytes: &[u8]) -> std::result::Result<ImageHeader, String> {
+    use image::ImageDecoder;
+    let decoder = image_reader(bytes)?
+        .into_decoder()
+        .map_err(|e| format!("cannot decode image: {e}"))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(format!("image of {width}×{height} pixels"));
+    }
+    Ok(ImageHeader {
+        width,
+        height,
+        color: decoder.color_type().has_color(),
+    })
+}
+
+/// Decodes an image whose header was checked, holding the decoder to that header's size.
+pub fn decode_image(
+    bytes: &[u8],
+    header: &ImageHeader,
+) -> std::result::Result<image::DynamicImage, String> {
+    let mut reader = image_reader(bytes)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(header.width);
+    limits.max_image_height = Some(header.height);
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|e| format!("cannot decode image: {e}"))
+}

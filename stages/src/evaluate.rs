@@ -3,7 +3,7 @@
 //! run.
 
 use crate::checkpoint;
-use crate::error::{read_json, write_json};
+use crate::error::{format_err, read_json, write_json};
 use crate::evaluation::{evaluate_view, EvalMetrics};
 use crate::metrics::LayerMetrics;
 use crate::progress::Progress;
@@ -63,6 +63,18 @@ pub fn run(
         progress.note(&format!("validation {}", v.describe()));
     }
     let (test, validation) = (e.test, e.validation);
+    // NaN metrics would be cached as nulls that no later run can read back: never written.
+    for (split, m) in [("test", Some(&test)), ("validation", validation.as_ref())] {
+        if let Some(m) = m.filter(|m| !(m.loss.is_finite() && m.top1.is_finite())) {
+            return Err(format_err(
+                &train_dir.join(artifact::MODEL_FILE),
+                format!(
+                    "the model's {split} metrics are not finite ({}); nothing was recorded",
+                    m.describe()
+                ),
+            ));
+        }
+    }
     let layers = e.layers.clone();
     curves.push_eval(summary.iterations, e);
     curves.write_csv(&out.join(CURVES_FILE))?;

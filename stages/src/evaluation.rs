@@ -8,7 +8,7 @@ use crate::preprocess::Prepared;
 use crate::Result;
 use candle_core::Device;
 use opt_core::loss::{loss, LossKind};
-use opt_core::metrics::topk_correct;
+use opt_core::metrics::{topk_correct, ExactSum};
 use opt_core::Network;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +45,8 @@ pub fn evaluate(
     batch: usize,
     device: &Device,
 ) -> Result<EvalMetrics> {
-    let (mut loss_sum, mut top1, mut top5) = (0.0, 0.0, 0.0);
+    let mut loss_sum = 0.0;
+    let (mut top1, mut top5) = (ExactSum::default(), ExactSum::default());
     let mut classes = 0;
     let n = split.len();
     let mut start = 0;
@@ -56,16 +57,16 @@ pub fn evaluate(
         let logits = model.forward(&x, false)?;
         loss_sum += loss(kind, &logits, &y)?.to_scalar::<f32>()? as f64 * (end - start) as f64;
         classes = logits.dim(1)?;
-        top1 += topk_correct(&logits, &y, 1)?;
+        top1.add(topk_correct(&logits, &y, 1)?);
         if classes >= 5 {
-            top5 += topk_correct(&logits, &y, 5)?;
+            top5.add(topk_correct(&logits, &y, 5)?);
         }
         start = end;
     }
     Ok(EvalMetrics {
         loss: loss_sum / n as f64,
-        top1: top1 / n as f64,
-        top5: (classes >= 5).then(|| top5 / n as f64),
+        top1: top1.value() / n as f64,
+        top5: (classes >= 5).then(|| top5.value() / n as f64),
         count: n,
     })
 }

@@ -2,13 +2,15 @@
 //! `test/`), PNG or JPEG, as a directory or inside a `.tar` / `.tar.gz` (any leading folders).
 //!
 //! Class indices follow the sorted names of the training sub-folders, which are recorded. Every
-//! image must have the same size; the data are RGB unless every image is grayscale.
+//! image must have the same size; the data are RGB unless every image is grayscale. Sizes come
+//! from the images' headers, checked (and the folder's decoded total against the machine's
+//! memory) before any image is decoded; then one image at a time is decoded into its split.
 
 use crate::bundle::{Bundle, Entry};
-use crate::dataset::{push_chw, Decoded, Split};
+use crate::dataset::{decode_image, image_header, push_chw, Decoded, ImageHeader, Split};
 use crate::error::format_err;
+use crate::input::size_text;
 use crate::{Result, StageError};
-use image::DynamicImage;
 use std::collections::BTreeSet;
 
 fn is_image(name: &str) -> bool {
@@ -28,11 +30,6 @@ fn place(name: &str) -> Option<(&'static str, &str)> {
         _ => return None,
     };
     Some((split, parts[parts.len() - 2]))
-}
-
-fn decode(entry: &Entry) -> Result<DynamicImage> {
-    image::load_from_memory(&entry.bytes()?)
-        .map_err(|e| format_err(&entry.display(), format!("cannot decode image: {e}")))
 }
 
 /// `(split, class)` of a directory named `…/<split>/<class>`.
@@ -105,41 +102,60 @@ pub fn read(bundle: &Bundle) -> Result<Decoded> {
                 .into(),
         });
     }
-    let decoded: Vec<(&Entry, &str, &str, DynamicImage)> = images
+    // First the headers: sizes and colour are known, and the folder's total checked against
+    // what the machine can hold, before any pixel is decoded.
+    let headers: Vec<ImageHeader> = images
         .iter()
-        .map(|&(e, s, c)| Ok((e, s, c, decode(e)?)))
+        .map(|(e, ..)| image_header(&e.bytes()?).map_err(|m| format_err(&e.display(), m)))
         .collect::<Result<_>>()?;
-    let (first, _, _, img0) = &decoded[0];
-    let (w, h) = (img0.width() as usize, img0.height() as usize);
-    let gray = decoded.iter().all(|(.., img)| !img.color().has_color());
+    let first = &headers[0];
+    let (w, h) = (first.width as usize, first.height as usize);
+    for ((e, ..), hd) in images.iter().zip(&headers) {
+        if (hd.width, hd.height) != (first.width, first.height) {
+            return Err(format_err(
+                &e.display(),
+                format!(
+                    "image is {}×{} but {} is {w}×{h}; every image must have the same size",
+                    hd.width,
+                    hd.height,
+                    images[0].0.display().display()
+                ),
+            ));
+        }
+    }
+    let gray = headers.iter().all(|hd| !hd.color);
     let c = if gray { 1 } else { 3 };
+    let total = first.pixels_bytes(c as u64) * images.len() as u64;
+    if total > bundle.limits.max_bytes {
+        return Err(format_err(
+            &bundle.root,
+            format!(
+                "{} images of {w}×{h} decode to {}, more than the {} a dataset may take in \
+                 memory here",
+                images.len(),
+                size_text(total),
+                size_text(bundle.limits.max_bytes)
+            ),
+        ));
+    }
     let mut train = Split {
         images: Vec::new(),
         labels: Vec::new(),
         shape: (c, h, w),
     };
     let mut test = train.clone();
-    for (e, s, class, img) in &decoded {
-        if (img.width() as usize, img.height() as usize) != (w, h) {
-            return Err(format_err(
-                &e.display(),
-                format!(
-                    "image is {}×{} but {} is {w}×{h}; every image must have the same size",
-                    img.width(),
-                    img.height(),
-                    first.display().display()
-                ),
-            ));
-        }
+    // One image decoded at a time, straight into its split.
+    for ((e, s, class), hd) in images.iter().zip(&headers) {
         let label = class_names.iter().position(|n| n == class).ok_or_else(|| {
             format_err(
                 &e.display(),
                 format!("test class `{class}` has no training folder"),
             )
         })?;
+        let img = decode_image(&e.bytes()?, hd).map_err(|m| format_err(&e.display(), m))?;
         let dst = if *s == "train" { &mut train } else { &mut test };
         dst.labels.push(label as u32);
-        push_chw(img, gray, &mut dst.images);
+        push_chw(&img, gray, &mut dst.images);
     }
     Ok(Decoded {
         train,

@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod files;
 pub mod idx;
 pub mod image_folder;
+pub mod input;
 pub mod interrupt;
 pub mod metrics;
 pub mod model;

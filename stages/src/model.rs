@@ -564,18 +564,27 @@ pub fn step_memory(
     mem
 }
 
-/// Refuses a training step that cannot fit in `available` bytes, naming the setting to lower.
+/// Refuses a training step that cannot fit in `available` bytes, naming the setting to lower:
+/// the batch size when activations (which grow with it) take most of the step, else the width.
 pub fn check_step_memory(estimate: StepMemory, available: u64) -> Result<()> {
     if estimate.total() <= available {
         return Ok(());
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let (field, advice) = if estimate.activations >= estimate.parameters {
+        (
+            "schedule.batch_size",
+            "lower schedule.batch_size (or model.width)",
+        )
+    } else {
+        ("model.width", "lower model.width (or schedule.batch_size)")
+    };
     Err(StageError::Setting {
-        field: "model.width",
+        field,
         message: format!(
             "a training step needs about {:.1} GiB ({:.1} GiB of activations, {:.1} GiB of \
-             parameters and rotations), but this machine has {:.1} GiB available; lower \
-             model.width (or schedule.batch_size), or set run.memory_check = false to try anyway",
+             parameters and rotations), but this machine has {:.1} GiB available; {advice}, \
+             or set run.memory_check = false to try anyway",
             gib(estimate.total()),
             gib(estimate.activations),
             gib(estimate.parameters),
@@ -683,6 +692,11 @@ mod memory_tests {
         assert!(huge.total() > 100 << 30, "{huge:?}");
         let e = check_step_memory(huge, 24 << 30).unwrap_err().to_string();
         assert!(e.starts_with("model.width: ") && e.contains("GiB"), "{e}");
+        // A batch too large for a small net: the batch size is the setting to blame.
+        let batch = step_memory(&model(32), &MethodConfig::Gs {}, (3, 32, 32), 10, 1 << 20);
+        assert!(batch.activations > batch.parameters);
+        let e = check_step_memory(batch, 24 << 30).unwrap_err().to_string();
+        assert!(e.starts_with("schedule.batch_size: "), "{e}");
         let small = step_memory(&model(32), &MethodConfig::Gs {}, (1, 28, 28), 10, 128);
         assert!(check_step_memory(small, 24 << 30).is_ok());
     }

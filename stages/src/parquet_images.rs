@@ -8,8 +8,9 @@
 //! Class names come from the `huggingface` key of the file metadata when present.
 
 use crate::bundle::{Bundle, Entry};
-use crate::dataset::{push_chw, Decoded, Split};
+use crate::dataset::{decode_image, image_header, push_chw, Decoded, Split};
 use crate::error::format_err;
+use crate::input::size_text;
 use crate::{Result, StageError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -67,6 +68,8 @@ fn read_file(
     cols: &Columns<'_>,
     split: &mut Option<Split>,
     names: &mut Option<Vec<String>>,
+    left: &mut u64,
+    max_bytes: u64,
 ) -> Result<()> {
     let err = |m: String| format_err(&entry.display(), m);
     let reader = SerializedFileReader::new(bytes::Bytes::from(entry.bytes()?.into_owned()))
@@ -103,12 +106,20 @@ fn read_file(
                 cols.classes
             )));
         }
-        let decoded = image::load_from_memory(img)
-            .map_err(|e| err(format!("row {i}: cannot decode image: {e}")))?;
+        // The header first: an image's size is checked before its pixels are decoded.
+        let header = image_header(img).map_err(|m| err(format!("row {i}: {m}")))?;
         // MNIST-family images are grayscale PNGs: one channel; everything else RGB.
-        let gray = !decoded.color().has_color();
+        let gray = !header.color;
         let c = if gray { 1 } else { 3 };
-        let shape = (c, decoded.height() as usize, decoded.width() as usize);
+        let shape = (c, header.height as usize, header.width as usize);
+        let bytes = header.pixels_bytes(c as u64);
+        *left = left.checked_sub(bytes).ok_or_else(|| {
+            err(format!(
+                "row {i}: the images so far decode to more than the {} a dataset may take \
+                 in memory here",
+                size_text(max_bytes)
+            ))
+        })?;
         let s = split.get_or_insert_with(|| Split {
             images: Vec::new(),
             labels: Vec::new(),
@@ -120,6 +131,7 @@ fn read_file(
                 shape, s.shape
             )));
         }
+        let decoded = decode_image(img, &header).map_err(|m| err(format!("row {i}: {m}")))?;
         push_chw(&decoded, gray, &mut s.images);
         s.labels.push(label as u32);
     }
@@ -128,6 +140,8 @@ fn read_file(
 
 pub fn read(bundle: &Bundle, cols: &Columns<'_>) -> Result<Decoded> {
     let mut names = None;
+    let max_bytes = bundle.limits.max_bytes;
+    let mut left = max_bytes;
     let mut read_split = |prefix: &str| -> Result<Split> {
         let files = split_files(bundle, prefix);
         if files.is_empty() {
@@ -138,7 +152,7 @@ pub fn read(bundle: &Bundle, cols: &Columns<'_>) -> Result<Decoded> {
         }
         let mut split = None;
         for f in &files {
-            read_file(f, cols, &mut split, &mut names)?;
+            read_file(f, cols, &mut split, &mut names, &mut left, max_bytes)?;
         }
         split.ok_or_else(|| StageError::Format {
             path: files[0].display(),

@@ -12,6 +12,11 @@
 //!
 //! Anything else — another global, an opcode outside this subset, a dtype other than one-byte
 //! unsigned — is an error: the reader never executes or guesses.
+//!
+//! Hostile files are bounded: values nest at most [`MAX_DEPTH`] deep (a 4 MB file of nested
+//! lists would otherwise overflow the stack when freed), and what memo reads copy is charged
+//! against a budget proportional to the file (a 318-byte file that reads its memo entries
+//! back into themselves doubles with every step).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -63,7 +68,7 @@ impl Value {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -78,6 +83,63 @@ impl Value {
             Value::Dtype(_) => "dtype",
             Value::Array { .. } => "array",
         }
+    }
+}
+
+/// How deep values may nest (CIFAR files: 3, a dict of lists of strings).
+pub const MAX_DEPTH: usize = 32;
+
+/// Nodes (and string bytes) memo reads may copy beyond the file's own size.
+const MEMO_COPY_ALLOWANCE: u64 = 1 << 20;
+
+/// Whether `v` nests at most `limit` levels (a scalar is level 1); recursion stops at the
+/// limit, so checking never goes deeper than the limit either.
+fn within_depth(v: &Value, limit: usize) -> bool {
+    if limit == 0 {
+        return false;
+    }
+    match v {
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().all(|i| within_depth(i, limit - 1))
+        }
+        Value::Dict(pairs) => pairs
+            .iter()
+            .all(|(k, v)| within_depth(k, limit - 1) && within_depth(v, limit - 1)),
+        _ => true,
+    }
+}
+
+/// Refuses a value that would nest a container deeper than [`MAX_DEPTH`].
+fn check_nesting(v: &Value) -> Result<(), String> {
+    if within_depth(v, MAX_DEPTH - 1) {
+        Ok(())
+    } else {
+        Err(format!(
+            "pickle nests containers more than {MAX_DEPTH} deep (a CIFAR file nests 3)"
+        ))
+    }
+}
+
+/// Charges the copy a memo read makes of `v` (its nodes and string bytes) against `budget`;
+/// stops counting as soon as the budget is spent.
+fn charge_copy(v: &Value, budget: &mut u64) -> Result<(), String> {
+    let cost = match v {
+        Value::Str(s) | Value::Dtype(s) => 1 + s.len() as u64,
+        Value::Global(m, n) => 1 + (m.len() + n.len()) as u64,
+        _ => 1,
+    };
+    *budget = budget.checked_sub(cost).ok_or(
+        "pickle memo reads copy more than the file could hold: a memo bomb, not a CIFAR file",
+    )?;
+    match v {
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().try_for_each(|i| charge_copy(i, budget))
+        }
+        Value::Dict(pairs) => pairs.iter().try_for_each(|(k, v)| {
+            charge_copy(k, budget)?;
+            charge_copy(v, budget)
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -255,6 +317,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
     let mut r = Reader { bytes, pos: 0 };
     let mut stack: Vec<Slot> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();
+    let mut copy_budget = MEMO_COPY_ALLOWANCE + bytes.len() as u64;
     loop {
         let op = r.u8()?;
         match op {
@@ -316,23 +379,24 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
                 let name = r.line()?;
                 stack.push(Slot::V(Value::Global(module, name)));
             }
-            b'q' => {
-                let i = r.u8()? as u32;
-                memo.insert(i, top(&mut stack)?.clone());
-            }
-            b'r' => {
-                let i = r.u32()?;
-                memo.insert(i, top(&mut stack)?.clone());
+            b'q' | b'r' => {
+                let i = if op == b'q' { r.u8()? as u32 } else { r.u32()? };
+                let v = top(&mut stack)?;
+                // A put copies too: the same value put again and again is the same bomb.
+                charge_copy(v, &mut copy_budget)?;
+                memo.insert(i, v.clone());
             }
             b'h' | b'j' => {
                 let i = if op == b'h' { r.u8()? as u32 } else { r.u32()? };
                 let v = memo
                     .get(&i)
                     .ok_or_else(|| format!("pickle memo entry {i} read before it was written"))?;
+                charge_copy(v, &mut copy_budget)?;
                 stack.push(Slot::V(v.clone()));
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(check_nesting)?;
                 stack.push(Slot::V(Value::Tuple(items)));
             }
             0x85..=0x87 => {
@@ -342,14 +406,17 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
                     items.push(pop(&mut stack)?);
                 }
                 items.reverse();
+                items.iter().try_for_each(check_nesting)?;
                 stack.push(Slot::V(Value::Tuple(items)));
             }
             b'l' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(check_nesting)?;
                 stack.push(Slot::V(Value::List(items)));
             }
             b'a' => {
                 let v = pop(&mut stack)?;
+                check_nesting(&v)?;
                 match top(&mut stack)? {
                     Value::List(l) => l.push(v),
                     other => return Err(format!("APPEND to a {}", other.kind())),
@@ -357,6 +424,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'e' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(check_nesting)?;
                 match top(&mut stack)? {
                     Value::List(l) => l.extend(items),
                     other => return Err(format!("APPENDS to a {}", other.kind())),
@@ -364,6 +432,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'd' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(check_nesting)?;
                 if !items.len().is_multiple_of(2) {
                     return Err("DICT with an odd number of items".into());
                 }
@@ -377,6 +446,8 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             b's' => {
                 let v = pop(&mut stack)?;
                 let k = pop(&mut stack)?;
+                check_nesting(&k)?;
+                check_nesting(&v)?;
                 match top(&mut stack)? {
                     Value::Dict(d) => d.push((k, v)),
                     other => return Err(format!("SETITEM on a {}", other.kind())),
@@ -384,6 +455,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(check_nesting)?;
                 if !items.len().is_multiple_of(2) {
                     return Err("SETITEMS with an odd number of items".into());
                 }
@@ -416,5 +488,78 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn parsed_quickly(bytes: &[u8]) -> Result<Value, String> {
+        let t = Instant::now();
+        let r = parse(bytes);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        r
+    }
+
+    #[test]
+    fn a_memo_bomb_is_refused_before_it_grows() {
+        // `l = []; repeat 60×: l = [l, l]` through the memo: 2^60 nodes when every read
+        // copies, from a file of 422 bytes.
+        let mut b = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..60 {
+            b.extend_from_slice(&[b'(', b'h', 0, b'h', 0, b'l', b'q', 0, b'0']);
+        }
+        b.extend_from_slice(&[b'h', 0, b'.']);
+        assert!(b.len() < 600);
+        let e = parsed_quickly(&b).unwrap_err();
+        assert!(e.contains("memo bomb"), "{e}");
+    }
+
+    #[test]
+    fn memo_reads_of_a_long_string_are_charged_by_its_length() {
+        // A 64 KiB string read back 40 times: 2.5 MiB of copies from a 66 KiB file, flat.
+        let mut b = vec![0x80, 2, b'(', b'X'];
+        b.extend_from_slice(&(64u32 << 10).to_le_bytes());
+        b.extend(std::iter::repeat_n(b'a', 64 << 10));
+        b.extend_from_slice(&[b'q', 0]);
+        for _ in 0..40 {
+            b.extend_from_slice(&[b'h', 0]);
+        }
+        b.extend_from_slice(b"l.");
+        let e = parsed_quickly(&b).unwrap_err();
+        assert!(e.contains("memo bomb"), "{e}");
+        // The same string read back a few times is an ordinary file.
+        let mut ok = b[..b.len() - 2 - 80].to_vec();
+        ok.extend_from_slice(&[b'h', 0, b'h', 0, b'l', b'.']);
+        match parsed_quickly(&ok).unwrap() {
+            Value::List(items) => assert_eq!(items.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        // 2M nested lists (4 MB): freeing them recursively overflowed the stack.
+        let n = 2_000_000;
+        let mut b = vec![0x80, 2];
+        b.extend(std::iter::repeat_n(b']', n));
+        b.extend(std::iter::repeat_n(b'a', n - 1));
+        b.push(b'.');
+        let e = parsed_quickly(&b).unwrap_err();
+        assert!(e.contains("nests containers more than 32 deep"), "{e}");
+        // Through MARK-built lists and tuples as well.
+        let mut b = vec![0x80, 2];
+        b.extend(std::iter::repeat_n(b'(', 100));
+        b.extend(std::iter::repeat_n(b'l', 100));
+        b.push(b'.');
+        assert!(parsed_quickly(&b).unwrap_err().contains("deep"));
+        // MAX_DEPTH itself is fine.
+        let mut b = vec![0x80, 2];
+        b.extend(std::iter::repeat_n(b']', MAX_DEPTH));
+        b.extend(std::iter::repeat_n(b'a', MAX_DEPTH - 1));
+        b.push(b'.');
+        assert!(within_depth(&parsed_quickly(&b).unwrap(), MAX_DEPTH));
     }
 }

@@ -12,6 +12,7 @@ use crate::cifar::{self, Cifar};
 use crate::dataset::{Decoded, Normalizer, Split};
 use crate::error::{format_err, read_json, write_json};
 use crate::fetch;
+use crate::input::InputLimits;
 use crate::progress::Progress;
 pub use crate::spec::{known_shape, DataFormat, LabelChoice};
 use crate::spec::{DatasetName, IDX_FILES};
@@ -94,8 +95,9 @@ pub struct DatasetStats {
 fn read_split(dir: &Path, images_stem: &str, labels_stem: &str, classes: usize) -> Result<Split> {
     let ipath = fetch::locate(dir, images_stem)?;
     let lpath = fetch::locate(dir, labels_stem)?;
-    let images = idx::read(&ipath)?;
-    let labels = idx::read(&lpath)?;
+    let limits = input_limits(DataFormat::Idx);
+    let images = idx::read_with(&ipath, limits)?;
+    let labels = idx::read_with(&lpath, limits)?;
     let (n, h, w) = match images.dims[..] {
         [n, h, w] => (n, h, w),
         _ => {
@@ -105,6 +107,12 @@ fn read_split(dir: &Path, images_stem: &str, labels_stem: &str, classes: usize) 
             ))
         }
     };
+    if h == 0 || w == 0 {
+        return Err(format_err(
+            &ipath,
+            format!("images of {h}×{w} pixels: an image needs at least one pixel"),
+        ));
+    }
     if labels.dims != [n] {
         return Err(format_err(
             &lpath,
@@ -193,8 +201,26 @@ pub fn normalizer(kind: Normalization, mean: &[f64], std: &[f64]) -> Result<Norm
     })
 }
 
+/// The most bytes the fixed-layout formats may expand to: four times the largest official
+/// dataset of each (CIFAR-100 binary, 184 MB; MNIST, 55 MB), room for larger data in the same
+/// layouts, and a gzip bomb stops there rather than at half the machine's memory.
+const FIXED_FORMAT_MAX_BYTES: u64 = 1 << 30;
+
+/// What a reader of `format` may hold: half the machine's free memory, and no more than the
+/// fixed-layout formats can sensibly hold.
+fn input_limits(format: DataFormat) -> InputLimits {
+    let machine = InputLimits::of_machine();
+    match format {
+        DataFormat::Idx | DataFormat::CifarBinary | DataFormat::CifarPython => InputLimits {
+            max_bytes: machine.max_bytes.min(FIXED_FORMAT_MAX_BYTES),
+        },
+        DataFormat::Parquet | DataFormat::ImageFolder => machine,
+    }
+}
+
 /// Decodes the fetched files in `root` per `cfg`.
 pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
+    let load = |format| Bundle::load_with(root, input_limits(format));
     let cifar = match cfg.dataset {
         DatasetName::Cifar10 => Some(Cifar::Ten),
         DatasetName::Cifar100 => Some(Cifar::Hundred),
@@ -231,10 +257,10 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
             })
         }
         DataFormat::CifarBinary => {
-            cifar::read_binary(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+            cifar::read_binary(&load(cfg.format)?, needs_cifar()?, cfg.label)
         }
         DataFormat::CifarPython => {
-            cifar::read_python(&Bundle::load(root)?, needs_cifar()?, cfg.label)
+            cifar::read_python(&load(cfg.format)?, needs_cifar()?, cfg.label)
         }
         DataFormat::Parquet => {
             let (label, classes) = match (cfg.dataset, cfg.label) {
@@ -251,11 +277,11 @@ pub fn decode(cfg: &PreprocessConfig, root: &Path) -> Result<Decoded> {
                 _ => ("label", 10),
             };
             parquet_images::read(
-                &Bundle::load(root)?,
+                &load(cfg.format)?,
                 &parquet_images::Columns { label, classes },
             )
         }
-        DataFormat::ImageFolder => image_folder::read(&Bundle::load(root)?),
+        DataFormat::ImageFolder => image_folder::read(&load(cfg.format)?),
     }
 }
 
@@ -284,6 +310,12 @@ pub fn run(
     }
     if train.is_empty() || test.is_empty() {
         return Err(format_err(&root, "a dataset split is empty"));
+    }
+    if train.image_len() == 0 {
+        return Err(format_err(
+            &root,
+            format!("images of shape {:?} hold no pixels", train.shape),
+        ));
     }
     let classes = class_names.len();
     let (mean, std) = channel_stats(&train);

@@ -430,6 +430,7 @@ impl<'a> Trainer<'a> {
             &self.store,
             &self.optimizers,
             &mut self.sampler,
+            self.iterations,
             self.progress,
         )?;
         if let Some((iteration, record)) = restored {

@@ -2,6 +2,7 @@
 //! fingerprint (names, sizes, modification times), re-checked before every read.
 
 use crate::error::{format_err, read_json, IoContext};
+use crate::input;
 use crate::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,33 +36,25 @@ pub fn locate(dir: &Path, stem: &str) -> Result<PathBuf> {
 }
 
 /// `name:size:mtime` of every file under `path` (sorted), so editing the data changes keys.
+/// The walk refuses what preprocess would refuse: FIFOs, devices, symlinks out of the data.
 pub(super) fn fingerprint_path(path: &Path) -> Result<Vec<String>> {
-    fn walk(p: &Path, out: &mut Vec<String>) -> Result<()> {
-        let meta = std::fs::metadata(p).at(p)?;
-        if meta.is_dir() {
-            let mut children: Vec<PathBuf> = std::fs::read_dir(p)
-                .at(p)?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<std::io::Result<_>>()
-                .at(p)?;
-            children.sort();
-            for c in children {
-                walk(&c, out)?;
-            }
-        } else {
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            out.push(format!("{}:{}:{}", p.display(), meta.len(), mtime));
-        }
-        Ok(())
+    let line = |p: &Path, len: u64, modified: Option<std::time::SystemTime>| {
+        let mtime = modified
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{}:{}:{}", p.display(), len, mtime)
+    };
+    if !std::fs::metadata(path).at(path)?.is_dir() {
+        let (file, len) = input::open_regular(path)?;
+        let modified = file.metadata().at(path)?.modified().ok();
+        return Ok(vec![line(path, len, modified)]);
     }
-    let mut out = Vec::new();
-    walk(path, &mut out)?;
-    Ok(out)
+    let (files, _) = input::walk_tree(path, false)?;
+    Ok(files
+        .iter()
+        .map(|f| line(&f.path, f.meta_len, f.modified))
+        .collect())
 }
 
 /// The data an in-place record points at, after checking they still match their fingerprint.

@@ -18,6 +18,8 @@ mod hub;
 mod local;
 
 pub use crate::spec::{DatasetName, IDX_FILES};
+pub use http::redact;
+pub use hub::check_hub_names;
 pub use local::locate;
 
 use crate::error::{format_err, write_json, IoContext};
@@ -115,8 +117,38 @@ impl FetchConfig {
     }
 }
 
+/// The most one `url` download may bring when its server announces no length (or announces
+/// more): far above any dataset this pipeline reads, far below a full disk.
+pub const MAX_DOWNLOAD_BYTES: u64 = 16 << 30;
+
+/// Bounds on what a fetch accepts from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// The most bytes one `url` download may have (hub files are held to the size the hub
+    /// announces for them).
+    pub max_download_bytes: u64,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        Self {
+            max_download_bytes: MAX_DOWNLOAD_BYTES,
+        }
+    }
+}
+
 /// Runs the stage into `out`. Returns the names of the files it wrote or recorded.
 pub fn run(cfg: &FetchConfig, out: &Path, progress: &dyn Progress) -> Result<Vec<String>> {
+    run_with(cfg, out, FetchLimits::default(), progress)
+}
+
+/// [`run`] within explicit limits.
+pub fn run_with(
+    cfg: &FetchConfig,
+    out: &Path,
+    limits: FetchLimits,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
     let files = out.join(FILES_DIR);
     match &cfg.source {
         Source::Embedded => {
@@ -148,7 +180,7 @@ pub fn run(cfg: &FetchConfig, out: &Path, progress: &dyn Progress) -> Result<Vec
                 .build();
             let mut written = Vec::new();
             for d in downloads {
-                http::download(&agent, d, &files, progress)?;
+                http::download(&agent, d, &files, limits.max_download_bytes, progress)?;
                 written.push(d.file_name());
             }
             Ok(written)

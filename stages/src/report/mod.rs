@@ -218,9 +218,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     written
 }
 
-/// Removes `.<name>.<pid>.tmp` files that a killed writer left beside `path`. Only those older
-/// than a minute: a live writer (another process on a shared run directory) renames its
-/// temporary file within milliseconds.
+/// Whether process `pid` may still be writing: `/proc/<pid>` exists, or there is no `/proc` to
+/// tell.
+fn writer_may_live(pid: &str) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || pid.parse::<u32>().is_err() || proc.join(pid).exists()
+}
+
+/// Removes `.<name>.<pid>.tmp` files that a killed writer left beside `path`: those whose
+/// process is gone, and any older than a minute (a live writer — another process on a shared
+/// run directory — renames its temporary file within milliseconds; a pid can be reused).
 fn sweep_stale_temporaries(path: &Path, name: &str) {
     let Some(dir) = path.parent() else { return };
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -236,7 +243,13 @@ fn sweep_stale_temporaries(path: &Path, name: &str) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > minute);
-        if file.starts_with(&prefix) && file.ends_with(".tmp") && stale {
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        if stale || !writer_may_live(pid) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -304,9 +317,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("results.csv");
         let stale = dir.path().join(".results.csv.4242.tmp");
-        let fresh = dir.path().join(".results.csv.4343.tmp");
+        // A live writer: init (pid 1) lives as long as the machine.
+        let fresh = dir.path().join(".results.csv.1.tmp");
+        // Fresh, but its writer is gone (pids never reach 2^31 on Linux): a killed report.
+        let orphan = dir.path().join(".results.csv.2147483647.tmp");
         let other = dir.path().join(".summary.csv.4242.tmp");
-        for p in [&stale, &fresh, &other] {
+        for p in [&stale, &fresh, &orphan, &other] {
             std::fs::write(p, b"half").unwrap();
         }
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
@@ -317,6 +333,11 @@ mod tests {
         write_atomic(&target, b"a,b\n").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"a,b\n");
         assert!(!stale.exists(), "a killed writer's temporary file is swept");
+        #[cfg(target_os = "linux")]
+        assert!(
+            !orphan.exists(),
+            "a fresh one whose writer is gone is swept too"
+        );
         assert!(fresh.exists(), "a live writer's temporary file is kept");
         assert!(
             other.exists(),
