@@ -6,19 +6,14 @@
 
 use super::routes::{self, DeviceRoutes, MapFallback, MapRoute};
 use crate::orth::{self, OrthMap};
-use candle_core::{bail, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// `Q = orth(P)` for a square `P` (`[d, d]`, f32 or f64, any device), differentiable w.r.t. `P`:
 /// a batch of one of [`orthogonalize_batched`].
 pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
-    let (rows, cols) = p.dims2()?;
-    if rows != cols {
-        bail!(
-            "orthogonalize ({}): P must be square, got [{rows}, {cols}]",
-            map.name()
-        );
-    }
+    // A 2-D P becomes a stack of one; `orth::check_stack` refuses a non-square one.
+    p.dims2()?;
     orthogonalize_batched(&p.unsqueeze(0)?, map)?.squeeze(0)
 }
 
@@ -49,7 +44,7 @@ const ITERATION_MARGIN: usize = 1;
 /// `map`'s gemm route for the stack, with the device read once when the iteration count of the
 /// last batch of the same shape still suffices.
 pub fn gemm_route(ps: &Tensor, map: OrthMap, table: &DeviceRoutes) -> Result<Tensor> {
-    fail::fail_point!("ops::map_route", |a: Option<String>| bail!(
+    fail::fail_point!("ops::map_route", |a: Option<String>| candle_core::bail!(
         "injected failure (failpoint ops::map_route{})",
         a.map(|a| format!(", {a}")).unwrap_or_default()
     ));
