@@ -29,6 +29,9 @@ mod dense;
 mod newton_schulz;
 mod polar;
 mod qr;
+mod rotate;
+#[cfg(test)]
+mod rotate_tests;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +43,7 @@ pub use newton_schulz::{
     Iterations as NewtonSchulzIterations, FIRST_READ as NEWTON_SCHULZ_FIRST_READ,
     MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
+pub use rotate::{check_pair, rotate_batched};
 
 use candle_core::{bail, Result, Tensor};
 use faer::{Mat, MatRef, Par};
