@@ -54,8 +54,8 @@ pub struct OptKernel {
     pub w0: Var,
     pub p: Var,
     pub config: OptLayerConfig,
-    /// Where `R = orth(P)` comes from (exact maps only): the network's bank batches it with the
-    /// other layers of its size and map.
+    /// Where `W = orth(P)·W0` comes from (exact maps only): the network's bank batches it with
+    /// the other layers of its size and map, fused (the rotation is never formed).
     slot: Option<RotationSlot>,
 }
 
@@ -94,7 +94,7 @@ impl OptKernel {
             Kind::Rotation,
         )?;
         let slot = match cfg.rotation {
-            Rotation::Exact(map) => Some(bank.register(p.clone(), map)?),
+            Rotation::Exact(map) => Some(bank.register_rotated(p.clone(), w0.clone(), map)?),
             Rotation::Raw => None,
         };
         Ok(Self {
@@ -109,14 +109,17 @@ impl OptKernel {
     /// The rotation `R` actually applied.
     pub fn rotation(&self) -> Result<Tensor> {
         match &self.slot {
-            Some(slot) => slot.rotation(),
+            Some(slot) => slot.rotation_alone(),
             None => Ok(self.p.as_tensor().clone()),
         }
     }
 
     /// The effective weight `W = R·W0`, `[d, n]`.
     pub fn weight(&self) -> Result<Tensor> {
-        Ok(self.rotation()?.matmul(self.w0.as_tensor())?)
+        match &self.slot {
+            Some(slot) => slot.rotation(),
+            None => Ok(self.p.as_tensor().matmul(self.w0.as_tensor())?),
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Where an OPT network's exact rotations are computed: all layers that share a size, dtype and
-//! map in one batched op ([`orthogonalize_each`]) instead of one op per layer.
+//! map in one batched op instead of one op per layer. A layer registered with its `W0` gets its
+//! weight `W = orth(P)·W0` from the fused op ([`rotate_batched`](crate::ops::rotate_batched)),
+//! which never forms the `d×d` rotation; one registered without gets `orth(P)`.
 //!
 //! A factory creates one [`RotationBank`] and registers each layer's `P` in it; the layer keeps
 //! a [`RotationSlot`]. During a forward pass ([`ForwardScope`], entered by `Network::forward`)
@@ -16,7 +18,7 @@
 //! The scope lives in a thread-local because the layer seam (`KernelSource::kernel`) takes no
 //! context: the forward runs on the caller's thread, and so do the layers' requests.
 
-use crate::ops::{orthogonalize, orthogonalize_groups, OrthMap};
+use crate::ops::{map_groups, orthogonalize, MapGroup, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, Var};
 use std::cell::Cell;
@@ -52,20 +54,28 @@ impl Drop for ForwardScope {
 
 struct Layer {
     p: Var,
+    /// `W0` where the layer wants `orth(P)·W0` rather than `orth(P)`.
+    w0: Option<Var>,
     map: OrthMap,
     /// A rotation computed with its group, for the scope with this token, not yet handed out.
     ready: Option<(u64, Tensor)>,
 }
 
 impl Layer {
-    fn group(&self) -> (usize, DType, OrthMap) {
+    /// `(d, n or none, dtype, map)`: the layers one batched op can take.
+    fn group(&self) -> GroupKey {
         (
             self.p.dims().first().copied().unwrap_or(0),
+            self.w0
+                .as_ref()
+                .map(|w0| w0.dims().get(1).copied().unwrap_or(0)),
             self.p.dtype(),
             self.map,
         )
     }
 }
+
+type GroupKey = (usize, Option<usize>, DType, OrthMap);
 
 /// The registered layers of one network (shared by its OPT layers through [`RotationSlot`]s).
 #[derive(Default)]
@@ -78,14 +88,34 @@ impl RotationBank {
         Arc::new(Self::default())
     }
 
-    /// Registers a layer whose rotation is `map(p)`.
+    /// Registers a layer whose rotation is `map(p)`; its slot hands out `map(p)`.
     pub fn register(self: &Arc<Self>, p: Var, map: OrthMap) -> Result<RotationSlot> {
-        let mut layers = self.lock()?;
-        layers.push(Layer {
+        self.push(Layer {
             p,
+            w0: None,
             map,
             ready: None,
-        });
+        })
+    }
+
+    /// Registers a layer whose weight is `map(p)·w0`; its slot hands out that weight.
+    pub fn register_rotated(
+        self: &Arc<Self>,
+        p: Var,
+        w0: Var,
+        map: OrthMap,
+    ) -> Result<RotationSlot> {
+        self.push(Layer {
+            p,
+            w0: Some(w0),
+            map,
+            ready: None,
+        })
+    }
+
+    fn push(self: &Arc<Self>, layer: Layer) -> Result<RotationSlot> {
+        let mut layers = self.lock()?;
+        layers.push(layer);
         Ok(RotationSlot {
             bank: Arc::clone(self),
             index: layers.len() - 1,
@@ -121,11 +151,11 @@ impl RotationBank {
     }
 }
 
-/// Every layer's rotation, one batched op per group, the groups concurrently on the CPU
-/// (`orthogonalize_groups`): CNN-6's lone 1024×1024 `fc6` then runs beside the five 576×576
-/// layers instead of after them.
+/// Every layer's result, one batched op per group, the groups concurrently on the CPU
+/// (`map_groups`): CNN-6's lone 1024×1024 `fc6` then runs beside the five 576×576 layers
+/// instead of after them.
 fn compute_all(layers: &[Layer]) -> Result<Vec<(usize, Tensor)>> {
-    let mut groups: Vec<((usize, DType, OrthMap), Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
     for (k, layer) in layers.iter().enumerate() {
         let key = layer.group();
         match groups.iter_mut().find(|(g, _)| *g == key) {
@@ -133,17 +163,21 @@ fn compute_all(layers: &[Layer]) -> Result<Vec<(usize, Tensor)>> {
             None => groups.push((key, vec![k])),
         }
     }
-    let inputs: Vec<(Vec<Tensor>, OrthMap)> = groups
+    let inputs: Vec<MapGroup> = groups
         .iter()
-        .map(|((_, _, map), members)| {
-            let ps = members
+        .map(|(key, members)| MapGroup {
+            map: key.3,
+            ps: members
                 .iter()
                 .map(|&k| layers[k].p.as_tensor().clone())
-                .collect();
-            (ps, *map)
+                .collect(),
+            w0s: members
+                .iter()
+                .map(|&k| layers[k].w0.as_ref().map(|w0| w0.as_tensor().clone()))
+                .collect(),
         })
         .collect();
-    let results = orthogonalize_groups(&inputs)?;
+    let results = map_groups(&inputs)?;
     Ok(groups
         .into_iter()
         .zip(results)
@@ -158,20 +192,37 @@ pub struct RotationSlot {
 }
 
 impl RotationSlot {
-    /// `orth(P)` of this layer, differentiable w.r.t. `P`: from its group's batch inside a
-    /// forward scope, computed alone outside one.
+    /// What this layer registered for — `orth(P)`, or `orth(P)·W0` — differentiable w.r.t. its
+    /// inputs: from its group's batch inside a forward scope, computed alone outside one.
     pub fn rotation(&self) -> Result<Tensor> {
         match ACTIVE.with(Cell::get) {
             Some(token) => self.bank.in_scope(self.index, token),
             None => {
-                let (p, map) = {
+                let group = {
                     let layers = self.bank.lock()?;
                     let layer = &layers[self.index];
-                    (layer.p.as_tensor().clone(), layer.map)
+                    MapGroup {
+                        map: layer.map,
+                        ps: vec![layer.p.as_tensor().clone()],
+                        w0s: layer.w0.as_ref().map(|w0| vec![w0.as_tensor().clone()]),
+                    }
                 };
-                Ok(orthogonalize(&p, map)?)
+                let mut out = map_groups(std::slice::from_ref(&group))?;
+                out.pop()
+                    .and_then(|mut g| g.pop())
+                    .ok_or_else(|| candle_core::Error::msg("rotation bank: no result").into())
             }
         }
+    }
+
+    /// `orth(P)` alone, whatever the layer registered for (metrics, exports), never from a scope.
+    pub fn rotation_alone(&self) -> Result<Tensor> {
+        let (p, map) = {
+            let layers = self.bank.lock()?;
+            let layer = &layers[self.index];
+            (layer.p.as_tensor().clone(), layer.map)
+        };
+        Ok(orthogonalize(&p, map)?)
     }
 }
 
