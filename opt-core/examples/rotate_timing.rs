@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     let n = 64;
     println!("| map | d × b | composed ms | fused ms | speed-up |");
     println!("|---|---|---:|---:|---:|");
-    for map in [OrthMap::Cayley, OrthMap::GramSchmidt] {
+    for map in OrthMap::ALL {
         for (d, b) in [(576usize, 5usize), (1024, 1)] {
             let p = Var::from_tensor(&stack(&mut rng, (b, d, d), 1.0)?)?;
             let w0 = stack(&mut rng, (b, d, n), (2.0 / d as f64).sqrt())?;

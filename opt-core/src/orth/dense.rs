@@ -198,16 +198,6 @@ impl HouseholderQr {
         )
     }
 
-    /// The Householder vectors as columns (unit diagonal, zero above).
-    fn basis(&self) -> Mat<f64> {
-        let a = &self.packed;
-        Mat::from_fn(a.nrows(), a.ncols(), |i, j| match i.cmp(&j) {
-            std::cmp::Ordering::Greater => a[(i, j)],
-            std::cmp::Ordering::Equal => 1.0,
-            std::cmp::Ordering::Less => 0.0,
-        })
-    }
-
     /// `m ← Q m`.
     pub(super) fn apply_q(&self, m: MatMut<'_, f64>, par: Par) {
         let (n, block) = (self.dim(), self.coeff.nrows());
@@ -219,7 +209,8 @@ impl HouseholderQr {
             ),
         );
         householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-            self.basis().as_ref(),
+            // faer reads only the vectors below the diagonal (their leading 1 is implicit).
+            self.packed.as_ref(),
             self.coeff.as_ref(),
             Conj::No,
             m,
@@ -237,7 +228,7 @@ impl HouseholderQr {
             >(n, block, m.ncols()),
         );
         householder::apply_block_householder_sequence_transpose_on_the_left_in_place_with_conj(
-            self.basis().as_ref(),
+            self.packed.as_ref(),
             self.coeff.as_ref(),
             Conj::No,
             m,
