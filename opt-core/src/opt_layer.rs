@@ -144,14 +144,9 @@ impl KernelSource for OptKernel {
         if self.config.penalty == 0.0 {
             return Ok(None);
         }
-        // Non-squared Frobenius norm ‖RRᵀ − I‖_F (spec §2.7).
-        let r = self.p.as_tensor();
-        let d = r.dim(0)?;
-        let gram = r.matmul(&r.t()?)?;
-        let diff = (gram - Tensor::eye(d, r.dtype(), r.device())?)?;
-        Ok(Some(
-            (diff.sqr()?.sum_all()?.sqrt()? * self.config.penalty)?,
-        ))
+        // Non-squared Frobenius norm ‖RRᵀ − I‖_F (spec §2.7), gradient in closed form.
+        let penalty = crate::penalty::orthogonality_penalty(self.p.as_tensor())?;
+        Ok(Some((penalty * self.config.penalty)?))
     }
 
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {

@@ -216,10 +216,7 @@ fn rotate_householder_keeps_the_determinant_rule_on_structured_matrices() {
 /// f64 composed map (values 1e-6, gradients 1e-4, relative).
 #[test]
 fn rotate_in_f32_at_layer_size_keeps_the_f64_maps_accuracy() {
-    for (d, maps) in [
-        (576usize, &OrthMap::ALL[..]),
-        (1024, &OrthMap::ALL[..]),
-    ] {
+    for (d, maps) in [(576usize, &OrthMap::ALL[..]), (1024, &OrthMap::ALL[..])] {
         let n = 64;
         for &map in maps {
             let p = gauss(d as u64, &[1, d, d], DType::F64);
@@ -296,7 +293,9 @@ fn rotate_reads_strided_inputs_and_refuses_mismatched_ones() {
 #[test]
 fn rotate_lowdin_stays_exact_for_an_ill_conditioned_p() {
     let d = 12;
-    let scale: Vec<f64> = (0..d * d).map(|k| if k / d == 3 { 1e-7 } else { 1.0 }).collect();
+    let scale: Vec<f64> = (0..d * d)
+        .map(|k| if k / d == 3 { 1e-7 } else { 1.0 })
+        .collect();
     let scale = Tensor::from_vec(scale, (1, d, d), &Device::Cpu).expect("scale");
     let p = (healthy(5, 1, d) * scale).expect("ill-conditioned");
     let w0 = gauss(6, &[1, d, 3], DType::F64);
