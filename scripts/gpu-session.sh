@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' 2>&1 | tee -a "$out/session.log"
 
 log "gpu-check (self-check, ops, 200 steps per method, map routes, bench)"
-GPU_CHECK_OUT="$out/check" timeout 200 "$here/gpu-check.sh" "$bin" 2>&1 | tail -n 80 | tee -a "$out/session.log"
+GPU_CHECK_OUT="$out/check" timeout 240 "$here/gpu-check.sh" "$bin" 2>&1 | tail -n 80 | tee -a "$out/session.log"
 
 log "quickstart trainings on cuda, $iterations iterations: $methods"
 for m in ${methods//,/ }; do
