@@ -57,7 +57,10 @@ impl OpSet {
 /// `run.map_route`: how the orthogonal maps are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MapRouteChoice {
-    /// The device's default: exact on the CPU, gemm on a GPU.
+    /// The device's default: exact on the CPU; on a GPU Newton–Schulz for LS and CP, and the
+    /// exact host route for GS and HR — on an H200 (2026-12-04) Cholesky-QR2's one-block-per-
+    /// matrix kernels took 100 ms at d = 576 and 490 ms at 1024 (HR 150 and 770), several times
+    /// the host's fused factorisation, while Newton–Schulz took 7 and 15 ms.
     #[default]
     Auto,
     /// The exact f64 factorisations on the host (spec §2.2–2.5), on every device.
@@ -164,15 +167,17 @@ fn map_index(map: OrthMap) -> usize {
 impl DeviceRoutes {
     /// Every fused op, and each map's route from `choice` on `device`.
     pub fn new(device: &Device, choice: MapRouteChoice) -> Self {
-        let gemm = match choice {
+        let gemm = |m: OrthMap| match choice {
             MapRouteChoice::Exact => false,
             MapRouteChoice::Gemm => true,
-            MapRouteChoice::Auto => !device.is_cpu(),
+            MapRouteChoice::Auto => {
+                !device.is_cpu() && matches!(m, OrthMap::Lowdin | OrthMap::Cayley)
+            }
         };
         Self {
             composed: Default::default(),
             maps: OrthMap::ALL.map(|m| {
-                if gemm {
+                if gemm(m) {
                     MapRoute::gemm(m)
                 } else {
                     MapRoute::Exact
