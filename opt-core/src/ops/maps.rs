@@ -22,7 +22,7 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
     orth::check_stack(ps, map)?;
     let table = routes::routes(ps.device());
-    match table.map_route(map) {
+    match table.map_route_at(map, ps.dim(1)?) {
         MapRoute::Exact => orth::orthogonalize_batched(ps, map),
         route => match gemm_route(ps, map, &table) {
             Ok(q) => Ok(q),
@@ -44,7 +44,7 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
 pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
     orth::check_pair(ps, w0s, map)?;
     let table = routes::routes(ps.device());
-    match table.map_route(map) {
+    match table.map_route_at(map, ps.dim(1)?) {
         MapRoute::Exact => orth::rotate_batched(ps, w0s, map),
         route => match gemm_route(ps, map, &table) {
             Ok(q) => q.matmul(w0s),
