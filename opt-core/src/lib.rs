@@ -36,7 +36,7 @@ pub(crate) mod par;
 pub mod params;
 pub mod resnet;
 pub mod rng;
-pub mod rotation_bank;
+pub mod rotations;
 pub mod schedule;
 pub mod sparse_opt;
 #[cfg(test)]

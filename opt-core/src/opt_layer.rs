@@ -7,10 +7,9 @@
 
 use crate::layers::{KernelFactory, KernelShape, KernelSource};
 use crate::orth::OrthMap;
-use crate::rotation_bank::{RotationBank, RotationSlot};
+use crate::rotations::{RotationRequest, Rotations};
 use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
-use std::sync::Arc;
 
 /// How the learned matrix `P` becomes the rotation `R`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,19 +53,15 @@ pub struct OptKernel {
     pub w0: Var,
     pub p: Var,
     pub config: OptLayerConfig,
-    /// Where `R = orth(P)` comes from (exact maps only): the network's bank batches it with the
-    /// other layers of its size and map.
-    slot: Option<RotationSlot>,
 }
 
 impl OptKernel {
-    /// Registers `W0` and `P` in `store` and, for an exact map, `P` in `bank`.
+    /// Registers `W0` and `P` in `store`.
     pub fn new(
         store: &mut ParamStore,
         name: &str,
         shape: KernelShape,
         cfg: OptLayerConfig,
-        bank: &Arc<RotationBank>,
         rng: &mut Rng,
     ) -> Result<Self> {
         let (d, n) = (shape.fan_in(), shape.c_out);
@@ -93,30 +88,44 @@ impl OptKernel {
             },
             Kind::Rotation,
         )?;
-        let slot = match cfg.rotation {
-            Rotation::Exact(map) => Some(bank.register(p.clone(), map)?),
-            Rotation::Raw => None,
-        };
         Ok(Self {
             shape,
             w0,
             p,
             config: cfg,
-            slot,
         })
     }
 
-    /// The rotation `R` actually applied.
-    pub fn rotation(&self) -> Result<Tensor> {
-        match &self.slot {
-            Some(slot) => slot.rotation(),
+    /// `R = orth(P)` as the forward computes it with the other layers of its size and map
+    /// (exact maps only).
+    fn request(&self) -> Option<RotationRequest> {
+        match self.config.rotation {
+            Rotation::Exact(map) => Some(RotationRequest::of(&self.p, map)),
+            Rotation::Raw => None,
+        }
+    }
+
+    /// The rotation `R` actually applied, from `rotations` where the forward computed it.
+    pub fn rotation_in(&self, rotations: &Rotations) -> Result<Tensor> {
+        match self.request() {
+            Some(r) => rotations.get(&r),
             None => Ok(self.p.as_tensor().clone()),
         }
     }
 
+    /// The rotation `R` actually applied, computed alone.
+    pub fn rotation(&self) -> Result<Tensor> {
+        self.rotation_in(&Rotations::none())
+    }
+
     /// The effective weight `W = R·W0`, `[d, n]`.
+    pub fn weight_in(&self, rotations: &Rotations) -> Result<Tensor> {
+        Ok(self.rotation_in(rotations)?.matmul(self.w0.as_tensor())?)
+    }
+
+    /// The effective weight `W = R·W0`, `[d, n]`, its rotation computed alone.
     pub fn weight(&self) -> Result<Tensor> {
-        Ok(self.rotation()?.matmul(self.w0.as_tensor())?)
+        self.weight_in(&Rotations::none())
     }
 }
 
@@ -133,8 +142,12 @@ pub fn kernel_to_weight(kernel: &Tensor) -> Result<Tensor> {
 }
 
 impl KernelSource for OptKernel {
-    fn kernel(&self) -> Result<Tensor> {
-        weight_to_kernel(&self.weight()?, self.shape)
+    fn kernel_in(&self, rotations: &Rotations) -> Result<Tensor> {
+        weight_to_kernel(&self.weight_in(rotations)?, self.shape)
+    }
+
+    fn rotation_requests(&self) -> Vec<RotationRequest> {
+        self.request().into_iter().collect()
     }
 
     fn penalty(&self) -> Result<Option<Tensor>> {
@@ -156,19 +169,15 @@ impl KernelSource for OptKernel {
     }
 }
 
-/// Builds [`OptKernel`]s for every OPT layer, registering their rotations in one bank so a
-/// forward pass computes them per (size, map) group.
+/// Builds [`OptKernel`]s for every OPT layer (a forward pass computes their rotations per
+/// (size, map) group: `crate::rotations`).
 pub struct OptFactory {
     pub config: OptLayerConfig,
-    bank: Arc<RotationBank>,
 }
 
 impl OptFactory {
     pub fn new(config: OptLayerConfig) -> Self {
-        Self {
-            config,
-            bank: RotationBank::new(),
-        }
+        Self { config }
     }
 }
 
@@ -185,7 +194,6 @@ impl KernelFactory for OptFactory {
             name,
             shape,
             self.config,
-            &self.bank,
             rng,
         )?))
     }
