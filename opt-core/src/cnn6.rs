@@ -162,7 +162,7 @@ impl Cnn {
     /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`, the rotations of all
     /// layers computed together first.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let rotations = Rotations::compute(self.weight_layers())?;
+        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
         self.forward_in(x, train, &rotations)
     }
 

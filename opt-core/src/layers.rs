@@ -182,6 +182,15 @@ pub fn total_penalty<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Optio
     Ok(total)
 }
 
+/// The rotations of one forward through `layers`: every layer's requests, computed together
+/// (one batched op per size and map, see [`Rotations::compute_requests`]).
+pub fn forward_rotations<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Rotations> {
+    let requests: Vec<RotationRequest> = layers
+        .flat_map(|conv| conv.source.rotation_requests())
+        .collect();
+    Rotations::compute_requests(&requests)
+}
+
 /// Ends an S-OPT episode in every layer that has one; returns how many layers did.
 pub fn end_episode<'a>(layers: impl Iterator<Item = &'a Conv>, rng: &mut Rng) -> Result<usize> {
     let mut n = 0;

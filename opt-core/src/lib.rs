@@ -21,6 +21,8 @@ pub mod cayley_sgd;
 pub mod cnn6;
 pub mod energy;
 pub mod error;
+pub mod family;
+pub mod skew;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 pub mod layers;

@@ -4,7 +4,6 @@
 use crate::cnn6::{Cnn, CnnConfig};
 use crate::layers::{Conv, KernelFactory};
 use crate::resnet::{ResNet, ResNetConfig};
-use crate::rotations::Rotations;
 use crate::{ParamStore, Result, Rng};
 use candle_core::Tensor;
 
@@ -41,7 +40,7 @@ impl Network {
     /// The OPT layers' rotations are computed first, together: one batched op per (size, map)
     /// group, the groups concurrently on the CPU (see `rotations`), and handed to each layer.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let rotations = Rotations::compute(self.weight_layers())?;
+        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
         match self {
             Network::Cnn(n) => n.forward_in(x, train, &rotations),
             Network::ResNet(n) => n.forward_in(x, train, &rotations),

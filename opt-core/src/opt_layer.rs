@@ -5,6 +5,7 @@
 //! tap `(ci, kh, kw)` with `r = ci·k_h·k_w + kh·k_w + kw` — candle's OIHW flattening — so the
 //! kernel is `Wᵀ` reshaped to `[n, c_in, k_h, k_w]`.
 
+use crate::skew::SkewMap;
 use crate::layers::{KernelFactory, KernelShape, KernelSource};
 use crate::orth::OrthMap;
 use crate::rotations::{RotationRequest, Rotations};
@@ -18,6 +19,8 @@ pub enum Rotation {
     Exact(OrthMap),
     /// `R = P` used as is: OGD (kept orthogonal by its optimizer), OR (by a penalty), UPT (not at all).
     Raw,
+    /// `R = map(P − Pᵀ)` by a skew map of the family (`expm`, `cayley_neumann`).
+    Skew(SkewMap),
 }
 
 /// How `P` starts.
@@ -27,6 +30,8 @@ pub enum RotationInit {
     Gaussian,
     /// The identity, so the initial network is the random `W0` network (OGD, S-OPT, UPT).
     Identity,
+    /// Zero: the identity rotation of a skew map (`exp(0) = I`).
+    Zero,
 }
 
 /// Everything that defines the OPT layers of a network.
@@ -71,6 +76,7 @@ impl OptKernel {
         let p = match cfg.init {
             RotationInit::Gaussian => Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?,
             RotationInit::Identity => Tensor::eye(d, DType::F32, &dev)?,
+            RotationInit::Zero => Tensor::zeros((d, d), DType::F32, &dev)?,
         };
         let w0_role = if cfg.learn_w0 {
             Role::Trainable { decay: true }
@@ -101,15 +107,16 @@ impl OptKernel {
     fn request(&self) -> Option<RotationRequest> {
         match self.config.rotation {
             Rotation::Exact(map) => Some(RotationRequest::of(&self.p, map)),
-            Rotation::Raw => None,
+            Rotation::Raw | Rotation::Skew(_) => None,
         }
     }
 
     /// The rotation `R` actually applied, from `rotations` where the forward computed it.
     pub fn rotation_in(&self, rotations: &Rotations) -> Result<Tensor> {
-        match self.request() {
-            Some(r) => rotations.get(&r),
-            None => Ok(self.p.as_tensor().clone()),
+        match (self.request(), self.config.rotation) {
+            (Some(r), _) => rotations.get(&r),
+            (None, Rotation::Skew(map)) => map.rotation(self.p.as_tensor()),
+            (None, _) => Ok(self.p.as_tensor().clone()),
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! A layer says what it needs ([`KernelSource::rotation_requests`]: its `P` matrices and their
 //! maps, each under a [`RotationKey`]); `Network::forward` gathers the requests of all its
-//! layers, computes them ([`Rotations::compute`]) and passes the result down to every layer's
+//! layers, computes them ([`crate::layers::forward_rotations`]) and passes the result down to every layer's
 //! kernel. A layer asked outside a forward (metrics, export, S-OPT merges) gets an empty
 //! context ([`Rotations::none`]) and computes its rotation alone — by the same code, so the
 //! values are the same.
@@ -17,7 +17,6 @@
 //!
 //! [`KernelSource::rotation_requests`]: crate::layers::KernelSource::rotation_requests
 
-use crate::layers::Conv;
 use crate::ops::{orthogonalize, orthogonalize_groups, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, TensorId, Var};
@@ -80,17 +79,9 @@ impl Rotations {
         Self::default()
     }
 
-    /// Every request of `layers`, one batched op per (size, dtype, map) group — groups and
-    /// their members in the layers' order — the groups concurrently on the CPU: CNN-6's lone
-    /// 1024×1024 `fc6` runs beside the five 576×576 layers instead of after them.
-    pub fn compute<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Self> {
-        let requests: Vec<RotationRequest> = layers
-            .flat_map(|conv| conv.source.rotation_requests())
-            .collect();
-        Self::compute_requests(&requests)
-    }
-
-    /// Computes `requests` as [`Self::compute`] does.
+    /// Every request, one batched op per (size, dtype, map) group — groups and their members
+    /// in the requests' order — the groups concurrently on the CPU: CNN-6's lone 1024×1024
+    /// `fc6` runs beside the five 576×576 layers instead of after them.
     pub fn compute_requests(requests: &[RotationRequest]) -> Result<Self> {
         let mut groups: Vec<((usize, DType, OrthMap), Vec<usize>)> = Vec::new();
         for (k, request) in requests.iter().enumerate() {
