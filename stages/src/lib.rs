@@ -23,6 +23,7 @@ pub mod idx;
 pub mod image_folder;
 pub mod input;
 pub mod interrupt;
+pub mod method;
 pub mod metrics;
 pub mod model;
 pub mod optimizers;

@@ -60,6 +60,8 @@ pub struct Episodes {
     pub reset_momentum: bool,
     /// Re-initialise the BN γ/β of the layers holding small rotations (S-OPT's official quirk).
     pub reset_bn: bool,
+    /// Restart the data sampler's passes at each episode (S-OPT's official order).
+    pub restart_data: bool,
 }
 
 /// One weight layer as the memory estimate sees it.

@@ -1,0 +1,36 @@
+//! `baseline`: standard training — every kernel an ordinary trainable tensor.
+
+use super::{plain_layer_bytes, LayerDims, Method};
+use opt_core::layers::{KernelFactory, PlainFactory};
+use serde::{Deserialize, Serialize};
+
+/// No options (an empty struct, so `deny_unknown_fields` rejects any).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {}
+
+impl Method for Baseline {
+    fn summary(&self) -> &'static str {
+        "standard training: every kernel an ordinary trainable tensor (He-normal init)"
+    }
+
+    fn label(&self) -> String {
+        "Baseline".into()
+    }
+
+    fn factory(&self) -> Box<dyn KernelFactory> {
+        Box::new(PlainFactory)
+    }
+
+    fn orthogonality_tolerance(&self) -> Option<f64> {
+        None
+    }
+
+    fn is_plain(&self) -> bool {
+        true
+    }
+
+    fn layer_bytes(&self, layer: &LayerDims) -> u64 {
+        plain_layer_bytes(layer)
+    }
+}
