@@ -49,8 +49,7 @@ fn time_network(ps: &[Var], map: OrthMap, bank: bool) -> Result<f64> {
     let qs: Vec<Tensor> = if bank {
         let requests: Vec<RotationRequest> =
             ps.iter().map(|p| RotationRequest::of(p, map)).collect();
-        let rotations =
-            Rotations::compute_requests(&requests).map_err(candle_core::Error::wrap)?;
+        let rotations = Rotations::compute_requests(&requests).map_err(candle_core::Error::wrap)?;
         requests
             .iter()
             .map(|r| rotations.get(r))

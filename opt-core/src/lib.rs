@@ -22,7 +22,6 @@ pub mod cnn6;
 pub mod energy;
 pub mod error;
 pub mod family;
-pub mod skew;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 pub mod layers;
@@ -40,6 +39,7 @@ pub mod resnet;
 pub mod rng;
 pub mod rotations;
 pub mod schedule;
+pub mod skew;
 pub mod sparse_opt;
 #[cfg(test)]
 mod test_util;

@@ -5,10 +5,10 @@
 //! tap `(ci, kh, kw)` with `r = ci·k_h·k_w + kh·k_w + kw` — candle's OIHW flattening — so the
 //! kernel is `Wᵀ` reshaped to `[n, c_in, k_h, k_w]`.
 
-use crate::skew::SkewMap;
 use crate::layers::{KernelFactory, KernelShape, KernelSource};
 use crate::orth::OrthMap;
 use crate::rotations::{RotationRequest, Rotations};
+use crate::skew::SkewMap;
 use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
 
@@ -203,5 +203,90 @@ impl KernelFactory for OptFactory {
             self.config,
             rng,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn layer(cfg: OptLayerConfig, seed: u64) -> Result<OptKernel> {
+        let shape = KernelShape {
+            c_out: 4,
+            c_in: 2,
+            k_h: 2,
+            k_w: 3,
+        };
+        let mut store = ParamStore::new(Device::Cpu);
+        OptKernel::new(&mut store, "conv", shape, cfg, &mut Rng::seed(seed))
+    }
+
+    fn raw(init: RotationInit, penalty: f64) -> OptLayerConfig {
+        OptLayerConfig {
+            rotation: Rotation::Raw,
+            init,
+            decay_rotation: true,
+            decay_fixed: true,
+            learn_w0: false,
+            penalty,
+        }
+    }
+
+    /// UPT's and OR's kernel is `(P·W0)ᵀ` reshaped under the documented row mapping: kernel
+    /// `[o, ci, kh, kw]` = `Σ_t P[r, t]·W0[t, o]` with `r = ci·k_h·k_w + kh·k_w + kw`, written out
+    /// in f64 loops.
+    #[test]
+    fn the_kernel_is_p_times_w0_under_the_row_mapping() -> Result<()> {
+        let l = layer(raw(RotationInit::Gaussian, 0.0), 3)?;
+        let p: Vec<Vec<f32>> = l.p.as_tensor().to_vec2()?;
+        let w0: Vec<Vec<f32>> = l.w0.as_tensor().to_vec2()?;
+        let k: Vec<Vec<Vec<Vec<f32>>>> = l.kernel()?.to_vec4()?;
+        let (kh, kw) = (l.shape.k_h, l.shape.k_w);
+        let mut worst = 0.0f64;
+        for (o, ko) in k.iter().enumerate() {
+            for (ci, kc) in ko.iter().enumerate() {
+                for (h, kr) in kc.iter().enumerate() {
+                    for (w, v) in kr.iter().enumerate() {
+                        let r = ci * kh * kw + h * kw + w;
+                        let want: f64 = (0..p.len())
+                            .map(|t| f64::from(p[r][t]) * f64::from(w0[t][o]))
+                            .sum();
+                        worst = worst.max((f64::from(*v) - want).abs());
+                    }
+                }
+            }
+        }
+        assert!(worst < 1e-5, "{worst:e}");
+        Ok(())
+    }
+
+    /// OR's penalty is `weight·‖PPᵀ − I‖_F` (not squared), against the f64 sum written out;
+    /// zero weight adds no term.
+    #[test]
+    fn or_penalty_is_the_frobenius_norm_written_out() -> Result<()> {
+        let l = layer(raw(RotationInit::Gaussian, 0.1), 4)?;
+        let p: Vec<Vec<f32>> = l.p.as_tensor().to_vec2()?;
+        let d = p.len();
+        let mut sum = 0.0f64;
+        for i in 0..d {
+            for j in 0..d {
+                let g: f64 = (0..d)
+                    .map(|t| f64::from(p[i][t]) * f64::from(p[j][t]))
+                    .sum();
+                sum += (g - f64::from(u8::from(i == j))).powi(2);
+            }
+        }
+        let got = l
+            .penalty()?
+            .expect("a penalty")
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        let want = 0.1 * sum.sqrt();
+        assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+        assert!(layer(raw(RotationInit::Identity, 0.0), 4)?
+            .penalty()?
+            .is_none());
+        Ok(())
     }
 }

@@ -206,8 +206,14 @@ impl ResNet {
             .bn
             .forward_relu(&self.stem.conv.forward_in(x, r)?, train)?;
         for block in &self.blocks {
-            let a = block.a.bn.forward_relu(&block.a.conv.forward_in(&h, r)?, train)?;
-            let main = block.b.bn.forward(&block.b.conv.forward_in(&a, r)?, train)?;
+            let a = block
+                .a
+                .bn
+                .forward_relu(&block.a.conv.forward_in(&h, r)?, train)?;
+            let main = block
+                .b
+                .bn
+                .forward(&block.b.conv.forward_in(&a, r)?, train)?;
             let shortcut = match &block.projection {
                 Some(p) => p.bn.forward(&p.conv.forward_in(&h, r)?, train)?,
                 None => h,

@@ -177,7 +177,10 @@ mod tests {
         assert!(!close(&new1, &old[1]));
         assert!(close(&Rotations::none().get(&requests()[1])?, &new1));
         let fresh = Rotations::compute_requests(&requests())?;
-        assert!(close(&fresh.get(&requests()[1])?, &new1), "a new context recomputes");
+        assert!(
+            close(&fresh.get(&requests()[1])?, &new1),
+            "a new context recomputes"
+        );
         Ok(())
     }
 

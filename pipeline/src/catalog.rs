@@ -23,7 +23,7 @@ pub fn method_options(method: &MethodConfig) -> Vec<(String, String)> {
 
 fn methods(out: &mut String) {
     let _ = writeln!(out, "## Methods (`method.name`)\n");
-    let _ = writeln!(out, "| name | what | in tables | options (defaults) |");
+    let _ = writeln!(out, "| name | in tables | options (defaults) | what |");
     let _ = writeln!(out, "|---|---|---|---|");
     for name in MethodConfig::NAMES {
         let Some(method) = MethodConfig::from_name(name) else {
@@ -41,9 +41,9 @@ fn methods(out: &mut String) {
         };
         let _ = writeln!(
             out,
-            "| `{name}` | {} | {} | {options} |",
-            method.method().summary(),
-            method.paper_name()
+            "| `{name}` | {} | {options} | {} |",
+            method.paper_name(),
+            method.method().summary()
         );
     }
 }

@@ -1,10 +1,10 @@
 //! Model and method sections of a training configuration, and the network they build.
 
+use crate::method::{plain_layer_bytes, LayerDims, NetworkFacts};
+pub use crate::method::{BaseMap, MethodConfig};
 use crate::{Result, StageError};
 use candle_core::Device;
 use opt_core::batchnorm::BatchNormConfig;
-pub use crate::method::{BaseMap, MethodConfig};
-use crate::method::{plain_layer_bytes, LayerDims, NetworkFacts};
 use opt_core::{CnnConfig, Network, NetworkConfig, ParamStore, ResNetConfig, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -397,13 +397,7 @@ mod memory_tests {
     /// 256·(1152 + 256), conv3_* 2 · 64·(1152 + 256), fc6 (2·1024 + 256), score (2·64 + 400).
     #[test]
     fn matches_a_hand_count() {
-        let m = step_memory(
-            &model(64),
-            &MethodConfig::default(),
-            (3, 32, 32),
-            100,
-            128,
-        );
+        let m = step_memory(&model(64), &MethodConfig::default(), (3, 32, 32), 100, 128);
         let per_image: u64 = 1024 * (54 + 256)
             + 1024 * (1152 + 256)
             + 2 * 256 * (1152 + 256)
@@ -414,7 +408,13 @@ mod memory_tests {
         let kernels: u64 = 27 * 64 + 5 * 576 * 64 + 1024 * 64 + 64 * 100;
         assert_eq!(m.parameters, 12 * kernels);
         // OPT adds 40 bytes per entry of each d×d rotation (score stays plain).
-        let gs = step_memory(&model(64), &MethodConfig::from_name("gs").unwrap(), (3, 32, 32), 100, 128);
+        let gs = step_memory(
+            &model(64),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            100,
+            128,
+        );
         let rotations: u64 = 27 * 27 + 5 * 576 * 576 + 1024 * 1024;
         let opt_kernels: u64 = kernels - 64 * 100;
         assert_eq!(
@@ -443,7 +443,13 @@ mod memory_tests {
             + (128 + 40);
         assert_eq!(est.activations, 4 * floats);
         // GS rotates every 3×3 layer (d = 27, 144, 288, 576), not the projections or score.
-        let gs = step_memory(&m, &MethodConfig::from_name("gs").unwrap(), (3, 32, 32), 10, 1);
+        let gs = step_memory(
+            &m,
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            10,
+            1,
+        );
         let rotations: u64 = 27 * 27 + 7 * 144 * 144 + 6 * 288 * 288 + 5 * 576 * 576;
         let opt_kernels: u64 =
             27 * 16 + 6 * 144 * 16 + (144 * 32 + 5 * 288 * 32) + (288 * 64 + 5 * 576 * 64);
@@ -453,16 +459,34 @@ mod memory_tests {
 
     #[test]
     fn refuses_what_cannot_fit_and_names_the_width() {
-        let huge = step_memory(&model(4096), &MethodConfig::from_name("gs").unwrap(), (3, 32, 32), 100, 128);
+        let huge = step_memory(
+            &model(4096),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            100,
+            128,
+        );
         assert!(huge.total() > 100 << 30, "{huge:?}");
         let e = check_step_memory(huge, 24 << 30).unwrap_err().to_string();
         assert!(e.starts_with("model.width: ") && e.contains("GiB"), "{e}");
         // A batch too large for a small net: the batch size is the setting to blame.
-        let batch = step_memory(&model(32), &MethodConfig::from_name("gs").unwrap(), (3, 32, 32), 10, 1 << 20);
+        let batch = step_memory(
+            &model(32),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            10,
+            1 << 20,
+        );
         assert!(batch.activations > batch.parameters);
         let e = check_step_memory(batch, 24 << 30).unwrap_err().to_string();
         assert!(e.starts_with("schedule.batch_size: "), "{e}");
-        let small = step_memory(&model(32), &MethodConfig::from_name("gs").unwrap(), (1, 28, 28), 10, 128);
+        let small = step_memory(
+            &model(32),
+            &MethodConfig::from_name("gs").unwrap(),
+            (1, 28, 28),
+            10,
+            128,
+        );
         assert!(check_step_memory(small, 24 << 30).is_ok());
     }
 }

@@ -160,8 +160,8 @@ impl KernelFactory for BlockFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::skew::SkewMap;
     use crate::orth::OrthMap;
+    use crate::skew::SkewMap;
     use candle_core::{DType, Device};
 
     #[test]
@@ -214,7 +214,10 @@ mod tests {
                 offset += r.len();
             }
             let w0: Vec<Vec<f64>> = layer.w0.as_tensor().to_dtype(DType::F64)?.to_vec2()?;
-            let got: Vec<Vec<f64>> = layer.weight_in(&Rotations::none())?.to_dtype(DType::F64)?.to_vec2()?;
+            let got: Vec<Vec<f64>> = layer
+                .weight_in(&Rotations::none())?
+                .to_dtype(DType::F64)?
+                .to_vec2()?;
             let batched = Rotations::compute_requests(&layer.rotation_requests())?;
             let got_batched: Vec<Vec<f64>> =
                 layer.weight_in(&batched)?.to_dtype(DType::F64)?.to_vec2()?;

@@ -62,8 +62,11 @@ impl Primitive {
     fn reset(&self, map: RotationMap, rng: &mut Rng) -> Result<()> {
         let (b, dev) = (self.size(), self.p.device().clone());
         self.p.set(&map.identity_parameter(b, &dev)?)?;
-        self.indices
-            .set(&Tensor::from_vec(sample_indices(rng, self.dim, b), b, &dev)?)?;
+        self.indices.set(&Tensor::from_vec(
+            sample_indices(rng, self.dim, b),
+            b,
+            &dev,
+        )?)?;
         Ok(())
     }
 }
@@ -189,8 +192,8 @@ impl KernelFactory for PoetFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::skew::SkewMap;
     use crate::orth::OrthMap;
+    use crate::skew::SkewMap;
     use candle_core::{DType, Device};
 
     /// Singular values of a `[d, n]` tensor, in f64, from the eigenvalues of `WᵀW`
@@ -215,7 +218,10 @@ mod tests {
     }
 
     fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
     }
 
     /// With an exact map, `W` keeps `W0`'s singular values through learned rotations on both

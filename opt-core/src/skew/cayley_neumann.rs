@@ -136,7 +136,9 @@ mod tests {
         let p0 = gaussian(2, d, 0.3);
         let g = gaussian(3, d, 1.0);
         let loss = |p: &Tensor| -> Result<f64> {
-            Ok((cayley_neumann(p, 5)? * &g)?.sum_all()?.to_scalar::<f64>()?)
+            Ok((cayley_neumann(p, 5)? * &g)?
+                .sum_all()?
+                .to_scalar::<f64>()?)
         };
         let p = Var::from_tensor(&p0)?;
         let l = (cayley_neumann(p.as_tensor(), 5)? * &g)?.sum_all()?;

@@ -1,6 +1,6 @@
 //! `baseline`: standard training — every kernel an ordinary trainable tensor.
 
-use super::{plain_layer_bytes, LayerDims, Method};
+use super::{plain_layer_bytes, LayerDims, Method, OracleTest};
 use opt_core::layers::{KernelFactory, PlainFactory};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,13 @@ impl Method for Baseline {
 
     fn factory(&self) -> Box<dyn KernelFactory> {
         Box::new(PlainFactory)
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[OracleTest {
+            file: "opt-core/src/ops/conv2d/mod.rs",
+            test: "matches_candle_conv_forward_and_backward",
+        }]
     }
 
     fn orthogonality_tolerance(&self) -> Option<f64> {

@@ -4,7 +4,9 @@
 //! cayley-neumann. `d³/r²` instead of `d³` per layer: a cheap route to wide layers beside
 //! S-OPT. The layer is `opt_core::family::block`.
 
-use super::{neuron_bytes, rotation_bytes, LayerDims, Method, MethodSettingError, NetworkFacts};
+use super::{
+    neuron_bytes, rotation_bytes, LayerDims, Method, MethodSettingError, NetworkFacts, OracleTest,
+};
 use opt_core::family::block::{block_sizes, BlockFactory};
 use opt_core::family::RotationMap;
 use opt_core::layers::KernelFactory;
@@ -114,6 +116,13 @@ impl Method for Block {
             blocks: self.blocks,
             map: self.base.map(self.terms),
         })
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[OracleTest {
+            file: "opt-core/src/family/block.rs",
+            test: "weight_is_the_dense_block_diagonal_product",
+        }]
     }
 
     fn orth_map(&self) -> Option<OrthMap> {

@@ -3,7 +3,7 @@
 //! `Q = P − Pᵀ`, from the identity. An approximation of the Cayley transform: its
 //! orthogonality error is reported per layer (`layers.csv`, `orth_error`).
 
-use super::{exact_layers, neuron_bytes, rotation_bytes, LayerDims, Method};
+use super::{exact_layers, neuron_bytes, rotation_bytes, LayerDims, Method, OracleTest};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, Rotation, RotationInit};
 use opt_core::skew::SkewMap;
@@ -39,11 +39,22 @@ impl Method for CayleyNeumann {
     }
 
     fn factory(&self) -> Box<dyn KernelFactory> {
-        let mut layers = exact_layers(Rotation::Skew(SkewMap::CayleyNeumann {
-            terms: self.terms,
-        }));
+        let mut layers = exact_layers(Rotation::Skew(SkewMap::CayleyNeumann { terms: self.terms }));
         layers.init = RotationInit::Zero;
         Box::new(OptFactory::new(layers))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/skew/cayley_neumann.rs",
+                test: "matches_the_closed_form_and_converges_to_cayley",
+            },
+            OracleTest {
+                file: "opt-core/src/skew/cayley_neumann.rs",
+                test: "gradient_matches_finite_differences",
+            },
+        ]
     }
 
     /// An approximation: `‖Q‖^(terms+1)` off orthogonal, which training keeps small.

@@ -2,7 +2,7 @@
 //! Constraints in Neural Networks", ICML 2019; geotorch's default for the orthogonal group).
 //! `P` starts at zero (`R = I`); the map and its backward are `opt_core::skew::expm`.
 
-use super::{exact_layers, neuron_bytes, rotation_bytes, LayerDims, Method};
+use super::{exact_layers, neuron_bytes, rotation_bytes, LayerDims, Method, OracleTest};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, Rotation, RotationInit};
 use opt_core::skew::{expm::DEGREE, SkewMap};
@@ -30,6 +30,19 @@ impl Method for Expm {
         let mut layers = exact_layers(Rotation::Skew(SkewMap::Expm));
         layers.init = RotationInit::Zero;
         Box::new(OptFactory::new(layers))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/skew/expm.rs",
+                test: "matches_an_ode_oracle_and_the_2x2_rotation",
+            },
+            OracleTest {
+                file: "opt-core/src/skew/expm.rs",
+                test: "gradient_matches_finite_differences",
+            },
+        ]
     }
 
     /// The rotation as every OPT layer's, plus the polynomial's and the squarings'

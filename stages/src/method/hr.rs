@@ -1,6 +1,6 @@
 //! `hr`: OPT with Householder reflections (QR of `P`, d−1 reflections) (spec §2): `W = R·W0`, `R = orth(P)` by an exact map.
 
-use super::{exact_layers, Method};
+use super::{exact_layers, Method, OracleTest};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, Rotation};
 use opt_core::orth::OrthMap;
@@ -21,7 +21,22 @@ impl Method for Hr {
     }
 
     fn factory(&self) -> Box<dyn KernelFactory> {
-        Box::new(OptFactory::new(exact_layers(Rotation::Exact(OrthMap::Householder))))
+        Box::new(OptFactory::new(exact_layers(Rotation::Exact(
+            OrthMap::Householder,
+        ))))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/orth/tests.rs",
+                test: "orth_hr_matches_explicit_householder_reflections",
+            },
+            OracleTest {
+                file: "opt-core/src/orth/tests.rs",
+                test: "orth_hr_gradient_matches_finite_differences",
+            },
+        ]
     }
 
     fn orth_map(&self) -> Option<OrthMap> {

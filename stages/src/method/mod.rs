@@ -106,6 +106,15 @@ pub fn neuron_bytes(l: &LayerDims) -> u64 {
     l.fan_in * l.c_out * 4 * 2
 }
 
+/// A test that checks a method's math against an independent oracle (an f64 formulation
+/// written out, finite differences, an invariant): its file from the repository root and its
+/// function. `pipeline/tests/registry.rs` fails when a listed test is not there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OracleTest {
+    pub file: &'static str,
+    pub test: &'static str,
+}
+
 /// How one method makes and trains a layer's kernel. Its options are the implementing type's
 /// serde fields (with defaults); the registry names it.
 pub trait Method {
@@ -118,6 +127,10 @@ pub trait Method {
     /// What each weight layer of a network becomes: its parameters with their roles and kinds,
     /// and the map from them to the kernel.
     fn factory(&self) -> Box<dyn KernelFactory>;
+
+    /// The tests that check what the layers compute against independent oracles (at least
+    /// one; the registry test checks they exist).
+    fn oracle_tests(&self) -> &'static [OracleTest];
 
     /// The exact map of its rotations, when they are computed by one (route tables, bench).
     fn orth_map(&self) -> Option<OrthMap> {

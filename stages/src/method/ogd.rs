@@ -1,7 +1,7 @@
 //! `ogd`: orthogonality-preserving gradient descent (spec §2.6): `R` from the identity, used as
 //! is and kept orthogonal by Cayley SGD, with its own learning rate.
 
-use super::{Method, RotationOptimizer};
+use super::{Method, OracleTest, RotationOptimizer};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,19 @@ impl Method for Ogd {
             learn_w0: false,
             penalty: 0.0,
         }))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/cayley_sgd.rs",
+                test: "one_step_matches_the_update_written_out",
+            },
+            OracleTest {
+                file: "opt-core/src/opt_layer.rs",
+                test: "the_kernel_is_p_times_w0_under_the_row_mapping",
+            },
+        ]
     }
 
     fn weight_decay_scale(&self) -> f64 {

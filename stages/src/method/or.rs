@@ -1,7 +1,7 @@
 //! `or`: orthogonality regularization (spec §2.7): raw `R ~ N(0, 1)` plus
 //! `weight·Σ‖RRᵀ − I‖_F` (not squared).
 
-use super::Method;
+use super::{Method, OracleTest};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,19 @@ impl Method for Or {
             learn_w0: false,
             penalty: self.weight,
         }))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/opt_layer.rs",
+                test: "or_penalty_is_the_frobenius_norm_written_out",
+            },
+            OracleTest {
+                file: "opt-core/src/opt_layer.rs",
+                test: "the_kernel_is_p_times_w0_under_the_row_mapping",
+            },
+        ]
     }
 
     fn orthogonality_tolerance(&self) -> Option<f64> {

@@ -6,8 +6,10 @@
 //! `opt_core::family::poet`.
 
 use super::block::BlockBase;
-use super::{neuron_bytes, rotation_bytes, Episodes, LayerDims, Method, MethodSettingError};
 use super::NetworkFacts;
+use super::{
+    neuron_bytes, rotation_bytes, Episodes, LayerDims, Method, MethodSettingError, OracleTest,
+};
 use opt_core::family::poet::PoetFactory;
 use opt_core::layers::KernelFactory;
 use opt_core::orth::OrthMap;
@@ -74,6 +76,19 @@ impl Method for Poet {
         })
     }
 
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/family/poet.rs",
+                test: "keeps_the_singular_values_of_w0_through_steps_and_merges",
+            },
+            OracleTest {
+                file: "opt-core/src/family/poet.rs",
+                test: "each_side_moves_only_its_subset",
+            },
+        ]
+    }
+
     fn orth_map(&self) -> Option<OrthMap> {
         self.base.orth_map()
     }
@@ -84,7 +99,9 @@ impl Method for Poet {
 
     fn layer_bytes(&self, layer: &LayerDims) -> u64 {
         let b = self.block_size as u64;
-        rotation_bytes(b.min(layer.fan_in)) + rotation_bytes(b.min(layer.c_out)) + neuron_bytes(layer)
+        rotation_bytes(b.min(layer.fan_in))
+            + rotation_bytes(b.min(layer.c_out))
+            + neuron_bytes(layer)
     }
 
     fn episodes(&self) -> Option<Episodes> {

@@ -4,6 +4,7 @@
 
 use super::{
     neuron_bytes, rotation_bytes, Episodes, LayerDims, Method, MethodSettingError, NetworkFacts,
+    OracleTest,
 };
 use opt_core::layers::KernelFactory;
 use opt_core::orth::OrthMap;
@@ -91,6 +92,19 @@ impl Method for Sopt {
 
     fn factory(&self) -> Box<dyn KernelFactory> {
         Box::new(SoptFactory::new(self.base.map(), self.budget_channels))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[
+            OracleTest {
+                file: "opt-core/src/sparse_opt.rs",
+                test: "merge_then_reset_preserves_the_function",
+            },
+            OracleTest {
+                file: "opt-core/src/orth/tests.rs",
+                test: "orth_gs_matches_classical_gram_schmidt_of_rows",
+            },
+        ]
     }
 
     fn orth_map(&self) -> Option<OrthMap> {

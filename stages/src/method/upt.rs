@@ -1,7 +1,7 @@
 //! `upt`: unconstrained over-parameterized training (the paper's control): `W = R·W0` with `R`
 //! learned freely from the identity; `W0` fixed unless `learn_w0`.
 
-use super::Method;
+use super::{Method, OracleTest};
 use opt_core::layers::KernelFactory;
 use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,13 @@ impl Method for Upt {
             learn_w0: self.learn_w0,
             penalty: 0.0,
         }))
+    }
+
+    fn oracle_tests(&self) -> &'static [OracleTest] {
+        &[OracleTest {
+            file: "opt-core/src/opt_layer.rs",
+            test: "the_kernel_is_p_times_w0_under_the_row_mapping",
+        }]
     }
 
     fn orthogonality_tolerance(&self) -> Option<f64> {
