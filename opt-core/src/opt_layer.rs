@@ -47,6 +47,10 @@ pub struct OptLayerConfig {
     pub learn_w0: bool,
     /// Weight of the orthogonality penalty `Σ‖RRᵀ − I‖_F` (OR: 0.1), 0 for none.
     pub penalty: f64,
+    /// At each episode end, merge `R` into the neurons (`W0 ← R·W0`) and restart `P` where it
+    /// started (identity or zero init): keeps a near-identity map (Cayley–Neumann) near the
+    /// identity, as POET's merge-then-reinitialise.
+    pub merge_on_episode: bool,
 }
 
 /// Parameter-name suffixes, so optimizers and metrics can find the pieces.
@@ -148,6 +152,18 @@ pub fn kernel_to_weight(kernel: &Tensor) -> Result<Tensor> {
     Ok(kernel.reshape((n, ()))?.t()?.contiguous()?)
 }
 
+impl OptKernel {
+    /// `P`'s starting value, when it is a fixed one (identity or zero).
+    fn restart_value(&self) -> Result<Option<Tensor>> {
+        let (d, dev) = (self.shape.fan_in(), self.p.device());
+        Ok(match self.config.init {
+            RotationInit::Identity => Some(Tensor::eye(d, DType::F32, dev)?),
+            RotationInit::Zero => Some(Tensor::zeros((d, d), DType::F32, dev)?),
+            RotationInit::Gaussian => None,
+        })
+    }
+}
+
 impl KernelSource for OptKernel {
     fn kernel_in(&self, rotations: &Rotations) -> Result<Tensor> {
         weight_to_kernel(&self.weight_in(rotations)?, self.shape)
@@ -173,6 +189,24 @@ impl KernelSource for OptKernel {
 
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {
         Ok(Some(self.rotation()?))
+    }
+
+    /// With `merge_on_episode`: `W0 ← R·W0` and `P` back to its start, which leaves `W`
+    /// unchanged (tested).
+    fn end_episode(&self, _rng: &mut Rng) -> Result<bool> {
+        if !self.config.merge_on_episode {
+            return Ok(false);
+        }
+        let Some(start) = self.restart_value()? else {
+            return Err(crate::Error::Config(
+                "a merge restarts P at a fixed value (identity or zero init), not a random one"
+                    .into(),
+            ));
+        };
+        let merged = self.weight()?.detach();
+        self.w0.set(&merged)?;
+        self.p.set(&start)?;
+        Ok(true)
     }
 }
 
@@ -230,6 +264,7 @@ mod tests {
             decay_fixed: true,
             learn_w0: false,
             penalty,
+            merge_on_episode: false,
         }
     }
 
@@ -287,6 +322,32 @@ mod tests {
         assert!(layer(raw(RotationInit::Identity, 0.0), 4)?
             .penalty()?
             .is_none());
+        Ok(())
+    }
+
+    /// A merge folds `R` into `W0` and restarts `P` at zero, leaving the kernel unchanged.
+    #[test]
+    fn a_merge_keeps_the_kernel_and_restarts_p() -> Result<()> {
+        let cfg = OptLayerConfig {
+            rotation: Rotation::Skew(SkewMap::CayleyNeumann { terms: 5 }),
+            init: RotationInit::Zero,
+            decay_rotation: true,
+            decay_fixed: true,
+            learn_w0: false,
+            penalty: 0.0,
+            merge_on_episode: true,
+        };
+        let l = layer(cfg, 5)?;
+        let d = l.shape.fan_in();
+        let noise = Tensor::from_vec(Rng::seed(6).normal_vec(d * d, 0.05), (d, d), &Device::Cpu)?;
+        l.p.set(&noise)?;
+        let before = l.kernel()?;
+        let w0_before = l.w0.as_tensor().copy()?;
+        assert!(l.end_episode(&mut Rng::seed(1))?);
+        let diff = crate::test_util::max_abs_diff(&before, &l.kernel()?);
+        assert!(diff < 1e-5, "{diff:e}");
+        assert!(crate::test_util::max_abs_diff(&w0_before, l.w0.as_tensor()) > 1e-3);
+        assert_eq!(l.p.as_tensor().abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 }

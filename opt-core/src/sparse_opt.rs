@@ -164,6 +164,7 @@ impl KernelFactory for SoptFactory {
                 decay_fixed: true,
                 learn_w0: false,
                 penalty: 0.0,
+                merge_on_episode: false,
             };
             return Ok(Box::new(OptKernel::new(store, name, shape, cfg, rng)?));
         }

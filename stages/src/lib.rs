@@ -26,6 +26,7 @@ pub mod interrupt;
 pub mod method;
 pub mod metrics;
 pub mod model;
+pub mod model_file;
 pub mod optimizers;
 pub mod parquet_images;
 pub mod pickle;

@@ -215,8 +215,8 @@ fn end_episode(
     };
     let stream = format!("{}-{episode}", episodes.stream);
     model.end_episode(&mut Rng::fork(cfg.seed, &stream))?;
-    if episodes.reset_momentum {
-        optimizers.sgd.reset(Kind::SparseRotation)?;
+    if let Some(kind) = episodes.reset_momentum {
+        optimizers.sgd.reset(kind)?;
     }
     if episodes.reset_bn {
         // The BN of the layers that are sparse (hold a small rotation): in CNN-6 every layer
@@ -673,7 +673,7 @@ impl<'a> Trainer<'a> {
     /// Writes the artifact (model, curves, summary) and removes the checkpoints.
     fn finish(self) -> Result<TrainSummary> {
         let (s, out, record) = (&self.cfg.schedule, self.out, &self.record);
-        checkpoint::save_model(&out.join(MODEL_FILE), &self.store)?;
+        crate::model_file::save_model(&out.join(MODEL_FILE), &self.store)?;
         write_json(&out.join(CURVES_FILE), &record.curves)?;
         let iterations = self.iterations;
         let steps = iterations.max(1) as f64;

@@ -5,8 +5,10 @@
 //! implementation). Only matrix products, so no solve and an exact autograd backward.
 //!
 //! It is an approximation: `R = (I + Q)(I − Q)⁻¹(I − Q^(k+1))`, so `‖RRᵀ − I‖` grows like
-//! `‖Q‖^(k+1)` — small near the identity, where OFT-style training starts (`P = 0`). Its
-//! orthogonality error is reported per layer like every method's.
+//! `‖Q‖^(k+1)` — small near the identity, where OFT-style training starts (`P = 0`), and
+//! divergent past `‖Q‖ = 1`. Its orthogonality error is reported per layer like every
+//! method's. The layers use it through `SkewMap::CayleyNeumann`, which scales the generator
+//! by `1/√d` (see there).
 
 use crate::Result;
 use candle_core::Tensor;
@@ -126,6 +128,11 @@ mod tests {
             previous = from_cayley;
         }
         assert!(previous < 1e-5, "{previous:e}");
+        // The layers' map scales the generator by 1/√d first.
+        let scaled = (&p * (1.0 / (d as f64).sqrt()))?;
+        let want = to_m(&cayley_neumann(&scaled, 5)?);
+        let got = to_m(&crate::skew::SkewMap::CayleyNeumann { terms: 5 }.rotation(&p)?);
+        assert!(max_diff(&got, &want) < 1e-15);
         Ok(())
     }
 

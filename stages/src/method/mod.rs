@@ -37,6 +37,7 @@ pub use upt::Upt;
 
 use opt_core::layers::KernelFactory;
 use opt_core::orth::OrthMap;
+use opt_core::Kind;
 use serde::{Deserialize, Serialize};
 
 /// How a method's rotations are updated.
@@ -56,8 +57,9 @@ pub struct Episodes {
     pub length: u64,
     /// The name of the random stream each episode's draws fork from (with its number).
     pub stream: &'static str,
-    /// Zero the momentum of the small rotations (`Kind::SparseRotation`) at each episode end.
-    pub reset_momentum: bool,
+    /// Zero the momentum of the tensors of this kind at each episode end (the rotations the
+    /// episode restarts: S-OPT's and POET's `Kind::SparseRotation`).
+    pub reset_momentum: Option<Kind>,
     /// Re-initialise the BN γ/β of the layers holding small rotations (S-OPT's official quirk).
     pub reset_bn: bool,
     /// Restart the data sampler's passes at each episode (S-OPT's official order).
@@ -286,5 +288,6 @@ pub(crate) fn exact_layers(
         decay_fixed: true,
         learn_w0: false,
         penalty: 0.0,
+        merge_on_episode: false,
     }
 }

@@ -58,6 +58,7 @@ impl Method for Ogd {
             decay_fixed: false,
             learn_w0: false,
             penalty: 0.0,
+            merge_on_episode: false,
         }))
     }
 

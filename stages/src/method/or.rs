@@ -42,6 +42,7 @@ impl Method for Or {
             decay_fixed: true,
             learn_w0: false,
             penalty: self.weight,
+            merge_on_episode: false,
         }))
     }
 

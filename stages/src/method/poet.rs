@@ -13,6 +13,7 @@ use super::{
 use opt_core::family::poet::PoetFactory;
 use opt_core::layers::KernelFactory;
 use opt_core::orth::OrthMap;
+use opt_core::Kind;
 use serde::{Deserialize, Serialize};
 
 fn block_size() -> usize {
@@ -94,7 +95,7 @@ impl Method for Poet {
     }
 
     fn orthogonality_tolerance(&self) -> Option<f64> {
-        Some(self.base.tolerance())
+        self.base.tolerance()
     }
 
     fn layer_bytes(&self, layer: &LayerDims) -> u64 {
@@ -108,7 +109,7 @@ impl Method for Poet {
         (self.merge_every > 0).then_some(Episodes {
             length: self.merge_every,
             stream: "poet-merge",
-            reset_momentum: true,
+            reset_momentum: Some(Kind::SparseRotation),
             reset_bn: false,
             restart_data: false,
         })

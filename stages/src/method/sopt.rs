@@ -9,6 +9,7 @@ use super::{
 use opt_core::layers::KernelFactory;
 use opt_core::orth::OrthMap;
 use opt_core::sparse_opt::SoptFactory;
+use opt_core::Kind;
 use serde::{Deserialize, Serialize};
 
 /// The orthogonal map S-OPT's small rotations use.
@@ -120,7 +121,7 @@ impl Method for Sopt {
         (self.episode_length > 0).then_some(Episodes {
             length: self.episode_length,
             stream: "sopt-episode",
-            reset_momentum: !self.stale_momentum,
+            reset_momentum: (!self.stale_momentum).then_some(Kind::SparseRotation),
             reset_bn: self.reset_bn,
             restart_data: true,
         })

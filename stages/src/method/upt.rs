@@ -35,6 +35,7 @@ impl Method for Upt {
             decay_fixed: true,
             learn_w0: self.learn_w0,
             penalty: 0.0,
+            merge_on_episode: false,
         }))
     }
 
