@@ -276,18 +276,19 @@ mod tests {
         let l = layer(raw(RotationInit::Gaussian, 0.0), 3)?;
         let p: Vec<Vec<f32>> = l.p.as_tensor().to_vec2()?;
         let w0: Vec<Vec<f32>> = l.w0.as_tensor().to_vec2()?;
-        let k: Vec<Vec<Vec<Vec<f32>>>> = l.kernel()?.to_vec4()?;
-        let (kh, kw) = (l.shape.k_h, l.shape.k_w);
+        let k: Vec<f32> = l.kernel()?.flatten_all()?.to_vec1()?;
+        let (o_n, ci_n, kh, kw) = l.shape.dims();
         let mut worst = 0.0f64;
-        for (o, ko) in k.iter().enumerate() {
-            for (ci, kc) in ko.iter().enumerate() {
-                for (h, kr) in kc.iter().enumerate() {
-                    for (w, v) in kr.iter().enumerate() {
+        for o in 0..o_n {
+            for ci in 0..ci_n {
+                for h in 0..kh {
+                    for w in 0..kw {
                         let r = ci * kh * kw + h * kw + w;
                         let want: f64 = (0..p.len())
                             .map(|t| f64::from(p[r][t]) * f64::from(w0[t][o]))
                             .sum();
-                        worst = worst.max((f64::from(*v) - want).abs());
+                        let got = k[((o * ci_n + ci) * kh + h) * kw + w];
+                        worst = worst.max((f64::from(got) - want).abs());
                     }
                 }
             }
