@@ -3,14 +3,14 @@
 //! `b` matrices, forward and forward + backward, rounds interleaved so drift hits both alike.
 //!
 //! A second table does the same for CNN-6 width 64's seven rotations (d = 27, five at 576,
-//! 1024): each layer's lone call against the rotation bank inside a forward scope (the groups
-//! computed concurrently), which is what an OPT network's forward now does.
+//! 1024): each layer's lone call against one forward's rotation context (the groups computed
+//! concurrently), which is what an OPT network's forward now does.
 //!
 //! `cargo run --release -p opt-core --example map_timing -- [d] [b] [rounds] [threads]`
 
 use candle_core::{Device, Result, Tensor, Var};
 use opt_core::orth::{orthogonalize, orthogonalize_each, OrthMap};
-use opt_core::rotation_bank::{ForwardScope, RotationBank};
+use opt_core::rotations::{RotationRequest, Rotations};
 use std::time::Instant;
 
 fn arg(i: usize, default: usize) -> usize {
@@ -43,20 +43,16 @@ fn time(ps: &[Var], map: OrthMap, batched: bool) -> Result<(f64, f64)> {
     Ok((fwd_ms, t.elapsed().as_secs_f64() * 1e3))
 }
 
-/// Forward + backward ms of every rotation of `ps`: lone calls, or the bank in a scope.
+/// Forward + backward ms of every rotation of `ps`: lone calls, or one forward's context.
 fn time_network(ps: &[Var], map: OrthMap, bank: bool) -> Result<f64> {
     let t = Instant::now();
     let qs: Vec<Tensor> = if bank {
-        let b = RotationBank::new();
-        let slots = ps
+        let requests: Vec<RotationRequest> =
+            ps.iter().map(|p| RotationRequest::of(p, map)).collect();
+        let rotations = Rotations::compute_requests(&requests).map_err(candle_core::Error::wrap)?;
+        requests
             .iter()
-            .map(|p| b.register(p.clone(), map))
-            .collect::<opt_core::Result<Vec<_>>>()
-            .map_err(candle_core::Error::wrap)?;
-        let _scope = ForwardScope::enter();
-        slots
-            .iter()
-            .map(|s| s.rotation())
+            .map(|r| rotations.get(r))
             .collect::<opt_core::Result<_>>()
             .map_err(candle_core::Error::wrap)?
     } else {

@@ -14,6 +14,7 @@
 
 use crate::batchnorm::{BatchNorm, BatchNormConfig};
 use crate::layers::{Conv, KernelFactory, KernelShape, PlainKernel};
+use crate::rotations::Rotations;
 use crate::{Error, ParamStore, Result, Rng};
 use candle_core::Tensor;
 
@@ -158,18 +159,25 @@ impl Cnn {
         })
     }
 
-    /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
+    /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`, the rotations of all
+    /// layers computed together first.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
+        self.forward_in(x, train, &rotations)
+    }
+
+    /// [`Self::forward`] with the layers' rotations taken from `rotations`.
+    pub fn forward_in(&self, x: &Tensor, train: bool, rotations: &Rotations) -> Result<Tensor> {
         let mut h = x.clone();
         let per_stage = self.config.convs_per_stage;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = bn.forward_relu(&conv.forward(&h)?, train)?;
+            h = bn.forward_relu(&conv.forward_in(&h, rotations)?, train)?;
             if i % per_stage == per_stage - 1 {
                 h = crate::ops::max_pool2x2(&h)?;
             }
         }
-        let h = self.fc6.forward(&h)?;
-        let logits = self.score.forward(&h)?;
+        let h = self.fc6.forward_in(&h, rotations)?;
+        let logits = self.score.forward_in(&h, rotations)?;
         let n = logits.dim(0)?;
         Ok(logits.reshape((n, self.config.classes))?)
     }

@@ -5,6 +5,7 @@
 //! network code never changes with the method. A [`KernelFactory`] decides what each weight layer
 //! of a network becomes.
 
+use crate::rotations::{RotationRequest, Rotations};
 use crate::{Kind, ParamStore, Result, Rng, Role};
 use candle_core::{Tensor, Var};
 
@@ -35,8 +36,21 @@ impl KernelShape {
 
 /// Anything that yields the effective kernel of a layer.
 pub trait KernelSource: Send + Sync {
-    /// The effective kernel, `[c_out, c_in, k_h, k_w]`, differentiable w.r.t. trainable params.
-    fn kernel(&self) -> Result<Tensor>;
+    /// The effective kernel, `[c_out, c_in, k_h, k_w]`, differentiable w.r.t. trainable params,
+    /// taking the rotations it requested from `rotations` (those it finds there; any other it
+    /// computes alone).
+    fn kernel_in(&self, rotations: &Rotations) -> Result<Tensor>;
+
+    /// The effective kernel outside a forward pass: every rotation computed alone.
+    fn kernel(&self) -> Result<Tensor> {
+        self.kernel_in(&Rotations::none())
+    }
+
+    /// The exact maps this layer's kernel needs, so a forward pass computes them with the other
+    /// layers' of the same size and map (see [`Rotations`]).
+    fn rotation_requests(&self) -> Vec<RotationRequest> {
+        Vec::new()
+    }
 
     /// An extra loss term this layer adds (OR's orthogonality penalty).
     fn penalty(&self) -> Result<Option<Tensor>> {
@@ -92,7 +106,7 @@ impl PlainKernel {
 }
 
 impl KernelSource for PlainKernel {
-    fn kernel(&self) -> Result<Tensor> {
+    fn kernel_in(&self, _rotations: &Rotations) -> Result<Tensor> {
         Ok(self.weight.as_tensor().clone())
     }
 }
@@ -142,8 +156,14 @@ impl Conv {
         }
     }
 
+    /// The convolution of `x`, its kernel's rotations computed alone.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.source.kernel()?;
+        self.forward_in(x, &Rotations::none())
+    }
+
+    /// The convolution of `x`, its kernel's rotations taken from the forward's `rotations`.
+    pub fn forward_in(&self, x: &Tensor, rotations: &Rotations) -> Result<Tensor> {
+        let k = self.source.kernel_in(rotations)?;
         Ok(crate::ops::conv2d(x, &k, self.padding, self.stride)?)
     }
 }
@@ -160,6 +180,15 @@ pub fn total_penalty<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Optio
         }
     }
     Ok(total)
+}
+
+/// The rotations of one forward through `layers`: every layer's requests, computed together
+/// (one batched op per size and map, see [`Rotations::compute_requests`]).
+pub fn forward_rotations<'a>(layers: impl Iterator<Item = &'a Conv>) -> Result<Rotations> {
+    let requests: Vec<RotationRequest> = layers
+        .flat_map(|conv| conv.source.rotation_requests())
+        .collect();
+    Rotations::compute_requests(&requests)
 }
 
 /// Ends an S-OPT episode in every layer that has one; returns how many layers did.

@@ -21,6 +21,7 @@ pub mod cayley_sgd;
 pub mod cnn6;
 pub mod energy;
 pub mod error;
+pub mod family;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 pub mod layers;
@@ -37,8 +38,9 @@ pub mod params;
 pub mod penalty;
 pub mod resnet;
 pub mod rng;
-pub mod rotation_bank;
+pub mod rotations;
 pub mod schedule;
+pub mod skew;
 pub mod sparse_opt;
 #[cfg(test)]
 mod test_util;

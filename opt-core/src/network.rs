@@ -37,13 +37,13 @@ impl Network {
 
     /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
     ///
-    /// The OPT layers' rotations are computed together when the first layer asks: one batched
-    /// op per (size, map) group, the groups concurrently on the CPU (see `rotation_bank`).
+    /// The OPT layers' rotations are computed first, together: one batched op per (size, map)
+    /// group, the groups concurrently on the CPU (see `rotations`), and handed to each layer.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let _rotations = crate::rotation_bank::ForwardScope::enter();
+        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
         match self {
-            Network::Cnn(n) => n.forward(x, train),
-            Network::ResNet(n) => n.forward(x, train),
+            Network::Cnn(n) => n.forward_in(x, train, &rotations),
+            Network::ResNet(n) => n.forward_in(x, train, &rotations),
         }
     }
 

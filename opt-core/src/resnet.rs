@@ -17,6 +17,7 @@
 
 use crate::batchnorm::{BatchNorm, BatchNormConfig};
 use crate::layers::{Conv, KernelFactory, KernelShape, PlainKernel, INPUT_LAYER};
+use crate::rotations::Rotations;
 use crate::{Error, ParamStore, Result, Rng};
 use candle_core::Tensor;
 
@@ -190,24 +191,38 @@ impl ResNet {
         })
     }
 
-    /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`.
+    /// Logits `[N, classes]` for a normalised input `[N, C, H, W]`, the rotations of all
+    /// layers computed together first.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
+        self.forward_in(x, train, &rotations)
+    }
+
+    /// [`Self::forward`] with the layers' rotations taken from `rotations`.
+    pub fn forward_in(&self, x: &Tensor, train: bool, rotations: &Rotations) -> Result<Tensor> {
+        let r = rotations;
         let mut h = self
             .stem
             .bn
-            .forward_relu(&self.stem.conv.forward(x)?, train)?;
+            .forward_relu(&self.stem.conv.forward_in(x, r)?, train)?;
         for block in &self.blocks {
-            let a = block.a.bn.forward_relu(&block.a.conv.forward(&h)?, train)?;
-            let main = block.b.bn.forward(&block.b.conv.forward(&a)?, train)?;
+            let a = block
+                .a
+                .bn
+                .forward_relu(&block.a.conv.forward_in(&h, r)?, train)?;
+            let main = block
+                .b
+                .bn
+                .forward(&block.b.conv.forward_in(&a, r)?, train)?;
             let shortcut = match &block.projection {
-                Some(p) => p.bn.forward(&p.conv.forward(&h)?, train)?,
+                Some(p) => p.bn.forward(&p.conv.forward_in(&h, r)?, train)?,
                 None => h,
             };
             h = (main + shortcut)?.relu()?;
         }
         // Global average pooling, then the 1×1 classifier.
         let pooled = h.mean_keepdim(3)?.mean_keepdim(2)?;
-        let logits = self.score.forward(&pooled)?;
+        let logits = self.score.forward_in(&pooled, r)?;
         let n = logits.dim(0)?;
         Ok(logits.reshape((n, self.config.classes))?)
     }

@@ -10,10 +10,9 @@ use crate::opt_layer::{
     weight_to_kernel, OptKernel, OptLayerConfig, Rotation, RotationInit, FIXED,
 };
 use crate::orth::OrthMap;
-use crate::rotation_bank::{RotationBank, RotationSlot};
+use crate::rotations::{RotationRequest, Rotations};
 use crate::{Error, Kind, ParamStore, Result, Rng, Role};
 use candle_core::{DType, Tensor, Var};
-use std::sync::Arc;
 
 /// Name suffix of the small rotations (their optimizer state may be reset per episode).
 pub const SPARSE_ROTATION: &str = "sparse_rotation";
@@ -27,8 +26,6 @@ pub struct SparseOptKernel {
     pub indices: Var,
     pub map: OrthMap,
     budget: usize,
-    /// `orth(P)`, batched with the network's other sparse layers of the same budget.
-    slot: RotationSlot,
 }
 
 /// `b` distinct indices of `0..d`, uniformly without replacement (partial Fisher–Yates).
@@ -49,7 +46,6 @@ impl SparseOptKernel {
         shape: KernelShape,
         budget: usize,
         map: OrthMap,
-        bank: &Arc<RotationBank>,
         rng: &mut Rng,
     ) -> Result<Self> {
         let (d, n) = (shape.fan_in(), shape.c_out);
@@ -79,7 +75,6 @@ impl SparseOptKernel {
             Role::Statistic,
             Kind::SubsetIndices,
         )?;
-        let slot = bank.register(p.clone(), map)?;
         Ok(Self {
             shape,
             w0,
@@ -87,28 +82,42 @@ impl SparseOptKernel {
             indices,
             map,
             budget,
-            slot,
         })
     }
 
+    /// `orth(P)`, batched in a forward with the network's other sparse layers of the same
+    /// budget.
+    fn request(&self) -> RotationRequest {
+        RotationRequest::of(&self.p, self.map)
+    }
+
     /// `W = W0` with rows `S` replaced by `orth(P)·W0[S,:]`, as `W0 + scatter(S, (Q − I)·W0[S,:])`.
-    pub fn weight(&self) -> Result<Tensor> {
+    pub fn weight_in(&self, rotations: &Rotations) -> Result<Tensor> {
         let idx = self.indices.as_tensor();
         let w0 = self.w0.as_tensor();
         let rows = w0.index_select(idx, 0)?;
-        let q = self.slot.rotation()?;
+        let q = rotations.get(&self.request())?;
         let delta = (q.matmul(&rows)? - &rows)?;
         Ok(w0.index_add(idx, &delta, 0)?)
+    }
+
+    /// [`Self::weight_in`] outside a forward.
+    pub fn weight(&self) -> Result<Tensor> {
+        self.weight_in(&Rotations::none())
     }
 }
 
 impl KernelSource for SparseOptKernel {
-    fn kernel(&self) -> Result<Tensor> {
-        weight_to_kernel(&self.weight()?, self.shape)
+    fn kernel_in(&self, rotations: &Rotations) -> Result<Tensor> {
+        weight_to_kernel(&self.weight_in(rotations)?, self.shape)
+    }
+
+    fn rotation_requests(&self) -> Vec<RotationRequest> {
+        vec![self.request()]
     }
 
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {
-        Ok(Some(self.slot.rotation()?))
+        Ok(Some(Rotations::none().get(&self.request())?))
     }
 
     fn end_episode(&self, rng: &mut Rng) -> Result<bool> {
@@ -128,7 +137,6 @@ impl KernelSource for SparseOptKernel {
 pub struct SoptFactory {
     pub base: OrthMap,
     pub budget_channels: usize,
-    bank: Arc<RotationBank>,
 }
 
 impl SoptFactory {
@@ -136,7 +144,6 @@ impl SoptFactory {
         Self {
             base,
             budget_channels,
-            bank: RotationBank::new(),
         }
     }
 }
@@ -157,14 +164,13 @@ impl KernelFactory for SoptFactory {
                 decay_fixed: true,
                 learn_w0: false,
                 penalty: 0.0,
+                merge_on_episode: false,
             };
-            return Ok(Box::new(OptKernel::new(
-                store, name, shape, cfg, &self.bank, rng,
-            )?));
+            return Ok(Box::new(OptKernel::new(store, name, shape, cfg, rng)?));
         }
         let budget = shape.k_h * shape.k_w * self.budget_channels;
         Ok(Box::new(SparseOptKernel::new(
-            store, name, shape, budget, self.base, &self.bank, rng,
+            store, name, shape, budget, self.base, rng,
         )?))
     }
 }

@@ -23,8 +23,8 @@ pub fn method_options(method: &MethodConfig) -> Vec<(String, String)> {
 
 fn methods(out: &mut String) {
     let _ = writeln!(out, "## Methods (`method.name`)\n");
-    let _ = writeln!(out, "| name | in tables | options (defaults) |");
-    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(out, "| name | in tables | options (defaults) | what |");
+    let _ = writeln!(out, "|---|---|---|---|");
     for name in MethodConfig::NAMES {
         let Some(method) = MethodConfig::from_name(name) else {
             continue;
@@ -39,7 +39,12 @@ fn methods(out: &mut String) {
         } else {
             options
         };
-        let _ = writeln!(out, "| `{name}` | {} | {options} |", method.paper_name());
+        let _ = writeln!(
+            out,
+            "| `{name}` | {} | {options} | {} |",
+            method.paper_name(),
+            method.method().summary()
+        );
     }
 }
 
@@ -152,11 +157,11 @@ mod tests {
         }
         // The defaults shown are the ones a recipe without the option resolves to.
         let sopt: MethodConfig = toml::from_str("name = \"sopt\"").unwrap();
-        let MethodConfig::Sopt {
+        let MethodConfig::Sopt(opt_stages::method::Sopt {
             budget_channels,
             episode_length,
             ..
-        } = sopt
+        }) = sopt
         else {
             panic!("not sopt")
         };

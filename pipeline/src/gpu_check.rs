@@ -636,9 +636,11 @@ fn training_checks(device: &Device, size: Size) -> Result<Vec<TrainingCheck>> {
         let k = (steps / 5).max(1);
         let first = losses[..k].iter().sum::<f64>() / k as f64;
         let last = losses[steps - k..].iter().sum::<f64>() / k as f64;
-        // OR only penalises non-orthogonality and UPT does not constrain it at all.
-        let must_be_orthogonal = !matches!(name, "baseline" | "or" | "upt");
-        let orth_ok = !must_be_orthogonal || max_orth.is_some_and(|e| e <= 1e-3);
+        // Each method says how orthogonal its rotations stay (none for baseline, OR, UPT).
+        let orth_ok = match method.method().orthogonality_tolerance() {
+            Some(tolerance) => max_orth.is_some_and(|e| e <= tolerance),
+            None => true,
+        };
         rows.push(TrainingCheck {
             method: name.into(),
             steps,

@@ -9,7 +9,7 @@ use figment::Figment;
 use opt_stages::device::DeviceChoice;
 use opt_stages::evaluate::{self, EvaluateConfig};
 use opt_stages::fetch::{self, FetchConfig};
-use opt_stages::model::{Arch, MethodConfig, ModelConfig};
+use opt_stages::model::{Arch, ModelConfig};
 use opt_stages::preprocess::{self, DataView, PreprocessConfig};
 use opt_stages::regularizer::{RegularizerConfig, RegularizerKind};
 use opt_stages::train::{self, TrainOptions};
@@ -123,7 +123,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Plan, RecipeError> {
     let name = resolve_name(loaded)?;
     let (fetch, preprocess, data) = resolve_data(loaded)?;
     let model = resolve_model(loaded)?;
-    check_sopt_budget(loaded, &model)?;
+    check_method(loaded, &model)?;
     let regularizer = resolve_regularizer(loaded)?;
     let schedule = resolve_schedule(loaded)?;
     let loss = resolve_loss(loaded)?;
@@ -197,27 +197,13 @@ fn resolve_data(loaded: &Loaded) -> Result<(FetchConfig, PreprocessConfig, DataV
     Ok((fetch, preprocess, d.view()))
 }
 
-/// S-OPT rotates k²·budget_channels of each sparse layer's k²·(input channels) fan-in rows,
-/// so the budget must fit the narrowest input; caught here, before any cell trains.
-fn check_sopt_budget(loaded: &Loaded, model: &ModelConfig) -> Result<(), RecipeError> {
-    let MethodConfig::Sopt {
-        budget_channels, ..
-    } = &loaded.recipe.method
-    else {
-        return Ok(());
-    };
-    let narrowest = model.stage_widths().into_iter().min().unwrap_or(0);
-    if *budget_channels == 0 || *budget_channels > narrowest {
-        return Err(invalid(
-            loaded,
-            "method.budget_channels",
-            format!(
-                "expected 1 to {narrowest} (the narrowest layer's input channels), found \
-                 {budget_channels}"
-            ),
-        ));
+/// The method's own check of its settings against the network (S-OPT's budget must fit the
+/// narrowest input), caught here, before any cell trains.
+fn check_method(loaded: &Loaded, model: &ModelConfig) -> Result<(), RecipeError> {
+    match loaded.recipe.method.method().check(&model.network_facts()) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(invalid(loaded, &format!("method.{}", e.key), e.message)),
     }
-    Ok(())
 }
 
 /// `[schedule]`: the optimizer's settings and the training length.

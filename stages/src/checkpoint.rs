@@ -1,7 +1,9 @@
-//! Training checkpoints: one safetensors file holding every model tensor (`model.*`: parameters,
-//! fixed tensors, BN statistics), the optimizer state (`momentum.*`, `cayley.*`), the data stream's RNG
-//! state and current permutation, and the iteration; curves so far ride in the metadata.
-//! Written to a temporary name and renamed, so a kill never leaves a half-written checkpoint.
+//! The training snapshot: one safetensors file holding every model tensor (`model.*`:
+//! parameters, fixed tensors, BN statistics), the optimizer state (`momentum.*`, `cayley.*`),
+//! the data stream's RNG state and current permutation, and the iteration; curves so far ride
+//! in the metadata. Written to a temporary name and renamed, so a kill never leaves a
+//! half-written checkpoint. Only training reads it; the trained model's own file (what
+//! evaluate and export read) is `model_file`, which knows no optimizer or sampler.
 
 use crate::batches::Sampler;
 use crate::error::{format_err, IoContext};
@@ -244,7 +246,7 @@ impl Snapshot {
 
     /// Checks that every tensor the file holds is finite (those of the run or not).
     pub fn check_all_finite(&self) -> Result<()> {
-        check_finite(&self.path, &self.tensors)
+        crate::model_file::check_finite(&self.path, &self.tensors)
     }
 
     fn bad(&self, message: &str) -> StageError {
@@ -293,62 +295,5 @@ impl Snapshot {
 
 /// Checks one stored tensor against what the run expects, naming the file and the key.
 fn check_tensor(path: &Path, key: &str, t: &Tensor, dims: &[usize], dtype: DType) -> Result<()> {
-    check_stored(path, "corrupt checkpoint", key, t, dims, dtype)
-}
-
-fn check_stored(
-    path: &Path,
-    what: &str,
-    key: &str,
-    t: &Tensor,
-    dims: &[usize],
-    dtype: DType,
-) -> Result<()> {
-    let bad = |m: String| format_err(path, format!("{what}: `{key}` {m}"));
-    if t.dims() != dims {
-        return Err(bad(format!("has shape {:?}, expected {dims:?}", t.dims())));
-    }
-    if t.dtype() != dtype {
-        return Err(bad(format!("is {:?}, expected {dtype:?}", t.dtype())));
-    }
-    if dtype.is_float() {
-        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(bad(format!("holds {} at flat index {i}", values[i])));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that every tensor a model restores is finite, naming the file and key of the first
-/// that is not: weights that are NaN give metrics that are NaN, which must never be cached.
-pub fn check_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let mut keys: Vec<&String> = tensors.keys().collect();
-    keys.sort();
-    for key in keys {
-        let t = &tensors[key];
-        check_stored(path, "unusable model", key, t, t.dims(), t.dtype())?;
-    }
-    Ok(())
-}
-
-/// Saves only the model tensors (the train artifact's `model.safetensors`).
-pub fn save_model(path: &Path, store: &ParamStore) -> Result<()> {
-    let cpu = Device::Cpu;
-    let tensors = store
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_device(&cpu)?)))
-        .collect::<Result<HashMap<_, _>>>()?;
-    candle_core::safetensors::save(&tensors, path).map_err(|e| format_err(path, e.to_string()))?;
-    crate::files::honour_umask(path)
-}
-
-pub fn load_model(path: &Path, store: &ParamStore) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| format_err(path, e.to_string()))?;
-    check_finite(path, &tensors)?;
-    store
-        .load(&tensors, "")
-        .map_err(|e| format_err(path, e.to_string()))
+    crate::model_file::check_stored(path, "corrupt checkpoint", key, t, dims, dtype)
 }

@@ -2,10 +2,10 @@
 //! no augmentation; the loop is [`crate::evaluation`]), and the per-iteration curves of the
 //! run.
 
-use crate::checkpoint;
 use crate::error::{format_err, read_json, write_json};
 use crate::evaluation::{evaluate_view, EvalMetrics};
 use crate::metrics::LayerMetrics;
+use crate::model_file;
 use crate::progress::Progress;
 use crate::train_artifact::{self as artifact, BestPoint, TrainSummary};
 use crate::train_config::build_model;
@@ -57,7 +57,7 @@ pub fn run(
     let (device, _) =
         crate::device::open_checked(tcfg.device, tcfg.ops, tcfg.map_route, &|w| progress.warn(w))?;
     let (model, store) = build_model(&tcfg, &data.stats, &device)?;
-    checkpoint::load_model(&train_dir.join(artifact::MODEL_FILE), &store)?;
+    model_file::load_model(&train_dir.join(artifact::MODEL_FILE), &store)?;
     let e = evaluate_view(&model, &data, tcfg.loss.kind(), cfg.batch_size, &device)?;
     if let Some(v) = &e.validation {
         progress.note(&format!("validation {}", v.describe()));

@@ -10,8 +10,8 @@
 //! layer and a 2×2 max-pool after every second), `fc6` (a VALID conv over the last feature map)
 //! and `score` (1×1 conv). The metadata carries what a loader needs to rebuild and feed it.
 
-use crate::checkpoint;
 use crate::error::{format_err, IoContext};
+use crate::model_file;
 use crate::preprocess;
 use crate::train_artifact::{self as artifact, MODEL_FILE};
 use crate::{Result, StageError};
@@ -100,7 +100,7 @@ pub fn run(prepared_dir: &Path, train_dir: &Path, out: &Path) -> Result<Exported
         cfg.seed,
         &Device::Cpu,
     )?;
-    checkpoint::load_model(&train_dir.join(MODEL_FILE), &store)?;
+    model_file::load_model(&train_dir.join(MODEL_FILE), &store)?;
     let model = model
         .as_cnn()
         .ok_or_else(|| StageError::Internal("export: the model is not a plain CNN".into()))?;

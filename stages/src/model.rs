@@ -1,12 +1,10 @@
 //! Model and method sections of a training configuration, and the network they build.
 
+use crate::method::{plain_layer_bytes, LayerDims, NetworkFacts};
+pub use crate::method::{BaseMap, MethodConfig};
 use crate::{Result, StageError};
 use candle_core::Device;
 use opt_core::batchnorm::BatchNormConfig;
-use opt_core::layers::{KernelFactory, PlainFactory};
-use opt_core::opt_layer::{OptFactory, OptLayerConfig, Rotation, RotationInit};
-use opt_core::orth::OrthMap;
-use opt_core::sparse_opt::SoptFactory;
 use opt_core::{CnnConfig, Network, NetworkConfig, ParamStore, ResNetConfig, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +122,13 @@ impl ModelConfig {
         })
     }
 
+    /// What a method may check about this network before anything trains.
+    pub fn network_facts(&self) -> NetworkFacts {
+        NetworkFacts {
+            narrowest_width: self.stage_widths().into_iter().min().unwrap_or(0),
+        }
+    }
+
     /// ResNet's depth ([`Self::DEFAULT_RESNET_DEPTH`] unless given).
     pub fn resnet_depth(&self) -> usize {
         self.depth.unwrap_or(Self::DEFAULT_RESNET_DEPTH)
@@ -185,244 +190,6 @@ impl ModelConfig {
             widths
         } else {
             format!("{widths}-{}", opt_extra.join("-"))
-        }
-    }
-}
-
-fn ogd_rotation_lr() -> f64 {
-    0.02
-}
-fn ogd_rotation_lr_factor() -> f64 {
-    0.2
-}
-fn ogd_decay_scale() -> f64 {
-    0.1
-}
-fn or_weight() -> f64 {
-    0.1
-}
-fn sopt_budget_channels() -> usize {
-    16
-}
-fn sopt_episode_length() -> u64 {
-    750
-}
-
-/// The orthogonal map S-OPT's small rotations use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BaseMap {
-    Cp,
-    #[default]
-    Gs,
-    Hr,
-    Ls,
-}
-
-impl BaseMap {
-    pub fn map(self) -> OrthMap {
-        match self {
-            BaseMap::Cp => OrthMap::Cayley,
-            BaseMap::Gs => OrthMap::GramSchmidt,
-            BaseMap::Hr => OrthMap::Householder,
-            BaseMap::Ls => OrthMap::Lowdin,
-        }
-    }
-}
-
-/// The training method: what the seven weight layers of the network are (spec §2). Defaults
-/// are the official code's.
-///
-/// The option-less methods are empty struct variants, not unit variants: serde ignores every
-/// other key of an internally tagged unit variant, so `method.weight = 0.5` under `gs` would
-/// be dropped without a word; as struct variants, `deny_unknown_fields` rejects it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum MethodConfig {
-    /// Standard training: every kernel is an ordinary trainable tensor.
-    Baseline {},
-    /// Cayley parameterization `R = (I+S)(I−S)⁻¹`, `S` from `triu(P)` (no ½).
-    Cp {},
-    /// Gram–Schmidt on the rows of `P`.
-    Gs {},
-    /// Householder reflections (QR of `P`, d−1 reflections).
-    Hr {},
-    /// Löwdin symmetric orthogonalization (polar factor of `P`).
-    Ls {},
-    /// Orthogonality-preserving gradient descent: `R` from the identity, updated by Cayley SGD.
-    Ogd {
-        /// Learning rate of the rotations (0.02).
-        #[serde(default = "ogd_rotation_lr")]
-        rotation_lr: f64,
-        /// Factor applied to `rotation_lr` at each schedule milestone (0.2).
-        #[serde(default = "ogd_rotation_lr_factor")]
-        rotation_lr_factor: f64,
-        /// The official OGD loss is `L_fit + 0.1·L2`: weight decay of the other tensors × 0.1.
-        #[serde(default = "ogd_decay_scale")]
-        weight_decay_scale: f64,
-    },
-    /// Orthogonality regularization: raw `R ~ N(0,1)` plus `weight·Σ‖RRᵀ − I‖_F` (not squared).
-    Or {
-        #[serde(default = "or_weight")]
-        weight: f64,
-    },
-    /// Unconstrained over-parameterized training (the paper's control): `W = R·W0` with `R`
-    /// learned freely from the identity; `W0` fixed unless `learn_w0`.
-    Upt {
-        #[serde(default)]
-        learn_w0: bool,
-    },
-    /// Stochastic OPT (spec §2.8): per episode, rotate a random subset of `b` fan-in rows of
-    /// each layer after the first with a small `b×b` map from the identity, then merge it into
-    /// `W0`, reset it and re-sample.
-    Sopt {
-        /// Orthogonal map of the small rotations (`gs` in the official folder).
-        #[serde(default)]
-        base: BaseMap,
-        /// `b = k_h·k_w·budget_channels` rows per layer. The official code samples
-        /// `k²·16` rows (144 of 576, 256 of 1024: 25 %) but declares a `k²·10` rotation and
-        /// so fails at its first step; 16 follows the sampler, 10 the declared size.
-        #[serde(default = "sopt_budget_channels")]
-        budget_channels: usize,
-        /// Iterations per episode (750).
-        #[serde(default = "sopt_episode_length")]
-        episode_length: u64,
-        /// Reproduce the official quirk of re-initialising the sparse layers' BN γ/β every
-        /// episode (off: it breaks the function at each boundary and looks unintended).
-        #[serde(default)]
-        reset_bn: bool,
-        /// Reproduce the official quirk of keeping the small rotations' momentum across
-        /// episodes (off: that momentum belongs to the previous index set).
-        #[serde(default)]
-        stale_momentum: bool,
-    },
-}
-
-impl Default for MethodConfig {
-    fn default() -> Self {
-        MethodConfig::Baseline {}
-    }
-}
-
-impl MethodConfig {
-    pub fn name(&self) -> &'static str {
-        match self {
-            MethodConfig::Baseline {} => "baseline",
-            MethodConfig::Cp {} => "cp",
-            MethodConfig::Gs {} => "gs",
-            MethodConfig::Hr {} => "hr",
-            MethodConfig::Ls {} => "ls",
-            MethodConfig::Ogd { .. } => "ogd",
-            MethodConfig::Or { .. } => "or",
-            MethodConfig::Upt { .. } => "upt",
-            MethodConfig::Sopt { .. } => "sopt",
-        }
-    }
-
-    /// The method as the paper's tables name it (`OPT (GS)`, `S-OPT (GS, 16 ch)`).
-    pub fn paper_name(&self) -> String {
-        match self {
-            MethodConfig::Baseline {} => "Baseline".into(),
-            MethodConfig::Cp {} => "OPT (CP)".into(),
-            MethodConfig::Gs {} => "OPT (GS)".into(),
-            MethodConfig::Hr {} => "OPT (HR)".into(),
-            MethodConfig::Ls {} => "OPT (LS)".into(),
-            MethodConfig::Ogd { .. } => "OPT (OGD)".into(),
-            MethodConfig::Or { .. } => "OPT (OR)".into(),
-            MethodConfig::Upt { learn_w0: false } => "UPT".into(),
-            MethodConfig::Upt { learn_w0: true } => "UPT (learned W0)".into(),
-            MethodConfig::Sopt {
-                base,
-                budget_channels,
-                ..
-            } => format!(
-                "S-OPT ({}, {budget_channels} ch)",
-                format!("{base:?}").to_uppercase()
-            ),
-        }
-    }
-
-    /// The orthogonal map the method's layers compute, if it has one.
-    pub fn orth_map(&self) -> Option<OrthMap> {
-        match self {
-            MethodConfig::Cp {} => Some(OrthMap::Cayley),
-            MethodConfig::Gs {} => Some(OrthMap::GramSchmidt),
-            MethodConfig::Hr {} => Some(OrthMap::Householder),
-            MethodConfig::Ls {} => Some(OrthMap::Lowdin),
-            MethodConfig::Sopt { base, .. } => Some(base.map()),
-            _ => None,
-        }
-    }
-
-    /// All method names, for messages and benchmarks.
-    pub const NAMES: [&'static str; 9] = [
-        "baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt",
-    ];
-
-    /// The method with its default options, by name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::json!({ "name": name })).ok()
-    }
-
-    fn factory(&self) -> Box<dyn KernelFactory> {
-        let exact = |map| OptLayerConfig {
-            rotation: Rotation::Exact(map),
-            init: RotationInit::Gaussian,
-            decay_rotation: true,
-            decay_fixed: true,
-            learn_w0: false,
-            penalty: 0.0,
-        };
-        match self {
-            MethodConfig::Baseline {} => Box::new(PlainFactory),
-            MethodConfig::Cp {} => Box::new(OptFactory::new(exact(OrthMap::Cayley))),
-            MethodConfig::Gs {} => Box::new(OptFactory::new(exact(OrthMap::GramSchmidt))),
-            MethodConfig::Hr {} => Box::new(OptFactory::new(exact(OrthMap::Householder))),
-            MethodConfig::Ls {} => Box::new(OptFactory::new(exact(OrthMap::Lowdin))),
-            MethodConfig::Ogd { .. } => Box::new(OptFactory::new(OptLayerConfig {
-                rotation: Rotation::Raw,
-                init: RotationInit::Identity,
-                decay_rotation: false,
-                decay_fixed: false,
-                learn_w0: false,
-                penalty: 0.0,
-            })),
-            MethodConfig::Or { weight } => Box::new(OptFactory::new(OptLayerConfig {
-                rotation: Rotation::Raw,
-                init: RotationInit::Gaussian,
-                decay_rotation: true,
-                decay_fixed: true,
-                learn_w0: false,
-                penalty: *weight,
-            })),
-            MethodConfig::Upt { learn_w0 } => Box::new(OptFactory::new(OptLayerConfig {
-                rotation: Rotation::Raw,
-                init: RotationInit::Identity,
-                decay_rotation: true,
-                decay_fixed: true,
-                learn_w0: *learn_w0,
-                penalty: 0.0,
-            })),
-            MethodConfig::Sopt {
-                base,
-                budget_channels,
-                ..
-            } => Box::new(SoptFactory::new(base.map(), *budget_channels)),
-        }
-    }
-
-    /// Whether the rotations are updated by Cayley SGD instead of momentum SGD.
-    pub fn is_ogd(&self) -> bool {
-        matches!(self, MethodConfig::Ogd { .. })
-    }
-
-    /// Multiplier of the weight decay of the momentum-SGD tensors.
-    pub fn weight_decay_scale(&self) -> f64 {
-        match self {
-            MethodConfig::Ogd {
-                weight_decay_scale, ..
-            } => *weight_decay_scale,
-            _ => 1.0,
         }
     }
 }
@@ -548,17 +315,15 @@ pub fn step_memory(
     for l in layer_costs(model, input, classes) {
         let d = l.c_in * l.taps;
         mem.activations += 4 * batch * l.pixels * (2 * d + 4 * l.c_out);
-        let rotated = match method {
-            _ if !l.opt_able => None,
-            MethodConfig::Baseline {} => None,
-            MethodConfig::Sopt {
-                budget_channels, ..
-            } => Some((l.taps * *budget_channels as u64).min(d)),
-            _ => Some(d),
+        let dims = LayerDims {
+            fan_in: d,
+            c_out: l.c_out,
+            taps: l.taps,
         };
-        mem.parameters += match rotated {
-            Some(r) => r * r * (4 * 4 + 8 * 3) + d * l.c_out * 4 * 2,
-            None => d * l.c_out * 4 * 3,
+        mem.parameters += if l.opt_able {
+            method.method().layer_bytes(&dims)
+        } else {
+            plain_layer_bytes(&dims)
         };
     }
     mem
@@ -632,13 +397,7 @@ mod memory_tests {
     /// 256·(1152 + 256), conv3_* 2 · 64·(1152 + 256), fc6 (2·1024 + 256), score (2·64 + 400).
     #[test]
     fn matches_a_hand_count() {
-        let m = step_memory(
-            &model(64),
-            &MethodConfig::Baseline {},
-            (3, 32, 32),
-            100,
-            128,
-        );
+        let m = step_memory(&model(64), &MethodConfig::default(), (3, 32, 32), 100, 128);
         let per_image: u64 = 1024 * (54 + 256)
             + 1024 * (1152 + 256)
             + 2 * 256 * (1152 + 256)
@@ -649,7 +408,13 @@ mod memory_tests {
         let kernels: u64 = 27 * 64 + 5 * 576 * 64 + 1024 * 64 + 64 * 100;
         assert_eq!(m.parameters, 12 * kernels);
         // OPT adds 40 bytes per entry of each d×d rotation (score stays plain).
-        let gs = step_memory(&model(64), &MethodConfig::Gs {}, (3, 32, 32), 100, 128);
+        let gs = step_memory(
+            &model(64),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            100,
+            128,
+        );
         let rotations: u64 = 27 * 27 + 5 * 576 * 576 + 1024 * 1024;
         let opt_kernels: u64 = kernels - 64 * 100;
         assert_eq!(
@@ -666,7 +431,7 @@ mod memory_tests {
     fn resnet_matches_a_hand_count() {
         let mut m = model(16);
         m.arch = Arch::Resnet;
-        let est = step_memory(&m, &MethodConfig::Baseline {}, (3, 32, 32), 10, 1);
+        let est = step_memory(&m, &MethodConfig::default(), (3, 32, 32), 10, 1);
         let floats: u64 = 1024 * (54 + 64)
             + 6 * 1024 * (288 + 64)
             + 256 * (288 + 128)
@@ -678,7 +443,13 @@ mod memory_tests {
             + (128 + 40);
         assert_eq!(est.activations, 4 * floats);
         // GS rotates every 3×3 layer (d = 27, 144, 288, 576), not the projections or score.
-        let gs = step_memory(&m, &MethodConfig::Gs {}, (3, 32, 32), 10, 1);
+        let gs = step_memory(
+            &m,
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            10,
+            1,
+        );
         let rotations: u64 = 27 * 27 + 7 * 144 * 144 + 6 * 288 * 288 + 5 * 576 * 576;
         let opt_kernels: u64 =
             27 * 16 + 6 * 144 * 16 + (144 * 32 + 5 * 288 * 32) + (288 * 64 + 5 * 576 * 64);
@@ -688,16 +459,34 @@ mod memory_tests {
 
     #[test]
     fn refuses_what_cannot_fit_and_names_the_width() {
-        let huge = step_memory(&model(4096), &MethodConfig::Gs {}, (3, 32, 32), 100, 128);
+        let huge = step_memory(
+            &model(4096),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            100,
+            128,
+        );
         assert!(huge.total() > 100 << 30, "{huge:?}");
         let e = check_step_memory(huge, 24 << 30).unwrap_err().to_string();
         assert!(e.starts_with("model.width: ") && e.contains("GiB"), "{e}");
         // A batch too large for a small net: the batch size is the setting to blame.
-        let batch = step_memory(&model(32), &MethodConfig::Gs {}, (3, 32, 32), 10, 1 << 20);
+        let batch = step_memory(
+            &model(32),
+            &MethodConfig::from_name("gs").unwrap(),
+            (3, 32, 32),
+            10,
+            1 << 20,
+        );
         assert!(batch.activations > batch.parameters);
         let e = check_step_memory(batch, 24 << 30).unwrap_err().to_string();
         assert!(e.starts_with("schedule.batch_size: "), "{e}");
-        let small = step_memory(&model(32), &MethodConfig::Gs {}, (1, 28, 28), 10, 128);
+        let small = step_memory(
+            &model(32),
+            &MethodConfig::from_name("gs").unwrap(),
+            (1, 28, 28),
+            10,
+            128,
+        );
         assert!(check_step_memory(small, 24 << 30).is_ok());
     }
 }

@@ -1,6 +1,6 @@
 //! The optimizers of a run and their state, as checkpoints store it.
 
-use crate::model::MethodConfig;
+use crate::method::RotationOptimizer;
 use crate::train_config::TrainConfig;
 use crate::Result;
 use candle_core::Tensor;
@@ -8,8 +8,8 @@ use opt_core::cayley_sgd::CayleySgd;
 use opt_core::{Entry, Kind, MomentumSgd, ParamStore, PiecewiseLr};
 use std::collections::HashMap;
 
-/// The optimizers of a run: momentum SGD for everything trainable, except OGD's rotations,
-/// which Cayley SGD updates with their own learning-rate schedule.
+/// The optimizers of a run: momentum SGD for everything trainable, except the rotations of a
+/// method whose hook asks for Cayley SGD (OGD), updated with their own learning-rate schedule.
 pub struct Optimizers {
     pub sgd: MomentumSgd,
     pub cayley: Option<(CayleySgd, PiecewiseLr)>,
@@ -26,20 +26,16 @@ impl Optimizers {
             s.weight_decay * cfg.method.weight_decay_scale(),
             |e| !(ogd && is_rotation(e)),
         )?;
-        let cayley = match &cfg.method {
-            MethodConfig::Ogd {
-                rotation_lr,
-                rotation_lr_factor,
-                ..
-            } => Some((
+        let cayley = match cfg.method.method().rotation_optimizer() {
+            RotationOptimizer::CayleySgd { lr, lr_factor } => Some((
                 CayleySgd::new(store, s.momentum, is_rotation)?,
                 PiecewiseLr {
-                    base: *rotation_lr,
+                    base: lr,
                     milestones: s.milestones.clone(),
-                    factor: *rotation_lr_factor,
+                    factor: lr_factor,
                 },
             )),
-            _ => None,
+            RotationOptimizer::MomentumSgd => None,
         };
         Ok(Self { sgd, cayley })
     }

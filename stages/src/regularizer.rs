@@ -182,7 +182,7 @@ mod tests {
     fn value_is_weight_times_the_energy_metric() {
         let (net, _) = build(
             &ModelConfig::cnn6(8),
-            &MethodConfig::Gs {},
+            &MethodConfig::from_name("gs").unwrap(),
             (3, 16, 16),
             10,
             0,
@@ -229,7 +229,7 @@ mod tests {
     fn unknown_layers_are_refused_by_name() {
         let (net, _) = build(
             &ModelConfig::cnn6(8),
-            &MethodConfig::Baseline {},
+            &MethodConfig::default(),
             (3, 16, 16),
             10,
             0,

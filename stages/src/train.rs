@@ -17,7 +17,7 @@ use crate::device::open_checked;
 use crate::error::{write_json, IoContext};
 use crate::evaluation::evaluate_view;
 use crate::interrupt::Interrupt;
-use crate::model::MethodConfig;
+use crate::method::Episodes;
 use crate::optimizers::Optimizers;
 use crate::preprocess::{self, Prepared};
 use crate::progress::Progress;
@@ -199,30 +199,26 @@ fn step_on_device(
     })
 }
 
-/// The end of S-OPT episode `episode`: merge and re-sample every sparse layer (subsets drawn
-/// from a stream that depends only on the seed and the episode, so resumes agree), reset the
-/// small rotations' momentum unless the stale-momentum quirk is asked for, and reset the sparse
-/// layers' BN γ/β if the BN quirk is.
-fn end_sopt_episode(
+/// The end of episode `episode` (S-OPT, POET): merge and re-sample every layer that has
+/// episodes (subsets drawn from a stream that depends only on the seed and the episode, so
+/// resumes agree), reset the small rotations' momentum unless the method keeps it (S-OPT's
+/// stale-momentum quirk), and reset the sparse layers' BN γ/β if it asks (S-OPT's BN quirk).
+fn end_episode(
     cfg: &TrainConfig,
     model: &Network,
     store: &ParamStore,
     optimizers: &Optimizers,
     episode: u64,
 ) -> Result<()> {
-    let MethodConfig::Sopt {
-        reset_bn,
-        stale_momentum,
-        ..
-    } = &cfg.method
-    else {
+    let Some(episodes) = cfg.method.method().episodes() else {
         return Ok(());
     };
-    model.end_episode(&mut Rng::fork(cfg.seed, &format!("sopt-episode-{episode}")))?;
-    if !stale_momentum {
-        optimizers.sgd.reset(Kind::SparseRotation)?;
+    let stream = format!("{}-{episode}", episodes.stream);
+    model.end_episode(&mut Rng::fork(cfg.seed, &stream))?;
+    if let Some(kind) = episodes.reset_momentum {
+        optimizers.sgd.reset(kind)?;
     }
-    if *reset_bn {
+    if episodes.reset_bn {
         // The BN of the layers that are sparse (hold a small rotation): in CNN-6 every layer
         // but the input one, as the official name-based re-initialisation; in ResNet not the
         // plain projections either.
@@ -272,8 +268,8 @@ struct Trainer<'a> {
     schedule: PiecewiseLr,
     loss_kind: LossKind,
     iterations: u64,
-    /// S-OPT's episode length, when the method has episodes.
-    episode: Option<u64>,
+    /// The method's episodes (S-OPT, POET), if it has any.
+    episodes: Option<Episodes>,
     /// The checkpoint file (`checkpoints/last.safetensors`).
     checkpoint: PathBuf,
     record: RunRecord,
@@ -332,12 +328,7 @@ impl<'a> Trainer<'a> {
             milestones: s.milestones.clone(),
             factor: s.lr_factor,
         };
-        let episode = match &cfg.method {
-            MethodConfig::Sopt { episode_length, .. } if *episode_length > 0 => {
-                Some(*episode_length)
-            }
-            _ => None,
-        };
+        let episodes = cfg.method.method().episodes();
         write_json(&out.join(CONFIG_FILE), cfg)?;
         let ckpt_dir = out.join(CHECKPOINT_DIR);
         std::fs::create_dir_all(&ckpt_dir).at(&ckpt_dir)?;
@@ -355,7 +346,7 @@ impl<'a> Trainer<'a> {
             schedule,
             loss_kind: cfg.loss.kind(),
             iterations,
-            episode,
+            episodes,
             checkpoint: ckpt_dir.join(CHECKPOINT_FILE),
             record: RunRecord::default(),
             start: 0,
@@ -447,9 +438,9 @@ impl<'a> Trainer<'a> {
     /// The sampler's iteration for step `i`: S-OPT reshuffles at the start of each episode
     /// (and every pass within it).
     fn data_iteration(&self, i: u64) -> u64 {
-        match self.episode {
-            Some(ep) => i % ep,
-            None => i,
+        match self.episodes {
+            Some(ep) if ep.restart_data => i % ep.length,
+            _ => i,
         }
     }
 
@@ -612,10 +603,10 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Ends an S-OPT episode when step `done` completes one (and is not the last step).
+    /// Ends an episode (S-OPT, POET) when step `done` completes one (and is not the last step).
     fn end_episode_if_due(&self, done: u64) -> Result<()> {
-        match self.episode {
-            Some(ep) if done.is_multiple_of(ep) && done < self.iterations => end_sopt_episode(
+        match self.episodes.map(|e| e.length) {
+            Some(ep) if done.is_multiple_of(ep) && done < self.iterations => end_episode(
                 self.cfg,
                 &self.model,
                 &self.store,
@@ -681,7 +672,7 @@ impl<'a> Trainer<'a> {
     /// Writes the artifact (model, curves, summary) and removes the checkpoints.
     fn finish(self) -> Result<TrainSummary> {
         let (s, out, record) = (&self.cfg.schedule, self.out, &self.record);
-        checkpoint::save_model(&out.join(MODEL_FILE), &self.store)?;
+        crate::model_file::save_model(&out.join(MODEL_FILE), &self.store)?;
         write_json(&out.join(CURVES_FILE), &record.curves)?;
         let iterations = self.iterations;
         let steps = iterations.max(1) as f64;
@@ -769,7 +760,7 @@ mod tests {
                     e.var.set(&(e.var.as_tensor().ones_like()? * 2.5)?)?;
                 }
             }
-            end_sopt_episode(&cfg, &model, &store, &optimizers, 1)?;
+            end_episode(&cfg, &model, &store, &optimizers, 1)?;
             for e in store.entries().iter().filter(|e| bn.contains(&e.name)) {
                 let values: Vec<f32> = e.var.as_tensor().to_vec1()?;
                 let reset = reset_bn && !e.name.starts_with("conv1_0.");

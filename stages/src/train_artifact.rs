@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// The resolved [`TrainConfig`] the artifact was trained with.
 pub const CONFIG_FILE: &str = "config.json";
-/// The trained model's tensors (`checkpoint::save_model`).
+/// The trained model's tensors (`model_file::save_model`).
 pub const MODEL_FILE: &str = "model.safetensors";
 /// The [`TrainSummary`].
 pub const SUMMARY_FILE: &str = "summary.json";

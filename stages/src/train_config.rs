@@ -168,7 +168,7 @@ impl TrainConfig {
     pub fn method_label(&self) -> String {
         match (&self.regularizer, &self.method) {
             (None, m) => m.paper_name(),
-            (Some(r), MethodConfig::Baseline {}) => r.label(),
+            (Some(r), m) if m.method().is_plain() => r.label(),
             (Some(r), m) => format!("{} + {}", m.paper_name(), r.label()),
         }
     }

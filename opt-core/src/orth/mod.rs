@@ -7,7 +7,7 @@
 //! The backward is the closed form of the spec, also in f64 on the CPU; it reuses the
 //! factorisations the forward kept (the op object lives exactly as long as the autograd graph
 //! that needs it). A batch's matrices are factorised concurrently (see `batch`); an OPT network
-//! hands each (size, map) group of its layers to one call (`crate::rotation_bank`).
+//! hands each (size, map) group of its layers to one call (`crate::rotations`).
 //!
 //! The op runs on any device: its `cuda_fwd` takes the stack through host memory, factorises
 //! there and returns `Q` on the device; the backward does the same with `∂L/∂Q` — one round
