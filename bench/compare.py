@@ -1,23 +1,31 @@
-"""`just bench-compare`: orthopt against PyTorch eager on this CPU, interleaved.
+"""`just bench-compare`: orthopt against PyTorch eager and `torch.compile` on this CPU, interleaved.
 
 For each round and each method: `orthopt bench` (one process per method, so no method inherits
-another's warm-up) then `bench/torch_cnn6.py` with the same thread count and OpenMP's passive
-wait policy (torch's busy-waiting threads otherwise steal the cores the next process needs).
+another's warm-up), then `bench/torch_cnn6.py` eager, then the same with `--compile` (inductor;
+its compilation falls in the untimed warm-up), each torch process with the same thread count and
+OpenMP's passive wait policy (torch's busy-waiting threads otherwise steal the cores the next
+process needs). Every ratio is taken within a round (A B C, A B C, …) and reported as the median
+with its min–max over the rounds, beside the machine (CPU model, cores, load average at the
+start) and the date; `--json` (default bench/results/<date>-<host>.json) keeps every sample.
 Each process's peak RSS comes from wait4(2). A gemm microbenchmark (torch.mm, f32, same threads)
 runs every round; its best is the machine's sgemm peak here. The step's floating-point work is
 counted from the network: 2·MACs of every convolution forward, its weight gradient, and its
 input gradient except the first layer's (BN, pooling, the loss and the orthogonal maps are left
 out, so the fraction of peak is an upper bound on how well the convolutions run).
 
-    python3 bench/compare.py [--rounds 3] [--methods all] [--width 64] [--batch 128] [--threads 2]
-                             [--before OLD_ORTHOPT]
+    python3 bench/compare.py [--rounds 5] [--methods all] [--width 64] [--batch 128] [--threads 2]
+                             [--no-compile] [--before OLD_ORTHOPT] [--json FILE]
 
-Prints a markdown table: images/s of each (median over rounds), the ratio, peak RSS of each,
-orthopt's GFLOP/s and its fraction of the gemm peak. `--before` adds an older orthopt build to
-every round (before, orthopt, torch, interleaved), for before/after tables from one run.
+Prints markdown tables: images/s of each (median and min–max over rounds), each method's step
+against orthopt's baseline step, the ratios to eager and to torch.compile, peak RSS, and
+orthopt's GFLOP/s against the gemm peak. `--before` adds an older orthopt build to every round,
+for before/after tables from one run.
 """
 import argparse
+import datetime
+import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -90,9 +98,82 @@ def passive_env(threads):
     return env
 
 
+def machine():
+    """CPU model, cores and the load average now: what a reader needs to weigh the numbers."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "load_average": list(os.getloadavg()),
+            "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def spread(xs):
+    """`median (min–max)`."""
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
+
+
+def measure(a, methods):
+    """Every sample, interleaved: per round, per method, orthopt [before] eager [compile]."""
+    common = ["--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
+              "--threads", str(a.threads)]
+    peers = ["orthopt", "eager"] + ([] if a.no_compile else ["compile"]) + (["before"] if a.before else [])
+    samples = {p: {m: [] for m in methods} for p in peers}
+    peaks = []
+    torch_cmd = [a.python, os.path.join(HERE, "torch_cnn6.py")]
+    for r in range(a.rounds):
+        peaks.append(gemm_peak(a.threads, a.python))
+        for m in methods:
+            for peer in peers:
+                if peer in ("orthopt", "before"):
+                    binary = a.orthopt if peer == "orthopt" else a.before
+                    out, rss = run([binary, "bench", "--device", "cpu", "--methods", m, *common])
+                    value = table_value(out, m, 5)
+                else:
+                    extra = ["--compile"] if peer == "compile" else []
+                    out, rss = run([*torch_cmd, "--methods", m, *common, *extra], env=passive_env(a.threads))
+                    value = table_value(out, m, 4)
+                samples[peer][m].append({"images_per_sec": value, "peak_rss": rss})
+            line = ", ".join(f"{p} {samples[p][m][-1]['images_per_sec']:.1f}" for p in peers)
+            print(f"round {r + 1}/{a.rounds} {m}: {line} images/s", file=sys.stderr, flush=True)
+    return peers, samples, peaks
+
+
+def report(a, methods, peers, samples, peaks, info):
+    ips = {p: {m: [s["images_per_sec"] for s in samples[p][m]] for m in methods} for p in peers}
+    peak = max(peaks)
+    gflop = step_gflop(a.width, a.batch, (3, 32, 32))
+    print(f"CNN-6 width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved "
+          f"rounds; {info['cpu']}, {info['cores']} cores, load average {info['load_average'][0]:.2f} at the "
+          f"start, {info['date']}. Ratios are taken within each round: median (min–max). Step ≈ {gflop:.1f} "
+          f"GFLOP of convolutions; sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds).\n")
+    cols = ["orthopt images/s", "step vs our baseline"] + [f"vs {p}" for p in peers if p not in ("orthopt",)]
+    print("| method | " + " | ".join(cols) + " | orthopt peak RSS | orthopt GFLOP/s | of peak |")
+    print("|---|" + "---:|" * (len(cols) + 3))
+    base = ips["orthopt"].get("baseline")
+    for m in methods:
+        o = ips["orthopt"][m]
+        row = [spread(o)]
+        # Step time against the baseline's step of the same round: baseline ips / method ips.
+        row.append(spread([b / x for b, x in zip(base, o)]) + "×" if base else "–")
+        for p in peers:
+            if p != "orthopt":
+                row.append(spread([x / y for x, y in zip(o, ips[p][m])]) + "×")
+        rss = max(s["peak_rss"] for s in samples["orthopt"][m]) / 2**20
+        gflops = gflop * statistics.median(o) / a.batch
+        print(f"| {m} | " + " | ".join(row) + f" | {rss:.0f} MiB | {gflops:.0f} | {gflops / peak:.0%} |")
+    print("\nimages/s of the peers (median (min–max)):\n")
+    print("| method | " + " | ".join(peers) + " |")
+    print("|---|" + "---:|" * len(peers))
+    for m in methods:
+        print(f"| {m} | " + " | ".join(spread(ips[p][m]) for p in peers) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default="all")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch", type=int, default=128)
@@ -101,44 +182,20 @@ def main():
     ap.add_argument("--orthopt", default=os.path.join(HERE, "..", "target", "release", "orthopt"))
     ap.add_argument("--python", default=sys.executable, help="a Python with torch installed")
     ap.add_argument("--before", help="an older orthopt binary, measured in the same rounds")
+    ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    ap.add_argument("--json", help="where to keep every sample (default bench/results/<date>-<host>.json)")
     a = ap.parse_args()
     methods = METHODS if a.methods == "all" else a.methods.split(",")
-    common = ["--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
-              "--threads", str(a.threads)]
-    opt, torch, peaks = {m: [] for m in methods}, {m: [] for m in methods}, []
-    before = {m: [] for m in methods}
-    for r in range(a.rounds):
-        peaks.append(gemm_peak(a.threads, a.python))
-        for m in methods:
-            if a.before:
-                out, rss = run([a.before, "bench", "--device", "cpu", "--methods", m, *common])
-                before[m].append((table_value(out, m, 5), rss))
-            out, rss = run([a.orthopt, "bench", "--device", "cpu", "--methods", m, *common])
-            opt[m].append((table_value(out, m, 5), rss))
-            out, rss = run([a.python, os.path.join(HERE, "torch_cnn6.py"), "--methods", m, *common],
-                           env=passive_env(a.threads))
-            torch[m].append((table_value(out, m, 4), rss))
-            print(f"round {r + 1}/{a.rounds} {m}: orthopt {opt[m][-1][0]:.1f}, torch {torch[m][-1][0]:.1f} images/s",
-                  file=sys.stderr, flush=True)
-    peak = max(peaks)
-    gflop = step_gflop(a.width, a.batch, (3, 32, 32))
-    print(f"CNN-6 width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved rounds "
-          f"(median); step ≈ {gflop:.1f} GFLOP of convolutions; sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds)\n")
-    extra = " before images/s | before / torch | before peak RSS |" if a.before else ""
-    print(f"| method | orthopt images/s | torch images/s | ratio | orthopt peak RSS | torch peak RSS | orthopt GFLOP/s | of peak |{extra}")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if a.before else ""))
-    for m in methods:
-        o = statistics.median(v for v, _ in opt[m])
-        t = statistics.median(v for v, _ in torch[m])
-        o_rss = max(r for _, r in opt[m]) / 2**20
-        t_rss = max(r for _, r in torch[m]) / 2**20
-        gflops = gflop * o / a.batch
-        row = f"| {m} | {o:.1f} | {t:.1f} | {o / t:.2f}× | {o_rss:.0f} MiB | {t_rss:.0f} MiB | {gflops:.0f} | {gflops / peak:.0%} |"
-        if a.before:
-            b = statistics.median(v for v, _ in before[m])
-            b_rss = max(r for _, r in before[m]) / 2**20
-            row += f" {b:.1f} | {b / t:.2f}× | {b_rss:.0f} MiB |"
-        print(row)
+    if "baseline" not in methods:
+        methods = ["baseline"] + methods  # every step is compared with the baseline's
+    info = machine()
+    peers, samples, peaks = measure(a, methods)
+    report(a, methods, peers, samples, peaks, info)
+    path = a.json or os.path.join(HERE, "results", f"{info['date'][:10]}-{info['host'] or 'host'}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"machine": info, "config": vars(a), "gemm_peak_gflops": peaks, "samples": samples}, f, indent=1)
+    print(f"\nsamples: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ Same network as opt's (spec §5): 3 stages × 2 [3×3 conv (no bias), BN (eps 1e
 Synthetic data, like `orthopt bench`. Prints images/s and ms/step.
 
     python3 bench/torch_cnn6.py [--methods all] [--width 64] [--batch 128] [--steps 10]
+                                [--compile] [--device cpu|cuda]
+
+`--compile` runs the network through `torch.compile` (inductor; the linalg calls of the maps
+stay eager kernels inside the compiled graph); its compilation happens in the warm-up steps,
+which are not timed. On CUDA the timing is synchronised and TF32 is off (f32 as opt computes).
 
 OPT layers: fixed W0 [d, n], learned P [d, d], W = orth(P)·W0 with torch.linalg routines
 (qr for GS/HR, svd for LS, solve for CP), raw P for OGD/OR/UPT (OGD updated by the same
@@ -33,7 +38,7 @@ def orth(p, method):
     if method == "cp":
         u = torch.triu(p)
         s = u - u.T
-        eye = torch.eye(p.shape[0])
+        eye = torch.eye(p.shape[0], device=p.device)
         return torch.linalg.solve(eye - s, eye + s, left=False)
     return p  # ogd, or, upt: raw
 
@@ -65,7 +70,7 @@ class OptConv(nn.Module):
         return F.conv2d(x, w.T.reshape(self.shape), padding=self.padding)
 
     def penalty(self):
-        g = self.p @ self.p.T - torch.eye(self.p.shape[0])
+        g = self.p @ self.p.T - torch.eye(self.p.shape[0], device=self.p.device)
         return torch.sqrt((g * g).sum())
 
 
@@ -116,21 +121,24 @@ def official_loss(logits, labels, classes):
 
 def bench(a, method):
     c, h, w = (int(v) for v in a.input.split("x"))
-    net = Cnn6(c, h, a.width, a.classes, method)
+    dev = torch.device(a.device)
+    net = Cnn6(c, h, a.width, a.classes, method).to(dev)
     rotations = [m.p for m in net.opt_layers()] if method == "ogd" else []
     rot_ids = {id(p) for p in rotations}
     others = [p for p in net.parameters() if id(p) not in rot_ids]
     wd = 5e-5 if method == "ogd" else 5e-4
     opt = torch.optim.SGD(others, lr=0.01, momentum=0.9, weight_decay=wd)
     moms = [torch.zeros_like(p) for p in rotations]
-    x = torch.randn(a.batch, c, h, w)
-    labels = torch.arange(a.batch) % a.classes
+    x = torch.randn(a.batch, c, h, w, device=dev)
+    labels = torch.arange(a.batch, device=dev) % a.classes
+    forward = torch.compile(net) if a.compile else net
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=True)
         for p in rotations:
             p.grad = None
-        loss = official_loss(net(x), labels, a.classes)
+        loss = official_loss(forward(x), labels, a.classes)
         if method == "or":
             loss = loss + 0.1 * sum(m.penalty() for m in net.opt_layers())
         loss.backward()
@@ -141,9 +149,11 @@ def bench(a, method):
 
     for _ in range(a.warmup):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(a.steps):
         step()
+    sync()
     return time.perf_counter() - t
 
 
@@ -157,16 +167,22 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network (inductor)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
+    if a.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     if a.threads:
         torch.set_num_threads(a.threads)
     methods = ["baseline", "cp", "gs", "hr", "ls", "ogd", "or", "upt", "sopt"] if a.methods == "all" \
         else a.methods.split(",")
-    print(f"| method (torch {torch.__version__}, {torch.get_num_threads()} threads) | device | batch | input | images/s | ms/step |")
+    mode = "torch.compile" if a.compile else "eager"
+    print(f"| method (torch {torch.__version__} {mode}, {torch.get_num_threads()} threads) | device | batch | input | images/s | ms/step |")
     print("|---|---|---:|---|---:|---:|")
     for method in methods:
         secs = bench(a, method)
-        print(f"| {method} | cpu | {a.batch} | {a.input} | {a.steps * a.batch / secs:.1f} | {1e3 * secs / a.steps:.2f} |",
+        print(f"| {method} | {a.device} | {a.batch} | {a.input} | {a.steps * a.batch / secs:.1f} | {1e3 * secs / a.steps:.2f} |",
               flush=True)
 
 

@@ -35,6 +35,7 @@ pub mod optim;
 pub mod orth;
 pub(crate) mod par;
 pub mod params;
+pub mod penalty;
 pub mod resnet;
 pub mod rng;
 pub mod rotations;

@@ -106,11 +106,19 @@ impl OptKernel {
         })
     }
 
-    /// `R = orth(P)` as the forward computes it with the other layers of its size and map
-    /// (exact maps only).
+    /// `R = orth(P)` of an exact map (computed alone: metrics, exports).
     fn request(&self) -> Option<RotationRequest> {
         match self.config.rotation {
             Rotation::Exact(map) => Some(RotationRequest::of(&self.p, map)),
+            Rotation::Raw | Rotation::Skew(_) => None,
+        }
+    }
+
+    /// `W = orth(P)·W0` of an exact map, fused, as the forward computes it with the other
+    /// layers of its size and map (the rotation is never formed).
+    fn weight_request(&self) -> Option<RotationRequest> {
+        match self.config.rotation {
+            Rotation::Exact(map) => Some(RotationRequest::weight_of(&self.p, &self.w0, map)),
             Rotation::Raw | Rotation::Skew(_) => None,
         }
     }
@@ -131,7 +139,10 @@ impl OptKernel {
 
     /// The effective weight `W = R·W0`, `[d, n]`.
     pub fn weight_in(&self, rotations: &Rotations) -> Result<Tensor> {
-        Ok(self.rotation_in(rotations)?.matmul(self.w0.as_tensor())?)
+        match self.weight_request() {
+            Some(r) => rotations.get(&r),
+            None => Ok(self.rotation_in(rotations)?.matmul(self.w0.as_tensor())?),
+        }
     }
 
     /// The effective weight `W = R·W0`, `[d, n]`, its rotation computed alone.
@@ -170,21 +181,16 @@ impl KernelSource for OptKernel {
     }
 
     fn rotation_requests(&self) -> Vec<RotationRequest> {
-        self.request().into_iter().collect()
+        self.weight_request().into_iter().collect()
     }
 
     fn penalty(&self) -> Result<Option<Tensor>> {
         if self.config.penalty == 0.0 {
             return Ok(None);
         }
-        // Non-squared Frobenius norm ‖RRᵀ − I‖_F (spec §2.7).
-        let r = self.p.as_tensor();
-        let d = r.dim(0)?;
-        let gram = r.matmul(&r.t()?)?;
-        let diff = (gram - Tensor::eye(d, r.dtype(), r.device())?)?;
-        Ok(Some(
-            (diff.sqr()?.sum_all()?.sqrt()? * self.config.penalty)?,
-        ))
+        // Non-squared Frobenius norm ‖RRᵀ − I‖_F (spec §2.7), gradient in closed form.
+        let penalty = crate::penalty::orthogonality_penalty(self.p.as_tensor())?;
+        Ok(Some((penalty * self.config.penalty)?))
     }
 
     fn rotation_matrix(&self) -> Result<Option<Tensor>> {

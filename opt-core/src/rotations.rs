@@ -1,7 +1,9 @@
 //! The rotations of one forward pass, computed by the network and handed to each layer
 //! explicitly: every layer's exact map in one batched op per (size, dtype, map) group
-//! ([`orthogonalize_groups`]) instead of one op per layer — CNN-6's five 576×576 rotations are
-//! one call.
+//! ([`map_groups`]) instead of one op per layer — CNN-6's five 576×576 rotations are one call.
+//! A request that carries the layer's `W0` gets the weight `W = orth(P)·W0` from the fused op
+//! ([`rotate_batched`](crate::ops::rotate_batched)), which never forms the `d×d` rotation; one
+//! without gets `orth(P)`.
 //!
 //! A layer says what it needs ([`KernelSource::rotation_requests`]: its `P` matrices and their
 //! maps, each under a [`RotationKey`]); `Network::forward` gathers the requests of all its
@@ -17,7 +19,7 @@
 //!
 //! [`KernelSource::rotation_requests`]: crate::layers::KernelSource::rotation_requests
 
-use crate::ops::{orthogonalize, orthogonalize_groups, OrthMap};
+use crate::ops::{map_groups, MapGroup, OrthMap};
 use crate::Result;
 use candle_core::{DType, Tensor, TensorId, Var};
 use std::collections::HashMap;
@@ -28,6 +30,8 @@ use std::collections::HashMap;
 pub struct RotationKey {
     param: TensorId,
     index: usize,
+    /// The weight `orth(P)·W0` rather than the rotation.
+    weight: bool,
 }
 
 impl RotationKey {
@@ -36,17 +40,23 @@ impl RotationKey {
         Self {
             param: param.as_tensor().id(),
             index,
+            weight: false,
         }
     }
 }
 
-/// One exact map a layer needs: `map(p)` for a square `p`.
+/// One exact map a layer needs: `map(p)` for a square `p`, or with `w0` the weight
+/// `map(p)·w0`.
 #[derive(Debug, Clone)]
 pub struct RotationRequest {
     pub key: RotationKey,
     pub p: Tensor,
     pub map: OrthMap,
+    pub w0: Option<Tensor>,
 }
+
+/// `(d, n of W0 or none, dtype, map)`: the requests one batched op can take.
+type GroupKey = (usize, Option<usize>, DType, OrthMap);
 
 impl RotationRequest {
     /// `map` of the lone matrix `param`.
@@ -55,15 +65,42 @@ impl RotationRequest {
             key: RotationKey::new(param, 0),
             p: param.as_tensor().clone(),
             map,
+            w0: None,
         }
     }
 
-    fn group(&self) -> (usize, DType, OrthMap) {
+    /// The weight `map(param)·w0` of a lone matrix `param`, fused.
+    pub fn weight_of(param: &Var, w0: &Var, map: OrthMap) -> Self {
+        Self {
+            key: RotationKey {
+                weight: true,
+                ..RotationKey::new(param, 0)
+            },
+            p: param.as_tensor().clone(),
+            map,
+            w0: Some(w0.as_tensor().clone()),
+        }
+    }
+
+    fn group(&self) -> GroupKey {
         (
             self.p.dims().first().copied().unwrap_or(0),
+            self.w0
+                .as_ref()
+                .map(|w0| w0.dims().get(1).copied().unwrap_or(0)),
             self.p.dtype(),
             self.map,
         )
+    }
+}
+
+/// The requests `members` of one group as a batch.
+fn map_group(requests: &[RotationRequest], members: &[usize], map: OrthMap) -> MapGroup {
+    MapGroup {
+        map,
+        ps: members.iter().map(|&k| requests[k].p.clone()).collect(),
+        // All of a group alike (the group key says whether they carry W0).
+        w0s: members.iter().map(|&k| requests[k].w0.clone()).collect(),
     }
 }
 
@@ -83,7 +120,7 @@ impl Rotations {
     /// in the requests' order — the groups concurrently on the CPU: CNN-6's lone 1024×1024
     /// `fc6` runs beside the five 576×576 layers instead of after them.
     pub fn compute_requests(requests: &[RotationRequest]) -> Result<Self> {
-        let mut groups: Vec<((usize, DType, OrthMap), Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(GroupKey, Vec<usize>)> = Vec::new();
         for (k, request) in requests.iter().enumerate() {
             let key = request.group();
             match groups.iter_mut().find(|(g, _)| *g == key) {
@@ -91,14 +128,11 @@ impl Rotations {
                 None => groups.push((key, vec![k])),
             }
         }
-        let inputs: Vec<(Vec<Tensor>, OrthMap)> = groups
+        let inputs: Vec<MapGroup> = groups
             .iter()
-            .map(|((_, _, map), members)| {
-                let ps = members.iter().map(|&k| requests[k].p.clone()).collect();
-                (ps, *map)
-            })
+            .map(|(key, members)| map_group(requests, members, key.3))
             .collect();
-        let results = orthogonalize_groups(&inputs)?;
+        let results = map_groups(&inputs)?;
         let computed = groups
             .into_iter()
             .zip(results)
@@ -108,12 +142,18 @@ impl Rotations {
         Ok(Self { computed })
     }
 
-    /// The rotation of `request`: the one computed with its group in this forward, else
-    /// computed now, alone. Differentiable w.r.t. the request's `P` either way.
+    /// The rotation (or weight) of `request`: the one computed with its group in this forward,
+    /// else computed now, alone. Differentiable w.r.t. the request's inputs either way.
     pub fn get(&self, request: &RotationRequest) -> Result<Tensor> {
         match self.computed.get(&request.key) {
             Some(q) => Ok(q.clone()),
-            None => Ok(orthogonalize(&request.p, request.map)?),
+            None => {
+                let alone = map_group(std::slice::from_ref(request), &[0], request.map);
+                map_groups(std::slice::from_ref(&alone))?
+                    .pop()
+                    .and_then(|mut g| g.pop())
+                    .ok_or_else(|| candle_core::Error::msg("rotations: no result").into())
+            }
         }
     }
 
@@ -192,11 +232,13 @@ mod tests {
             key: RotationKey::new(&p, 0),
             p: p.as_tensor().clone(),
             map: OrthMap::Householder,
+            w0: None,
         };
         let b = RotationRequest {
             key: RotationKey::new(&p, 1),
             p: p.as_tensor().t()?.contiguous()?,
             map: OrthMap::Householder,
+            w0: None,
         };
         let ctx = Rotations::compute_requests(&[a.clone(), b.clone()])?;
         assert!(close(&ctx.get(&a)?, &orthogonalize(&a.p, a.map)?));

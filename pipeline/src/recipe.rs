@@ -309,7 +309,7 @@ pub struct RunSection {
     /// `composed` (candle's own ops and the exact maps only).
     #[serde(with = "opt_stages::device::named")]
     pub ops: OpsMode,
-    /// How the orthogonal maps are computed: `auto` (exact on the CPU, gemm on a GPU), `exact`
+    /// How the orthogonal maps are computed: `auto` (exact on the CPU; on a GPU gemm for ls and cp, exact for gs and hr), `exact`
     /// (the f64 factorisations of the spec, on the host) or `gemm` (Newton–Schulz for LS/CP,
     /// Cholesky-QR2 for GS/HR, where the tensors live; a batch they cannot finish falls back
     /// to exact).

@@ -371,8 +371,7 @@ impl<'a> Trainer<'a> {
                 .cfg
                 .method
                 .orth_map()
-                .map_or("none", |m| self.routes.map_label(m))
-                .to_string(),
+                .map_or_else(|| "none".to_string(), |m| self.routes.map_label(m)),
         });
         self.rate_mark = (self.start, self.record.train_seconds);
         self.opts.tracking.begin(self.start, &self.record.curves);

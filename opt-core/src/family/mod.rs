@@ -36,6 +36,7 @@ impl RotationMap {
                 key: RotationKey::new(param, index),
                 p: p.clone(),
                 map,
+                w0: None,
             }),
             RotationMap::Skew(_) => None,
         }

@@ -22,7 +22,7 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
     orth::check_stack(ps, map)?;
     let table = routes::routes(ps.device());
-    match table.map_route(map) {
+    match table.map_route_at(map, ps.dim(1)?) {
         MapRoute::Exact => orth::orthogonalize_batched(ps, map),
         route => match gemm_route(ps, map, &table) {
             Ok(q) => Ok(q),
@@ -33,6 +33,28 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
                     reason: e.to_string(),
                 });
                 orth::orthogonalize_batched(ps, map)
+            }
+        },
+    }
+}
+
+/// `W_k = orth(P_k)·W0_k` for a `[b, d, d]` stack of `P` and a `[b, d, n]` stack of `W0`, by
+/// the route the device's table names for `map`: the exact route fused (`orth::rotate_batched`,
+/// the rotation never formed), a gemm route as its `Q` times `W0`.
+pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
+    orth::check_pair(ps, w0s, map)?;
+    let table = routes::routes(ps.device());
+    match table.map_route_at(map, ps.dim(1)?) {
+        MapRoute::Exact => orth::rotate_batched(ps, w0s, map),
+        route => match gemm_route(ps, map, &table) {
+            Ok(q) => q.matmul(w0s),
+            Err(e) => {
+                table.record_fallback(MapFallback {
+                    map,
+                    route,
+                    reason: e.to_string(),
+                });
+                orth::rotate_batched(ps, w0s, map)
             }
         },
     }
@@ -77,19 +99,40 @@ pub fn orthogonalize_each(ps: &[Tensor], map: OrthMap) -> Result<Vec<Tensor>> {
     (0..ps.len()).map(|k| q.get(k)).collect()
 }
 
-/// [`orthogonalize_each`] of several groups (each its own map and size), concurrently on the
-/// CPU — a lone large matrix then runs beside another group's batch instead of after it; each
-/// matrix's result does not depend on the scheduling. On a GPU one after the other: its work is
-/// queued asynchronously anyway, and candle's CUDA ops are issued from the caller's thread.
-pub fn orthogonalize_groups(groups: &[(Vec<Tensor>, OrthMap)]) -> Result<Vec<Vec<Tensor>>> {
+/// Equally shaped layers that share a map: their rotations `orth(P_k)`, or, where each has its
+/// `W0`, their weights `orth(P_k)·W0_k` (all of a group alike).
+pub struct MapGroup {
+    pub map: OrthMap,
+    pub ps: Vec<Tensor>,
+    pub w0s: Option<Vec<Tensor>>,
+}
+
+/// Each group's results as one batch ([`orthogonalize_batched`] or [`rotate_batched`]), the
+/// results in order, each differentiable w.r.t. its own inputs.
+fn map_group(group: &MapGroup) -> Result<Vec<Tensor>> {
+    if group.ps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ps = Tensor::stack(&group.ps, 0)?;
+    let out = match &group.w0s {
+        Some(w0s) => rotate_batched(&ps, &Tensor::stack(w0s, 0)?, group.map)?,
+        None => orthogonalize_batched(&ps, group.map)?,
+    };
+    (0..group.ps.len()).map(|k| out.get(k)).collect()
+}
+
+/// [`map_group`] of several groups (each its own map and size), concurrently on the CPU — a
+/// lone large matrix then runs beside another group's batch instead of after it; each matrix's
+/// result does not depend on the scheduling. On a GPU one after the other: its work is queued
+/// asynchronously anyway, and candle's CUDA ops are issued from the caller's thread.
+pub fn map_groups(groups: &[MapGroup]) -> Result<Vec<Vec<Tensor>>> {
     let on_cpu = groups
         .iter()
-        .flat_map(|(ps, _)| ps.first())
+        .flat_map(|g| g.ps.first())
         .all(|p| p.device().is_cpu());
-    let each = |(ps, map): &(Vec<Tensor>, OrthMap)| orthogonalize_each(ps, *map);
     if on_cpu {
-        groups.par_iter().map(each).collect()
+        groups.par_iter().map(map_group).collect()
     } else {
-        groups.iter().map(each).collect()
+        groups.iter().map(map_group).collect()
     }
 }

@@ -38,7 +38,8 @@ pub use batch_norm::{
 };
 pub use conv2d::{conv2d, conv2d_composed, conv2d_fused};
 pub use maps::{
-    gemm_route, orthogonalize, orthogonalize_batched, orthogonalize_each, orthogonalize_groups,
+    gemm_route, map_groups, orthogonalize, orthogonalize_batched, orthogonalize_each,
+    rotate_batched, MapGroup,
 };
 pub use max_pool::{max_pool2x2, max_pool2x2_composed, max_pool2x2_fused};
 pub use routes::{FusedOp, MapRoute, MapRouteChoice, OpsMode};

@@ -57,7 +57,8 @@ impl OpSet {
 /// `run.map_route`: how the orthogonal maps are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MapRouteChoice {
-    /// The device's default: exact on the CPU, gemm on a GPU.
+    /// The device's default: exact on the CPU; on a GPU Newton–Schulz for LS and CP, and for GS
+    /// and HR Cholesky-QR2 below d = [`GPU_EXACT_FROM`], the exact host route from there.
     #[default]
     Auto,
     /// The exact f64 factorisations on the host (spec §2.2–2.5), on every device.
@@ -66,6 +67,14 @@ pub enum MapRouteChoice {
     /// (GS, HR), each falling back to the exact route for a batch it cannot finish.
     Gemm,
 }
+
+/// From this size on, GS and HR take the exact host route on a GPU under `auto`: on an H200
+/// (2026-12-04, CNN-6 width 64) Cholesky-QR2's one-block-per-matrix kernels took 100 ms for
+/// five d = 576 matrices and 490 ms at d = 1024 (HR 150 and 770; GS 213 images/s), the host
+/// route turned that into 581 images/s — while below it (S-OPT's 144- and 256-dimensional
+/// subsets) the kernels are cheap and the host round trip per call is not (S-OPT fell from
+/// 5 890 to 2 030 images/s on the host route).
+pub const GPU_EXACT_FROM: usize = 512;
 
 /// The fused ops of the training step (the orthogonal maps have [`MapRoute`]s instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,6 +156,8 @@ pub struct DeviceRoutes {
     composed: [AtomicBool; 4],
     /// Per map (`OrthMap::ALL` order): the route a batch tries first.
     maps: [MapRoute; 4],
+    /// A size from which the map takes the exact route whatever `maps` says (GS/HR on a GPU).
+    exact_from: [Option<usize>; 4],
     fallbacks: Mutex<Vec<MapFallback>>,
     fallback_count: AtomicUsize,
     /// Newton–Schulz iterations the last batch of each (map, d, b) needed: the next batch runs
@@ -164,10 +175,23 @@ fn map_index(map: OrthMap) -> usize {
 impl DeviceRoutes {
     /// Every fused op, and each map's route from `choice` on `device`.
     pub fn new(device: &Device, choice: MapRouteChoice) -> Self {
+        Self::for_host(device.is_cpu(), choice)
+    }
+
+    /// The table of a CPU (`cpu`) or of a GPU.
+    fn for_host(cpu: bool, choice: MapRouteChoice) -> Self {
         let gemm = match choice {
             MapRouteChoice::Exact => false,
             MapRouteChoice::Gemm => true,
-            MapRouteChoice::Auto => !device.is_cpu(),
+            MapRouteChoice::Auto => !cpu,
+        };
+        let large_exact = |m: OrthMap| match m {
+            OrthMap::GramSchmidt | OrthMap::Householder
+                if gemm && choice == MapRouteChoice::Auto =>
+            {
+                Some(GPU_EXACT_FROM)
+            }
+            _ => None,
         };
         Self {
             composed: Default::default(),
@@ -178,6 +202,7 @@ impl DeviceRoutes {
                     MapRoute::Exact
                 }
             }),
+            exact_from: OrthMap::ALL.map(large_exact),
             fallbacks: Mutex::new(Vec::new()),
             fallback_count: AtomicUsize::new(0),
             iterations: Mutex::new(Vec::new()),
@@ -201,13 +226,23 @@ impl DeviceRoutes {
             .collect()
     }
 
+    /// The route of `map`'s small batches (all of them, unless it switches to exact at a size).
     pub fn map_route(&self, map: OrthMap) -> MapRoute {
         self.maps[map_index(map)]
+    }
+
+    /// The route of a batch of `map` at size `d`.
+    pub fn map_route_at(&self, map: OrthMap, d: usize) -> MapRoute {
+        match self.exact_from[map_index(map)] {
+            Some(from) if d >= from => MapRoute::Exact,
+            _ => self.map_route(map),
+        }
     }
 
     /// `map` takes the exact route from now on.
     pub fn set_exact(&mut self, map: OrthMap) {
         self.maps[map_index(map)] = MapRoute::Exact;
+        self.exact_from[map_index(map)] = None;
     }
 
     /// Notes a batch the gemm route could not finish.
@@ -258,9 +293,16 @@ impl DeviceRoutes {
         }
     }
 
-    /// The route of `map`'s batches, e.g. `cholesky-qr2`.
-    pub fn map_label(&self, map: OrthMap) -> &'static str {
-        self.map_route(map).name()
+    /// The route of `map`'s batches, e.g. `cholesky-qr2`, or `cholesky-qr2 below d = 512, exact
+    /// from there`.
+    pub fn map_label(&self, map: OrthMap) -> String {
+        let route = self.map_route(map);
+        match self.exact_from[map_index(map)] {
+            Some(from) if route != MapRoute::Exact => {
+                format!("{} below d = {from}, exact from there", route.name())
+            }
+            _ => route.name().to_string(),
+        }
     }
 }
 
@@ -381,6 +423,37 @@ mod tests {
             r.set_composed(op);
         }
         assert_eq!(r.ops_label(), "composed");
+    }
+
+    /// On a GPU, `auto` sends GS and HR to the exact route from `GPU_EXACT_FROM` on (and says
+    /// so in the label); `gemm` never does; LS and CP keep Newton–Schulz at every size.
+    #[test]
+    fn gpu_auto_routes_switch_gs_and_hr_to_exact_at_layer_size() {
+        let auto = DeviceRoutes::for_host(false, MapRouteChoice::Auto);
+        let gemm = DeviceRoutes::for_host(false, MapRouteChoice::Gemm);
+        for map in [OrthMap::GramSchmidt, OrthMap::Householder] {
+            assert_eq!(auto.map_route_at(map, 144), MapRoute::CholeskyQr2);
+            assert_eq!(auto.map_route_at(map, GPU_EXACT_FROM), MapRoute::Exact);
+            assert_eq!(auto.map_route_at(map, 1024), MapRoute::Exact);
+            assert_eq!(gemm.map_route_at(map, 1024), MapRoute::CholeskyQr2);
+            assert_eq!(
+                auto.map_label(map),
+                "cholesky-qr2 below d = 512, exact from there"
+            );
+            assert_eq!(gemm.map_label(map), "cholesky-qr2");
+        }
+        for map in [OrthMap::Lowdin, OrthMap::Cayley] {
+            assert_eq!(auto.map_route_at(map, 1024), MapRoute::NewtonSchulz);
+        }
+        let mut switched = DeviceRoutes::for_host(false, MapRouteChoice::Auto);
+        switched.set_exact(OrthMap::GramSchmidt);
+        assert_eq!(
+            switched.map_route_at(OrthMap::GramSchmidt, 12),
+            MapRoute::Exact
+        );
+        assert_eq!(switched.map_label(OrthMap::GramSchmidt), "exact");
+        let cpu = DeviceRoutes::for_host(true, MapRouteChoice::Auto);
+        assert_eq!(cpu.map_label(OrthMap::Householder), "exact");
     }
 
     #[test]

@@ -423,17 +423,19 @@ fn cases(device: &Device, choice: MapRouteChoice) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// The route `route` of `map` against the other route, on two P near the identity (OPT's P
-/// during training), at d = 12.
+/// The route `route` of `map` against the other route, as the network meets them — the layer's
+/// weight `W = orth(P)·W0` (the exact route's fused op, the gemm route's `Q` times `W0`) — on two
+/// P near the identity (OPT's P during training), at d = 12.
 fn map_case(rng: &mut crate::Rng, map: OrthMap, route: MapRoute) -> Result<Case> {
     let d = 12;
     let eye = Tensor::eye(d, DType::F32, &Device::Cpu)?.unsqueeze(0)?;
     let p = host(rng, &[2, d, d], 0.3 / (d as f64).sqrt())?.broadcast_add(&eye)?;
+    let w0 = host(rng, &[2, d, 3], (2.0 / d as f64).sqrt())?;
     let exact: CaseFn =
-        Box::new(move |t| Ok(vec![crate::orth::orthogonalize_batched(&t[0], map)?]));
+        Box::new(move |t| Ok(vec![crate::orth::rotate_batched(&t[0], &t[1], map)?]));
     let gemm: CaseFn = Box::new(move |t| {
         let scratch = DeviceRoutes::new(t[0].device(), MapRouteChoice::Gemm);
-        Ok(vec![super::gemm_route(&t[0], map, &scratch)?])
+        Ok(vec![super::gemm_route(&t[0], map, &scratch)?.matmul(&t[1])?])
     });
     let (under_test, reference) = match route {
         MapRoute::Exact => (exact, gemm),
@@ -442,7 +444,7 @@ fn map_case(rng: &mut crate::Rng, map: OrthMap, route: MapRoute) -> Result<Case>
     Ok(Case {
         name: format!("map {} ({}) d={d}", map.name(), route.name()),
         subject: Subject::Map(map, route),
-        inputs: vec![p],
+        inputs: vec![p, w0],
         under_test,
         reference,
         tolerance: 1e-4,

@@ -60,7 +60,7 @@ pub fn orthogonalize_each(ps: &[Tensor], map: OrthMap) -> Result<Vec<Tensor>> {
 /// Runs `f(k, par)` for every matrix `k < b`: concurrently with sequential faer kernels for a
 /// batch, with faer's parallelism for a lone matrix (see the module comment). Results keep
 /// their order.
-fn per_matrix<R: Send>(
+pub(super) fn per_matrix<R: Send>(
     b: usize,
     d: usize,
     f: impl Fn(usize, Par) -> Result<R> + Sync,

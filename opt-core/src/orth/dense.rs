@@ -7,7 +7,7 @@
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::{householder, lu, matmul, qr, svd, triangular_solve};
+use faer::linalg::{evd, householder, lu, matmul, qr, svd, triangular_solve};
 use faer::perm::PermRef;
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
 
@@ -109,6 +109,27 @@ impl Lu {
         );
     }
 
+    /// Solves `Aᵀ X = B` in place.
+    pub(super) fn solve_transpose_in_place(&self, rhs: MatMut<'_, f64>, par: Par) {
+        let n = self.lu.nrows();
+        let mut buf = MemBuffer::new(
+            lu::partial_pivoting::solve::solve_transpose_in_place_scratch::<usize, f64>(
+                n,
+                rhs.ncols(),
+                par,
+            ),
+        );
+        lu::partial_pivoting::solve::solve_transpose_in_place_with_conj(
+            self.lu.as_ref(),
+            self.lu.as_ref(),
+            self.perm(),
+            Conj::No,
+            rhs,
+            par,
+            MemStack::new(&mut buf),
+        );
+    }
+
     /// The sign of `det A` (`±1`; `factor` already rejected a zero determinant).
     pub(super) fn det_sign(&self) -> f64 {
         let mut sign = if self.transpositions.is_multiple_of(2) {
@@ -125,56 +146,124 @@ impl Lu {
     }
 }
 
-/// Householder QR of a square matrix, `A = Q R`, with `Q` formed explicitly.
-///
-/// faer's QR drops numerically dependent columns (it reports a rank); the orthogonal maps are
-/// defined only for full rank, so anything else is an error.
-pub(super) fn qr_square(mut a: Mat<f64>, what: &str, par: Par) -> Result<(Mat<f64>, Mat<f64>)> {
-    let n = a.nrows();
-    let block = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
-    let mut coeff = Mat::zeros(block, n);
-    let mut buf = MemBuffer::new(qr::no_pivoting::factor::qr_in_place_scratch::<f64>(
-        n,
-        n,
-        block,
-        par,
-        Default::default(),
-    ));
-    let info = qr::no_pivoting::factor::qr_in_place(
-        a.as_mut(),
-        coeff.as_mut(),
-        par,
-        MemStack::new(&mut buf),
-        Default::default(),
-    );
-    if info.rank < n {
-        bail!(
-            "{what} is numerically singular (QR rank {} < {n})",
-            info.rank
+/// Householder QR of a square matrix, `A = Q R`, kept as faer leaves it: R on and above the
+/// diagonal, the Householder vectors below it and their block coefficients beside. `Q` is
+/// applied, never formed, where a product with it is all that is needed (the fused maps).
+pub(super) struct HouseholderQr {
+    packed: Mat<f64>,
+    coeff: Mat<f64>,
+}
+
+impl HouseholderQr {
+    /// Factors `a`. faer's QR drops numerically dependent columns (it reports a rank); the
+    /// orthogonal maps are defined only for full rank, so anything else is an error.
+    pub(super) fn factor(mut a: Mat<f64>, what: &str, par: Par) -> Result<Self> {
+        let n = a.nrows();
+        let block = qr::no_pivoting::factor::recommended_block_size::<f64>(n, n);
+        let mut coeff = Mat::zeros(block, n);
+        let mut buf = MemBuffer::new(qr::no_pivoting::factor::qr_in_place_scratch::<f64>(
+            n,
+            n,
+            block,
+            par,
+            Default::default(),
+        ));
+        let info = qr::no_pivoting::factor::qr_in_place(
+            a.as_mut(),
+            coeff.as_mut(),
+            par,
+            MemStack::new(&mut buf),
+            Default::default(),
+        );
+        if info.rank < n {
+            bail!(
+                "{what} is numerically singular (QR rank {} < {n})",
+                info.rank
+            );
+        }
+        Ok(Self { packed: a, coeff })
+    }
+
+    pub(super) fn dim(&self) -> usize {
+        self.packed.nrows()
+    }
+
+    /// `R` (upper triangular).
+    pub(super) fn r(&self) -> Mat<f64> {
+        let a = &self.packed;
+        Mat::from_fn(
+            a.nrows(),
+            a.ncols(),
+            |i, j| if i <= j { a[(i, j)] } else { 0.0 },
+        )
+    }
+
+    /// `m ← Q m`.
+    pub(super) fn apply_q(&self, m: MatMut<'_, f64>, par: Par) {
+        let (n, block) = (self.dim(), self.coeff.nrows());
+        let mut buf = MemBuffer::new(
+            householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+                n,
+                block,
+                m.ncols(),
+            ),
+        );
+        householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+            // faer reads only the vectors below the diagonal (their leading 1 is implicit).
+            self.packed.as_ref(),
+            self.coeff.as_ref(),
+            Conj::No,
+            m,
+            par,
+            MemStack::new(&mut buf),
         );
     }
-    // faer packs R on and above the diagonal and the Householder vectors below it.
-    let r = Mat::from_fn(n, n, |i, j| if i <= j { a[(i, j)] } else { 0.0 });
-    let basis = Mat::from_fn(n, n, |i, j| match i.cmp(&j) {
-        std::cmp::Ordering::Greater => a[(i, j)],
-        std::cmp::Ordering::Equal => 1.0,
-        std::cmp::Ordering::Less => 0.0,
-    });
-    let mut q = Mat::identity(n, n);
-    let mut buf = MemBuffer::new(
-        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
-            n, block, n,
-        ),
-    );
-    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-        basis.as_ref(),
-        coeff.as_ref(),
-        Conj::No,
-        q.as_mut(),
-        par,
-        MemStack::new(&mut buf),
-    );
-    Ok((q, r))
+
+    /// `m ← Qᵀ m`.
+    pub(super) fn apply_qt(&self, m: MatMut<'_, f64>, par: Par) {
+        let (n, block) = (self.dim(), self.coeff.nrows());
+        let mut buf = MemBuffer::new(
+            householder::apply_block_householder_sequence_transpose_on_the_left_in_place_scratch::<
+                f64,
+            >(n, block, m.ncols()),
+        );
+        householder::apply_block_householder_sequence_transpose_on_the_left_in_place_with_conj(
+            self.packed.as_ref(),
+            self.coeff.as_ref(),
+            Conj::No,
+            m,
+            par,
+            MemStack::new(&mut buf),
+        );
+    }
+
+    /// `Q` formed explicitly.
+    pub(super) fn q(&self, par: Par) -> Mat<f64> {
+        let mut q = Mat::identity(self.dim(), self.dim());
+        self.apply_q(q.as_mut(), par);
+        q
+    }
+
+    /// The sign of `det Q` without a factorisation: each reflector faer applied has det −1,
+    /// and where a column's part below the diagonal was already zero faer applies none (its
+    /// coefficient is infinite, `I − v vᵀ/∞ = I`) — always so for the last column.
+    pub(super) fn det_q_sign(&self) -> f64 {
+        let block = self.coeff.nrows();
+        let reflectors = (0..self.dim())
+            .filter(|&k| self.coeff[(k % block, k)].is_finite())
+            .count();
+        if reflectors.is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        }
+    }
+}
+
+/// Householder QR of a square matrix, `A = Q R`, with `Q` formed explicitly.
+pub(super) fn qr_square(a: Mat<f64>, what: &str, par: Par) -> Result<(Mat<f64>, Mat<f64>)> {
+    let qr = HouseholderQr::factor(a, what, par)?;
+    Ok((qr.q(par), qr.r()))
 }
 
 /// Full SVD of a square matrix, `A = U diag(s) Vᵀ`.
@@ -209,6 +298,58 @@ pub(super) fn svd_square(
     }
     let s = s.column_vector().iter().copied().collect();
     Ok((u, s, v))
+}
+
+/// Eigendecomposition of a symmetric matrix, `A = V diag(λ) Vᵀ` (only `a`'s lower triangle
+/// is read).
+pub(super) fn evd_symmetric(
+    a: MatRef<'_, f64>,
+    what: &str,
+    par: Par,
+) -> Result<(Vec<f64>, Mat<f64>)> {
+    let n = a.nrows();
+    let mut v = Mat::zeros(n, n);
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let mut buf = MemBuffer::new(evd::self_adjoint_evd_scratch::<f64>(
+        n,
+        evd::ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    if let Err(e) = evd::self_adjoint_evd(
+        a,
+        s.as_mut(),
+        Some(v.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    ) {
+        bail!("eigendecomposition of {what} failed: {e:?}");
+    }
+    Ok((s.column_vector().iter().copied().collect(), v))
+}
+
+/// Solves `R X = B` in place for upper-triangular `R` where `B` is strictly upper triangular
+/// (so is `X`): each block of columns only meets the leading block of `R` above it, ⅓ of a
+/// full solve's flops.
+pub(super) fn solve_upper_strict_rhs_in_place(
+    r: MatRef<'_, f64>,
+    mut rhs: MatMut<'_, f64>,
+    par: Par,
+) {
+    const BLOCK: usize = 64;
+    let n = r.nrows();
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + BLOCK).min(n);
+        // Rows ≥ c1 of these columns are zero in B, hence in X.
+        triangular_solve::solve_upper_triangular_in_place(
+            r.get(..c1, ..c1),
+            rhs.as_mut().get_mut(..c1, c0..c1),
+            par,
+        );
+        c0 = c1;
+    }
 }
 
 /// Reads the matrices of a 3-D `[b, rows, cols]` f32/f64 CPU storage (any strides) into f64.

@@ -7,7 +7,7 @@
 //! The backward is the closed form of the spec, also in f64 on the CPU; it reuses the
 //! factorisations the forward kept (the op object lives exactly as long as the autograd graph
 //! that needs it). A batch's matrices are factorised concurrently (see `batch`); an OPT network
-//! hands each (size, map) group of its layers to one call (`crate::rotation_bank`).
+//! hands each (size, map) group of its layers to one call (`crate::rotations`).
 //!
 //! The op runs on any device: its `cuda_fwd` takes the stack through host memory, factorises
 //! there and returns `Q` on the device; the backward does the same with `∂L/∂Q` — one round
@@ -29,6 +29,9 @@ mod dense;
 mod newton_schulz;
 mod polar;
 mod qr;
+mod rotate;
+#[cfg(test)]
+mod rotate_tests;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +43,7 @@ pub use newton_schulz::{
     Iterations as NewtonSchulzIterations, FIRST_READ as NEWTON_SCHULZ_FIRST_READ,
     MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
+pub use rotate::{check_pair, rotate_batched};
 
 use candle_core::{bail, Result, Tensor};
 use faer::{Mat, MatRef, Par};
