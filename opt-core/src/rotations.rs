@@ -170,6 +170,7 @@ impl Rotations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::orthogonalize;
     use crate::Rng;
     use candle_core::Device;
 
@@ -244,6 +245,34 @@ mod tests {
         assert!(close(&ctx.get(&a)?, &orthogonalize(&a.p, a.map)?));
         assert!(close(&ctx.get(&b)?, &orthogonalize(&b.p, b.map)?));
         assert!(!close(&ctx.get(&a)?, &ctx.get(&b)?));
+        Ok(())
+    }
+
+    /// A request with `W0` gets the fused weight `orth(P)·W0`, batched with the others of its
+    /// size and `n`, kept apart from a rotation request of the same `P`.
+    #[test]
+    fn weight_requests_get_the_fused_weight() -> Result<()> {
+        let (p0, p1) = (var(11, 6), var(12, 6));
+        let w0 = |seed| {
+            let v = Rng::seed(seed).normal_vec(6 * 3, 1.0);
+            Var::from_tensor(&Tensor::from_vec(v, (6, 3), &Device::Cpu).expect("w0")).expect("var")
+        };
+        let (w0a, w0b) = (w0(13), w0(14));
+        let hr = OrthMap::Householder;
+        let requests = [
+            RotationRequest::weight_of(&p0, &w0a, hr),
+            RotationRequest::weight_of(&p1, &w0b, hr),
+            RotationRequest::of(&p0, hr),
+        ];
+        let ctx = Rotations::compute_requests(&requests)?;
+        assert_eq!(ctx.len(), 3);
+        let q0 = orthogonalize(p0.as_tensor(), hr)?;
+        assert!(close(&ctx.get(&requests[0])?, &q0.matmul(w0a.as_tensor())?));
+        let q1 = orthogonalize(p1.as_tensor(), hr)?;
+        assert!(close(&ctx.get(&requests[1])?, &q1.matmul(w0b.as_tensor())?));
+        assert!(close(&ctx.get(&requests[2])?, &q0));
+        let alone = Rotations::none().get(&requests[1])?;
+        assert!(close(&alone, &q1.matmul(w0b.as_tensor())?));
         Ok(())
     }
 }
