@@ -110,26 +110,29 @@ def machine():
             "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def spread(xs):
+def spread(xs, digits=2):
     """`median (min–max)`."""
-    return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
+    return f"{statistics.median(xs):.{digits}f} ({min(xs):.{digits}f}–{max(xs):.{digits}f})"
 
 
 def measure(a, methods):
     """Every sample, interleaved: per round, per method, orthopt [before] eager [compile]."""
     common = ["--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
               "--threads", str(a.threads)]
-    peers = ["orthopt", "eager"] + ([] if a.no_compile else ["compile"]) + (["before"] if a.before else [])
+    torch_peers = [] if a.no_torch else ["eager"] + ([] if a.no_compile else ["compile"])
+    peers = ["orthopt"] + torch_peers + (["before"] if a.before else [])
+    arch = ["--arch", a.arch] + (["--depth", str(a.depth)] if a.arch == "resnet" else [])
     samples = {p: {m: [] for m in methods} for p in peers}
     peaks = []
     torch_cmd = [a.python, os.path.join(HERE, "torch_cnn6.py")]
     for r in range(a.rounds):
-        peaks.append(gemm_peak(a.threads, a.python))
+        if not a.no_torch:
+            peaks.append(gemm_peak(a.threads, a.python))
         for m in methods:
             for peer in peers:
                 if peer in ("orthopt", "before"):
                     binary = a.orthopt if peer == "orthopt" else a.before
-                    out, rss = run([binary, "bench", "--device", "cpu", "--methods", m, *common])
+                    out, rss = run([binary, "bench", "--device", "cpu", "--methods", m, *arch, *common])
                     value = table_value(out, m, 5)
                 else:
                     extra = ["--compile"] if peer == "compile" else []
@@ -143,32 +146,36 @@ def measure(a, methods):
 
 def report(a, methods, peers, samples, peaks, info):
     ips = {p: {m: [s["images_per_sec"] for s in samples[p][m]] for m in methods} for p in peers}
-    peak = max(peaks)
-    gflop = step_gflop(a.width, a.batch, (3, 32, 32))
-    print(f"CNN-6 width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved "
+    peak = max(peaks) if peaks else None
+    # The convolution count is CNN-6's; other networks and runs without torch get no rate.
+    gflop = step_gflop(a.width, a.batch, (3, 32, 32)) if a.arch == "cnn6" else None
+    net = "CNN-6" if a.arch == "cnn6" else f"{a.arch}-{a.depth}" if a.arch == "resnet" else a.arch
+    print(f"{net} width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved "
           f"rounds; {info['cpu']}, {info['cores']} cores, load average {info['load_average'][0]:.2f} at the "
-          f"start, {info['date']}. Ratios are taken within each round: median (min–max). Step ≈ {gflop:.1f} "
-          f"GFLOP of convolutions; sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds).\n")
+          f"start, {info['date']}. Ratios are taken within each round: median (min–max)."
+          + (f" Step ≈ {gflop:.1f} GFLOP of convolutions." if gflop else "")
+          + (f" sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds)." if peak else "") + "\n")
     cols = ["orthopt images/s", "step vs our baseline"] + [f"vs {p}" for p in peers if p not in ("orthopt",)]
     print("| method | " + " | ".join(cols) + " | orthopt peak RSS | orthopt GFLOP/s | of peak |")
     print("|---|" + "---:|" * (len(cols) + 3))
     base = ips["orthopt"].get("baseline")
     for m in methods:
         o = ips["orthopt"][m]
-        row = [spread(o)]
+        row = [spread(o, 0)]
         # Step time against the baseline's step of the same round: baseline ips / method ips.
         row.append(spread([b / x for b, x in zip(base, o)]) + "×" if base else "–")
         for p in peers:
             if p != "orthopt":
                 row.append(spread([x / y for x, y in zip(o, ips[p][m])]) + "×")
         rss = max(s["peak_rss"] for s in samples["orthopt"][m]) / 2**20
-        gflops = gflop * statistics.median(o) / a.batch
-        print(f"| {m} | " + " | ".join(row) + f" | {rss:.0f} MiB | {gflops:.0f} | {gflops / peak:.0%} |")
+        rate = gflop * statistics.median(o) / a.batch if gflop else None
+        rate_cells = f"{rate:.0f} | {rate / peak:.0%}" if rate and peak else (f"{rate:.0f} | –" if rate else "– | –")
+        print(f"| {m} | " + " | ".join(row) + f" | {rss:.0f} MiB | {rate_cells} |")
     print("\nimages/s of the peers (median (min–max)):\n")
     print("| method | " + " | ".join(peers) + " |")
     print("|---|" + "---:|" * len(peers))
     for m in methods:
-        print(f"| {m} | " + " | ".join(spread(ips[p][m]) for p in peers) + " |")
+        print(f"| {m} | " + " | ".join(spread(ips[p][m], 0) for p in peers) + " |")
 
 
 def main():
@@ -183,8 +190,13 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with torch installed")
     ap.add_argument("--before", help="an older orthopt binary, measured in the same rounds")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    ap.add_argument("--no-torch", action="store_true", help="orthopt (and --before) only")
+    ap.add_argument("--arch", default="cnn6", help="orthopt's architecture (torch peers: CNN-6 only)")
+    ap.add_argument("--depth", type=int, default=20, help="ResNet depth")
     ap.add_argument("--json", help="where to keep every sample (default bench/results/<date>-<host>.json)")
     a = ap.parse_args()
+    if a.arch != "cnn6":
+        a.no_torch = True  # bench/torch_cnn6.py has CNN-6 only
     methods = METHODS if a.methods == "all" else a.methods.split(",")
     if "baseline" not in methods:
         methods = ["baseline"] + methods  # every step is compared with the baseline's
