@@ -118,7 +118,7 @@ def spread(xs, digits=2):
 def measure(a, methods):
     """Every sample, interleaved: per round, per method, orthopt [before] eager [compile]."""
     common = ["--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps),
-              "--threads", str(a.threads)]
+              "--warmup", str(a.warmup), "--threads", str(a.threads)]
     torch_peers = [] if a.no_torch else ["eager"] + ([] if a.no_compile else ["compile"])
     peers = ["orthopt"] + torch_peers + (["before"] if a.before else [])
     arch = ["--arch", a.arch] + (["--depth", str(a.depth)] if a.arch == "resnet" else [])
@@ -186,6 +186,10 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=10)
+    # Both tools reach their steady step only after a few steps (allocator growth, caches):
+    # measured 2026-12-04, orthopt's CNN-6 step was 10–20 % slower after 2 warm-up steps than
+    # after 6.
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--orthopt", default=os.path.join(HERE, "..", "target", "release", "orthopt"))
     ap.add_argument("--python", default=sys.executable, help="a Python with torch installed")
     ap.add_argument("--before", help="an older orthopt binary, measured in the same rounds")
