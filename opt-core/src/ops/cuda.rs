@@ -5,7 +5,7 @@
 //! layout's start offset. Unrun on a GPU in the session that wrote it: `orthopt gpu-check`
 //! compares each against its CPU forward.
 
-use super::conv2d::Patches;
+use super::patches::Patches;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::builder_arg;
 use candle_core::cuda_backend::cudarc::driver::{

@@ -28,6 +28,7 @@ mod conv2d;
 mod cuda;
 mod maps;
 mod max_pool;
+mod patches;
 pub mod routes;
 pub mod self_check;
 
