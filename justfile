@@ -86,14 +86,14 @@ bench-archs *args:
     {{orthopt}} bench --arch resnet --depth 20 --methods baseline,gs,sopt "$@"
     {{orthopt}} bench --arch resnet --depth 32 --methods baseline,gs,sopt --maps 144,1152,2304 "$@"
 
-# Compare orthopt with PyTorch eager on this CPU, interleaved, with peak RSS and GFLOP/s against the sgemm peak (installs PyTorch from PyPI into .venv once).
+# Compare orthopt with PyTorch eager and torch.compile on this CPU: 5 interleaved rounds, median (min–max) ratios, peak RSS, GFLOP/s, JSON under bench/results/ (installs PyTorch from PyPI into .venv once).
 bench-compare *args:
     test -x .venv/bin/python || python3 -m venv .venv
     .venv/bin/python -c 'import torch, numpy' 2>/dev/null || .venv/bin/python -m pip install --quiet torch numpy
     cargo build --release --bin orthopt
     .venv/bin/python bench/compare.py --python .venv/bin/python "$@"
 
-# Measure the same network in PyTorch eager for comparison (needs pip install torch).
+# Measure the same network in PyTorch eager, or with --compile under torch.compile (needs pip install torch).
 bench-torch *args:
     python3 bench/torch_cnn6.py --methods all "$@"
 
