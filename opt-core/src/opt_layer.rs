@@ -336,7 +336,10 @@ mod tests {
     #[test]
     fn a_merge_keeps_the_kernel_and_restarts_p() -> Result<()> {
         let cfg = OptLayerConfig {
-            rotation: Rotation::Skew(SkewMap::CayleyNeumann { terms: 5 }),
+            rotation: Rotation::Skew(SkewMap::CayleyNeumann {
+                terms: 5,
+                scaled: true,
+            }),
             init: RotationInit::Zero,
             decay_rotation: true,
             decay_fixed: true,

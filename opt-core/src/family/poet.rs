@@ -240,7 +240,13 @@ mod tests {
             (RotationMap::Exact(OrthMap::Cayley), 1e-5),
             (RotationMap::Exact(OrthMap::GramSchmidt), 1e-5),
             (RotationMap::Skew(SkewMap::Expm), 1e-5),
-            (RotationMap::Skew(SkewMap::CayleyNeumann { terms: 5 }), 1e-2),
+            (
+                RotationMap::Skew(SkewMap::CayleyNeumann {
+                    terms: 5,
+                    scaled: true,
+                }),
+                1e-2,
+            ),
         ] {
             let mut store = ParamStore::new(Device::Cpu);
             let mut rng = Rng::seed(11);

@@ -131,8 +131,23 @@ mod tests {
         // The layers' map scales the generator by 1/√d first.
         let scaled = (&p * (1.0 / (d as f64).sqrt()))?;
         let want = to_m(&cayley_neumann(&scaled, 5)?);
-        let got = to_m(&crate::skew::SkewMap::CayleyNeumann { terms: 5 }.rotation(&p)?);
+        let got = to_m(
+            &crate::skew::SkewMap::CayleyNeumann {
+                terms: 5,
+                scaled: true,
+            }
+            .rotation(&p)?,
+        );
         assert!(max_diff(&got, &want) < 1e-15);
+        // Unscaled, the paper's generator: the series of P − Pᵀ itself.
+        let plain = to_m(
+            &crate::skew::SkewMap::CayleyNeumann {
+                terms: 5,
+                scaled: false,
+            }
+            .rotation(&p)?,
+        );
+        assert!(max_diff(&plain, &to_m(&cayley_neumann(&p, 5)?)) < 1e-15);
         Ok(())
     }
 

@@ -19,12 +19,12 @@ use candle_core::Tensor;
 pub enum SkewMap {
     /// `exp(A)`: exactly orthogonal.
     Expm,
-    /// `(I + Q)(I + Q + … + Q^terms)` with `Q = A/√d`: the Cayley transform with `(I − Q)⁻¹`
-    /// truncated to `terms` Neumann terms beyond `I`; orthogonal up to `O(‖Q‖^(terms+1))`.
-    /// The `1/√d` keeps a gradient step's change of `‖Q‖` independent of the size: unscaled,
-    /// one SGD step at lr 0.01 takes CNN-6's `fc6` (d = 288, no BN after it) past the series'
-    /// radius `‖Q‖ = 1` and training diverges (measured).
-    CayleyNeumann { terms: usize },
+    /// `(I + Q)(I + Q + … + Q^terms)` with `Q = A/√d` (`scaled`) or the paper's `Q = A`: the
+    /// Cayley transform with `(I − Q)⁻¹` truncated to `terms` Neumann terms beyond `I`;
+    /// orthogonal up to `O(‖Q‖^(terms+1))`. The `1/√d` keeps a gradient step's change of `‖Q‖`
+    /// independent of the size: unscaled, one SGD step at lr 0.01 takes CNN-6's `fc6` (d = 288,
+    /// no BN after it) past the series' radius `‖Q‖ = 1` and training diverges (measured).
+    CayleyNeumann { terms: usize, scaled: bool },
 }
 
 impl SkewMap {
@@ -32,8 +32,12 @@ impl SkewMap {
     pub fn rotation(self, p: &Tensor) -> Result<Tensor> {
         match self {
             SkewMap::Expm => expm::skew_expm(p),
-            SkewMap::CayleyNeumann { terms } => {
-                let scale = 1.0 / (p.dim(0)? as f64).sqrt();
+            SkewMap::CayleyNeumann { terms, scaled } => {
+                let scale = if scaled {
+                    1.0 / (p.dim(0)? as f64).sqrt()
+                } else {
+                    1.0
+                };
                 cayley_neumann::cayley_neumann(&(p * scale)?, terms)
             }
         }

@@ -36,7 +36,10 @@ impl BlockBase {
             BlockBase::Hr => RotationMap::Exact(OrthMap::Householder),
             BlockBase::Ls => RotationMap::Exact(OrthMap::Lowdin),
             BlockBase::Expm => RotationMap::Skew(SkewMap::Expm),
-            BlockBase::CayleyNeumann => RotationMap::Skew(SkewMap::CayleyNeumann { terms }),
+            BlockBase::CayleyNeumann => RotationMap::Skew(SkewMap::CayleyNeumann {
+                terms,
+                scaled: true,
+            }),
         }
     }
 
