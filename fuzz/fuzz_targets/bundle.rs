@@ -1,8 +1,8 @@
 //! `.tar` and `.tar.gz` archives, expanded as a dataset is, then every member read.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::bundle::Bundle;
-use opt_stages::input::InputLimits;
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::input::InputLimits;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();

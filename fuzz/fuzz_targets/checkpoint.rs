@@ -1,7 +1,7 @@
 //! Safetensors checkpoints: read, run record parsed from the metadata, every tensor checked.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::checkpoint;
+use opt_stages::training::checkpoint;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();

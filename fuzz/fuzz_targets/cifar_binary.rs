@@ -1,10 +1,10 @@
 //! CIFAR binary batches (both variants, both label choices).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::bundle::Bundle;
-use opt_stages::cifar::{read_binary, Cifar};
-use opt_stages::input::InputLimits;
-use opt_stages::spec::LabelChoice;
+use opt_stages::data::preprocess::LabelChoice;
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::cifar::{read_binary, Cifar};
+use opt_stages::data::readers::input::InputLimits;
 
 fuzz_target!(|data: &[u8]| {
     let limits = InputLimits {

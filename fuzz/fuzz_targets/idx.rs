@@ -1,8 +1,8 @@
 //! IDX files, raw and gzip-compressed, read from disk as preprocess reads them.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::idx;
-use opt_stages::input::InputLimits;
+use opt_stages::data::readers::idx;
+use opt_stages::data::readers::input::InputLimits;
 
 fuzz_target!(|data: &[u8]| {
     let _ = idx::parse(data, std::path::Path::new("fuzz.idx"));

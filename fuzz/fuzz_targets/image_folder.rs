@@ -1,8 +1,8 @@
 //! Image folders: PNG and JPEG headers and pixels, one image per split.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::bundle::Bundle;
-use opt_stages::input::InputLimits;
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::input::InputLimits;
 
 fuzz_target!(|data: &[u8]| {
     for ext in ["png", "jpg"] {
@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
                 max_bytes: 64 << 20,
             },
         );
-        let _ = opt_stages::image_folder::read(&b);
+        let _ = opt_stages::data::readers::image_folder::read(&b);
     }
 });

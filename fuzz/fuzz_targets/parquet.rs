@@ -1,9 +1,9 @@
 //! Hugging Face parquet files of images and labels.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use opt_stages::bundle::Bundle;
-use opt_stages::input::InputLimits;
-use opt_stages::parquet_images::{read, Columns};
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::input::InputLimits;
+use opt_stages::data::readers::parquet_images::{read, Columns};
 
 fuzz_target!(|data: &[u8]| {
     let members = vec![

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = opt_stages::pickle::parse(data);
+    let _ = opt_stages::data::readers::pickle::parse(data);
     // The whole reader too: a bundle holding the bytes as every file CIFAR-10 asks for.
     let names = [
         "data_batch_1",
@@ -18,16 +18,16 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|n| (format!("cifar-10-batches-py/{n}"), data.to_vec()))
         .collect();
-    let bundle = opt_stages::bundle::Bundle::from_members(
+    let bundle = opt_stages::data::readers::bundle::Bundle::from_members(
         std::path::Path::new("fuzz"),
         members,
-        opt_stages::input::InputLimits {
+        opt_stages::data::readers::input::InputLimits {
             max_bytes: 64 << 20,
         },
     );
-    let _ = opt_stages::cifar::read_python(
+    let _ = opt_stages::data::readers::cifar::read_python(
         &bundle,
-        opt_stages::cifar::Cifar::Ten,
-        opt_stages::spec::LabelChoice::Fine,
+        opt_stages::data::readers::cifar::Cifar::Ten,
+        opt_stages::data::preprocess::LabelChoice::Fine,
     );
 });

@@ -5,12 +5,12 @@ use anyhow::Result;
 use candle_core::Tensor;
 use opt_core::ops::orthogonalize;
 use opt_core::orth::{orthogonality_error, OrthMap};
-use opt_stages::device::open_checked;
-use opt_stages::device::DeviceChoice;
-use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::optimizers::Optimizers;
-use opt_stages::train::step;
-use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
+use opt_stages::training::device::open_checked;
+use opt_stages::training::device::DeviceChoice;
+use opt_stages::training::model::{build, MethodConfig, ModelConfig};
+use opt_stages::training::optimizers::Optimizers;
+use opt_stages::training::train::step;
+use opt_stages::training::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
 /// no augmentation, seed 0.
 pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
     TrainConfig {
-        data: opt_stages::preprocess::DataView::default(),
+        data: opt_stages::data::preprocess::DataView::default(),
         model: cfg.model.clone(),
         method: cfg.method.clone(),
         schedule: ScheduleConfig {
@@ -59,7 +59,7 @@ pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
             ..ScheduleConfig::default()
         },
         loss: LossConfig::default(),
-        augment: opt_stages::augment::AugmentConfig::NONE,
+        augment: opt_stages::data::augment::AugmentConfig::NONE,
         seed: 0,
         device: cfg.device.resolve(),
         regularizer: None,
@@ -165,7 +165,7 @@ pub struct DataBenchConfig {
     pub input: (usize, usize, usize),
     pub batch: usize,
     pub batches: usize,
-    pub augment: opt_stages::augment::AugmentConfig,
+    pub augment: opt_stages::data::augment::AugmentConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -177,9 +177,9 @@ pub struct DataBenchResult {
 }
 
 pub fn data(cfg: &DataBenchConfig) -> Result<DataBenchResult> {
-    use opt_stages::batches::Sampler;
-    use opt_stages::dataset::Split;
-    use opt_stages::preprocess::{self, DataView};
+    use opt_stages::data::batches::Sampler;
+    use opt_stages::data::dataset::Split;
+    use opt_stages::data::preprocess::{self, DataView};
     let (c, h, w) = cfg.input;
     // A decoded artifact as preprocess writes it; pixel values from a fixed generator (the
     // data path's cost does not depend on them).

@@ -3,10 +3,10 @@
 //! (serde defaults of the method and section types), so it cannot drift from them.
 
 use crate::recipe::Recipe;
-use opt_stages::fetch::DatasetName;
-use opt_stages::model::{Arch, MethodConfig};
-use opt_stages::preprocess::{known_shape, LabelChoice};
-use opt_stages::train_config::ScheduleConfig;
+use opt_stages::data::fetch::DatasetName;
+use opt_stages::data::preprocess::{known_shape, LabelChoice};
+use opt_stages::training::model::{Arch, MethodConfig};
+use opt_stages::training::train_config::ScheduleConfig;
 use std::fmt::Write;
 
 /// A method's options and their defaults, as `key = value` pairs (empty for none).
@@ -57,7 +57,7 @@ fn architectures(out: &mut String) {
 
 fn regularizers(out: &mut String) {
     use opt_core::mhe::MhePower;
-    use opt_stages::regularizer::Power;
+    use opt_stages::training::regularizer::Power;
     let _ = writeln!(
         out,
         "\n## Regularizers (`[regularizer]`, with any method)\n"
@@ -157,7 +157,7 @@ mod tests {
         }
         // The defaults shown are the ones a recipe without the option resolves to.
         let sopt: MethodConfig = toml::from_str("name = \"sopt\"").unwrap();
-        let MethodConfig::Sopt(opt_stages::method::Sopt {
+        let MethodConfig::Sopt(opt_stages::training::method::Sopt {
             budget_channels,
             episode_length,
             ..

@@ -2,9 +2,9 @@
 //! the defaults for known datasets (official URLs and checksums, the usual hub repositories).
 
 use crate::recipe::{invalid, DatasetSection, Loaded, RecipeError, SourceKind};
-use opt_stages::catalogue;
-use opt_stages::fetch::{DatasetName, Download, Source};
-use opt_stages::preprocess::DataFormat;
+use opt_stages::data::catalogue;
+use opt_stages::data::fetch::{DatasetName, Download, Source};
+use opt_stages::data::preprocess::DataFormat;
 
 /// The hub endpoint when the recipe names none: `HF_ENDPOINT`, else the public hub.
 pub fn default_endpoint() -> String {
@@ -164,7 +164,7 @@ fn hub_source(loaded: &Loaded, d: &DatasetSection) -> Result<Source, RecipeError
     };
     let revision = d.revision.clone().unwrap_or_else(|| "main".into());
     // Names become URLs and paths in the hub cache: checked here, naming the recipe key.
-    match opt_stages::fetch::check_hub_names(&repo, &revision, &files) {
+    match opt_stages::data::fetch::check_hub_names(&repo, &revision, &files) {
         Err(opt_stages::StageError::Setting { field, message }) => {
             return Err(invalid(loaded, field, message))
         }
@@ -221,7 +221,9 @@ pub fn resolve_source(
             ),
         ));
     }
-    if d.label == opt_stages::preprocess::LabelChoice::Coarse && d.name != DatasetName::Cifar100 {
+    if d.label == opt_stages::data::preprocess::LabelChoice::Coarse
+        && d.name != DatasetName::Cifar100
+    {
         return Err(invalid(
             loaded,
             "dataset.label",

@@ -5,9 +5,9 @@
 use crate::bench;
 use crate::plan::{Keys, Plan};
 use crate::store::ArtifactStore;
-use opt_stages::preprocess::{self, DatasetStats};
-use opt_stages::train_artifact;
-use opt_stages::train_config::{Length, TrainConfig};
+use opt_stages::data::preprocess::{self, DatasetStats};
+use opt_stages::training::train_artifact;
+use opt_stages::training::train_config::{Length, TrainConfig};
 
 /// Where a step time came from.
 #[derive(Debug, Clone, PartialEq)]

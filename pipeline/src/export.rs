@@ -1,5 +1,5 @@
 //! `orthopt export`: finds a run's trained model in the cache and writes it as a plain CNN-6 for
-//! PyTorch (see [`opt_stages::export`]).
+//! PyTorch (see [`opt_stages::report::export`]).
 //!
 //! A run is named by its directory (`<run>/cells/<cell>/seed-<s>/`, whose `row.json` names the
 //! train and preprocess artifacts it came from) or by a train artifact directly
@@ -70,9 +70,13 @@ pub fn locate(path: &Path, cache: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// Writes the model of `path` (a run directory or train artifact) to `out`; returns the
 /// exported tensors' names and shapes.
-pub fn export(path: &Path, cache: &Path, out: &Path) -> Result<opt_stages::export::ExportedShapes> {
+pub fn export(
+    path: &Path,
+    cache: &Path,
+    out: &Path,
+) -> Result<opt_stages::report::export::ExportedShapes> {
     let (train_dir, prepared_dir) = locate(path, cache)?;
-    opt_stages::export::run(&prepared_dir, &train_dir, out).with_context(|| {
+    opt_stages::report::export::run(&prepared_dir, &train_dir, out).with_context(|| {
         format!(
             "exporting the model of {} to {}",
             train_dir.display(),

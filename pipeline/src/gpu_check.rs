@@ -15,10 +15,10 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, Var};
 use opt_core::ops;
 use opt_core::orth::orthogonality_error;
-use opt_stages::device::DeviceChoice;
-use opt_stages::model::{build, MethodConfig, ModelConfig};
-use opt_stages::optimizers::Optimizers;
-use opt_stages::train::step;
+use opt_stages::training::device::DeviceChoice;
+use opt_stages::training::model::{build, MethodConfig, ModelConfig};
+use opt_stages::training::optimizers::Optimizers;
+use opt_stages::training::train::step;
 use serde::Serialize;
 use std::path::Path;
 

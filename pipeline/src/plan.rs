@@ -6,14 +6,14 @@
 
 use crate::recipe::{invalid, located, Loaded, Recipe, RecipeError, RegularizerChoice};
 use figment::Figment;
-use opt_stages::device::DeviceChoice;
-use opt_stages::evaluate::{self, EvaluateConfig};
-use opt_stages::fetch::{self, FetchConfig};
-use opt_stages::model::{Arch, ModelConfig};
-use opt_stages::preprocess::{self, DataView, PreprocessConfig};
-use opt_stages::regularizer::{RegularizerConfig, RegularizerKind};
-use opt_stages::train::{self, TrainOptions};
-use opt_stages::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
+use opt_stages::data::fetch::{self, FetchConfig};
+use opt_stages::data::preprocess::{self, DataView, PreprocessConfig};
+use opt_stages::report::evaluate::{self, EvaluateConfig};
+use opt_stages::training::device::DeviceChoice;
+use opt_stages::training::model::{Arch, ModelConfig};
+use opt_stages::training::regularizer::{RegularizerConfig, RegularizerKind};
+use opt_stages::training::train::{self, TrainOptions};
+use opt_stages::training::train_config::{Length, LossConfig, ScheduleConfig, TrainConfig};
 use opt_stages::StageError;
 use serde::Serialize;
 use std::num::NonZeroUsize;

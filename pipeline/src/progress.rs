@@ -2,7 +2,7 @@
 //! tearing each other; the run directory gets a plain-text `opt.log`.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opt_stages::progress::Progress;
+use opt_stages::Progress;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

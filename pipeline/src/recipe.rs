@@ -11,14 +11,14 @@ use figment::value::Value;
 use figment::{Figment, Metadata, Provider, Source};
 use opt_core::batchnorm::BatchNormConfig;
 use opt_core::ops::routes::{MapRouteChoice, OpsMode};
-use opt_stages::augment::AugmentConfig;
-use opt_stages::device::DeviceChoice;
-use opt_stages::fetch::DatasetName;
-use opt_stages::model::{Arch, MethodConfig};
-use opt_stages::preprocess::{DataFormat, DataView, LabelChoice, Normalization};
-use opt_stages::regularizer::Power;
-use opt_stages::train::TrainOptions;
-use opt_stages::train_config::{LossConfig, ScheduleConfig};
+use opt_stages::data::augment::AugmentConfig;
+use opt_stages::data::fetch::DatasetName;
+use opt_stages::data::preprocess::{DataFormat, DataView, LabelChoice, Normalization};
+use opt_stages::training::device::DeviceChoice;
+use opt_stages::training::model::{Arch, MethodConfig};
+use opt_stages::training::regularizer::Power;
+use opt_stages::training::train::TrainOptions;
+use opt_stages::training::train_config::{LossConfig, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -307,13 +307,13 @@ pub struct RunSection {
     /// How the fused ops are chosen: `auto` (the device self-check decides; a failing op takes
     /// its composed formulation with a warning), `fused` (a failed check is an error) or
     /// `composed` (candle's own ops and the exact maps only).
-    #[serde(with = "opt_stages::device::named")]
+    #[serde(with = "opt_stages::training::device::named")]
     pub ops: OpsMode,
     /// How the orthogonal maps are computed: `auto` (exact on the CPU; on a GPU gemm for ls and cp, exact for gs and hr), `exact`
     /// (the f64 factorisations of the spec, on the host) or `gemm` (Newton–Schulz for LS/CP,
     /// Cholesky-QR2 for GS/HR, where the tensors live; a batch they cannot finish falls back
     /// to exact).
-    #[serde(with = "opt_stages::device::named")]
+    #[serde(with = "opt_stages::training::device::named")]
     pub map_route: MapRouteChoice,
 }
 

@@ -6,16 +6,18 @@ use crate::grid::GridEntry;
 use crate::plan::{Keys, Plan};
 use crate::store::{ArtifactStore, Built, Outcome, StageSpec};
 use anyhow::{Context, Result};
-use opt_stages::evaluation::Evaluation;
-use opt_stages::interrupt::Interrupt;
-use opt_stages::progress::Progress;
+use opt_stages::data::{fetch, preprocess};
+use opt_stages::report::evaluate;
 use opt_stages::report::{self, Provenance, ResultRow, RunRecord};
-use opt_stages::tracking::mlflow::{Mlflow, MlflowConfig};
-use opt_stages::tracking::tensorboard::TensorBoard;
-use opt_stages::tracking::{Tracker, Tracking};
-use opt_stages::train::{Suspension, TrainOutcome};
-use opt_stages::train_artifact::{self, Curves, TrainSummary};
-use opt_stages::{evaluate, fetch, preprocess, train};
+use opt_stages::training::evaluation::Evaluation;
+use opt_stages::training::interrupt::Interrupt;
+use opt_stages::training::tracking::mlflow::{Mlflow, MlflowConfig};
+use opt_stages::training::tracking::tensorboard::TensorBoard;
+use opt_stages::training::tracking::{Tracker, Tracking};
+use opt_stages::training::train;
+use opt_stages::training::train::{Suspension, TrainOutcome};
+use opt_stages::training::train_artifact::{self, Curves, TrainSummary};
+use opt_stages::Progress;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -419,7 +421,7 @@ fn result_row(
 ) -> ResultRow {
     let plan = &entry.plan;
     let m = rep.final_metrics;
-    let (energy_s1, orth_error) = opt_stages::metrics::summarize(&rep.layers);
+    let (energy_s1, orth_error) = opt_stages::training::metrics::summarize(&rep.layers);
     ResultRow {
         recipe: plan.name.clone(),
         cell: entry.cell.clone(),

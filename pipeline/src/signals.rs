@@ -3,7 +3,7 @@
 //! at any other time, and on a second signal, the process exits at once — every other stage
 //! leaves nothing half-written (staging directories, temporary files renamed into place).
 
-use opt_stages::interrupt::Interrupt;
+use opt_stages::training::interrupt::Interrupt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 

@@ -67,7 +67,7 @@ fn local_data_is_keyed_by_its_content_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     std::fs::create_dir(&data).unwrap();
-    for stem in opt_stages::fetch::IDX_FILES {
+    for stem in opt_stages::data::fetch::IDX_FILES {
         std::fs::write(data.join(stem), b"x").unwrap();
     }
     let p = write(
@@ -76,7 +76,7 @@ fn local_data_is_keyed_by_its_content_metadata() {
         "[dataset]\nsource = \"local\"\npath = \"d\"\n",
     );
     let k1 = resolve(&load(&p, &[]).unwrap()).unwrap().keys().unwrap();
-    std::fs::write(data.join(opt_stages::fetch::IDX_FILES[0]), b"xy").unwrap();
+    std::fs::write(data.join(opt_stages::data::fetch::IDX_FILES[0]), b"xy").unwrap();
     let k2 = resolve(&load(&p, &[]).unwrap()).unwrap().keys().unwrap();
     assert_ne!(
         k1.fetch, k2.fetch,

@@ -5,8 +5,8 @@ mod common;
 use common::write;
 use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
-use opt_stages::fetch::Source;
-use opt_stages::preprocess::{DataFormat, LabelChoice};
+use opt_stages::data::fetch::Source;
+use opt_stages::data::preprocess::{DataFormat, LabelChoice};
 use std::io::Write;
 use std::path::Path;
 
@@ -92,7 +92,8 @@ eval_batch = 32
     assert!(String::from_utf8_lossy(&out.stdout).contains("cifar-10"));
     let keys = plan.keys().unwrap();
     let eval =
-        opt_stages::evaluate::load_report(&cache.join("evaluate").join(&keys.evaluate)).unwrap();
+        opt_stages::report::evaluate::load_report(&cache.join("evaluate").join(&keys.evaluate))
+            .unwrap();
     assert_eq!(eval.final_metrics.count, 24);
     assert_eq!(eval.train.iterations, 4);
     assert_eq!(eval.validation.map(|v| v.count), Some(16));
@@ -102,7 +103,7 @@ eval_batch = 32
     // The best evaluation is chosen on validation — at iteration 0, 2 or the final 4, the
     // earliest among equals — and the test accuracy reported is that evaluation's.
     let train_curves = cache.join("train").join(&keys.train).join("curves.json");
-    let curves: opt_stages::train_artifact::Curves =
+    let curves: opt_stages::training::train_artifact::Curves =
         serde_json::from_str(&std::fs::read_to_string(train_curves).unwrap()).unwrap();
     let mut evals: Vec<(u64, f64, f64)> = curves
         .eval
@@ -121,7 +122,7 @@ eval_batch = 32
     assert_eq!(row.test_acc_at_best, Some(best.2));
     let csv = std::fs::read_to_string(tmp.path().join("run/results.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains(",val_acc,"), "{csv}");
-    let stats: opt_stages::preprocess::DatasetStats = serde_json::from_str(
+    let stats: opt_stages::data::preprocess::DatasetStats = serde_json::from_str(
         &std::fs::read_to_string(
             cache
                 .join("preprocess")

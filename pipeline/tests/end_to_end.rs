@@ -8,8 +8,8 @@ use opt_pipeline::plan::{resolve, Plan};
 use opt_pipeline::recipe::load;
 use opt_pipeline::runner::{collect_runs, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
-use opt_stages::progress::Silent;
 use opt_stages::report::{self, ResultRow};
+use opt_stages::Silent;
 use std::path::Path;
 
 fn plan(dir: &Path, overrides: &[&str]) -> Plan {
@@ -165,7 +165,7 @@ fn resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run() {
     assert_eq!(rows_a[0].test_acc, rows_b[0].test_acc);
     assert_eq!(rows_a[0].energy_s1, rows_b[0].energy_s1);
     // The evaluations, the one at iteration 0 included, once each and equal after a resume.
-    let curves = |cache: &Path| -> opt_stages::train_artifact::Curves {
+    let curves = |cache: &Path| -> opt_stages::training::train_artifact::Curves {
         let path = cache.join("train").join(&key).join("curves.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     };

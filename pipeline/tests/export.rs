@@ -10,7 +10,7 @@ use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
 use opt_pipeline::runner::{entry_dir, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
-use opt_stages::progress::Silent;
+use opt_stages::Silent;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -90,7 +90,7 @@ fn export_writes_effective_weights_under_pytorch_names() {
     assert_eq!(found, expected);
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
-    assert_eq!(meta["format"], opt_stages::export::FORMAT);
+    assert_eq!(meta["format"], opt_stages::report::export::FORMAT);
     assert_eq!(meta["input"], "[1,28,28]");
     assert_eq!(meta["widths"], "[4,4,4]");
     assert_eq!(meta["bn_eps"], "0.001");

@@ -10,7 +10,7 @@ use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
 use opt_pipeline::runner::{entry_dir, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
-use opt_stages::progress::Silent;
+use opt_stages::Silent;
 
 /// The slow tier's method recipe (`methods.rs`): 200 iterations of a width-8 CNN-6.
 const RECIPE: &str = r#"

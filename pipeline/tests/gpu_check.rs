@@ -2,7 +2,7 @@
 //! composed formulation, every method's short training, the benchmark table, both reports.
 
 use opt_pipeline::gpu_check::{run, GpuCheckConfig, Size};
-use opt_stages::device::DeviceChoice;
+use opt_stages::training::device::DeviceChoice;
 
 #[test]
 fn cpu_mode_passes_and_writes_both_reports() {
@@ -49,7 +49,7 @@ fn cpu_mode_passes_and_writes_both_reports() {
         ]
     );
     // Every registered method trains and is benchmarked.
-    let methods = opt_stages::method::MethodConfig::NAMES.len();
+    let methods = opt_stages::training::method::MethodConfig::NAMES.len();
     assert_eq!(report.training.len(), methods);
     for t in &report.training {
         assert!(

@@ -9,7 +9,7 @@ use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::load;
 use opt_pipeline::runner::{entry_dir, run, RunContext, RunResult};
 use opt_pipeline::store::ArtifactStore;
-use opt_stages::progress::Silent;
+use opt_stages::Silent;
 
 const RECIPE: &str = r#"
 [dataset]

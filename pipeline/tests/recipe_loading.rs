@@ -66,7 +66,7 @@ fn extends_chains_override_parents_and_resolve_relative_paths() {
     assert_eq!((s.lr, s.momentum, s.batch_size.get()), (0.1, 0.5, 16));
     let plan = resolve(&loaded).unwrap();
     match &plan.fetch.source {
-        opt_stages::fetch::Source::Local { path } => {
+        opt_stages::data::fetch::Source::Local { path } => {
             assert_eq!(path, &dir.path().join("data").canonicalize().unwrap())
         }
         other => panic!("expected a local source, got {other:?}"),
@@ -136,7 +136,7 @@ fn an_empty_recipe_is_an_error_unless_it_extends_another() {
 
 #[test]
 fn a_child_switches_its_parent_between_iterations_and_epochs() {
-    use opt_stages::train_config::Length;
+    use opt_stages::training::train_config::Length;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "base.toml", TINY);
     let child = write(
@@ -380,10 +380,10 @@ fn zero_counts_name_the_file_and_the_key() {
 #[test]
 fn recipe_defaults_are_the_stage_defaults() {
     use opt_core::batchnorm::BatchNormConfig;
-    use opt_stages::augment::AugmentConfig;
-    use opt_stages::preprocess::DataView;
-    use opt_stages::train::TrainOptions;
-    use opt_stages::train_config::{LossConfig, ScheduleConfig};
+    use opt_stages::data::augment::AugmentConfig;
+    use opt_stages::data::preprocess::DataView;
+    use opt_stages::training::train::TrainOptions;
+    use opt_stages::training::train_config::{LossConfig, ScheduleConfig};
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "r.toml", "[run]\nseed = 0\n");
     let plan = resolve(&load(&p, &[]).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 
 use opt_pipeline::plan::resolve;
 use opt_pipeline::recipe::{load, SourceKind};
-use opt_stages::method::MethodConfig;
+use opt_stages::training::method::MethodConfig;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

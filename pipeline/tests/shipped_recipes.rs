@@ -27,7 +27,7 @@ fn all_shipped_recipes_resolve() {
     assert!(files.len() >= 20, "found only {} recipes", files.len());
     // An IDX directory (empty files: keys only fingerprint them) for recipes with local data.
     let data = tempfile::tempdir().unwrap();
-    for stem in opt_stages::fetch::IDX_FILES {
+    for stem in opt_stages::data::fetch::IDX_FILES {
         std::fs::write(data.path().join(stem), b"").unwrap();
     }
     let mut methods = std::collections::BTreeSet::new();
@@ -61,7 +61,7 @@ fn all_shipped_recipes_resolve() {
             );
         }
     }
-    for m in opt_stages::model::MethodConfig::NAMES {
+    for m in opt_stages::training::model::MethodConfig::NAMES {
         assert!(methods.contains(m), "no shipped recipe uses method {m}");
     }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{opt, run_ok, write, TINY};
-use opt_stages::tracking::tensorboard::{event_files, read_scalars};
+use opt_stages::training::tracking::tensorboard::{event_files, read_scalars};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,9 +1,9 @@
 //! Fetch and preprocess on real and on deliberately broken data.
 
-use opt_stages::fetch::{self, DatasetName, FetchConfig, Source, IDX_FILES};
-use opt_stages::idx::encode;
-use opt_stages::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
-use opt_stages::progress::Silent;
+use opt_stages::data::fetch::{self, DatasetName, FetchConfig, Source, IDX_FILES};
+use opt_stages::data::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
+use opt_stages::data::readers::idx::encode;
+use opt_stages::Silent;
 use std::io::Write;
 use std::path::Path;
 

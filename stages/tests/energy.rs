@@ -4,7 +4,7 @@
 use candle_core::Device;
 use opt_core::energy::hyperspherical_energy;
 use opt_core::Network;
-use opt_stages::model::{build, Arch, MethodConfig, ModelConfig};
+use opt_stages::training::model::{build, Arch, MethodConfig, ModelConfig};
 
 fn model() -> ModelConfig {
     ModelConfig::cnn6(8)

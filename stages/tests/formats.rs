@@ -4,14 +4,14 @@
 mod common;
 
 use common::pickle_write::{dict, W};
-use opt_stages::bundle::Bundle;
-use opt_stages::cifar::{self, Cifar, PIXELS};
-use opt_stages::dataset::Decoded;
-use opt_stages::fetch::{self, DatasetName, FetchConfig, Source};
-use opt_stages::pickle;
-use opt_stages::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
-use opt_stages::progress::Silent;
-use opt_stages::{image_folder, parquet_images};
+use opt_stages::data::dataset::Decoded;
+use opt_stages::data::fetch::{self, DatasetName, FetchConfig, Source};
+use opt_stages::data::preprocess::{self, DataFormat, DataView, LabelChoice, PreprocessConfig};
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::cifar::{self, Cifar, PIXELS};
+use opt_stages::data::readers::pickle;
+use opt_stages::data::readers::{image_folder, parquet_images};
+use opt_stages::Silent;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -248,9 +248,9 @@ fn a_real_numpy_pickle_reads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar10-python");
     let bundle = Bundle::load(&dir).unwrap();
     let entry = bundle.require("data_batch_1", "fixture").unwrap();
-    let v = opt_stages::pickle::parse(&entry.bytes().unwrap()).unwrap();
+    let v = opt_stages::data::readers::pickle::parse(&entry.bytes().unwrap()).unwrap();
     match v.get("data") {
-        Some(opt_stages::pickle::Value::Array { shape, data, .. }) => {
+        Some(opt_stages::data::readers::pickle::Value::Array { shape, data, .. }) => {
             assert_eq!(shape, &vec![3, 3072]);
             for i in 0..3 {
                 for j in [0, 1, 1000, 3071] {
@@ -262,10 +262,10 @@ fn a_real_numpy_pickle_reads() {
     }
     assert_eq!(
         v.get("labels"),
-        Some(&opt_stages::pickle::Value::List(vec![
-            opt_stages::pickle::Value::Int(6),
-            opt_stages::pickle::Value::Int(9),
-            opt_stages::pickle::Value::Int(0),
+        Some(&opt_stages::data::readers::pickle::Value::List(vec![
+            opt_stages::data::readers::pickle::Value::Int(6),
+            opt_stages::data::readers::pickle::Value::Int(9),
+            opt_stages::data::readers::pickle::Value::Int(0),
         ]))
     );
 }

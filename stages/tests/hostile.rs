@@ -3,13 +3,13 @@
 //! symlinks out of the dataset. Each must end in an error naming the file, quickly and within
 //! bounded memory — never a hang, an abort or a panic.
 
-use opt_stages::bundle::Bundle;
-use opt_stages::fetch::{DatasetName, FetchConfig, Source};
-use opt_stages::idx;
-use opt_stages::image_folder;
-use opt_stages::input::InputLimits;
-use opt_stages::preprocess::{self, DataFormat, LabelChoice, PreprocessConfig};
-use opt_stages::progress::Silent;
+use opt_stages::data::fetch::{DatasetName, FetchConfig, Source};
+use opt_stages::data::preprocess::{self, DataFormat, LabelChoice, PreprocessConfig};
+use opt_stages::data::readers::bundle::Bundle;
+use opt_stages::data::readers::idx;
+use opt_stages::data::readers::image_folder;
+use opt_stages::data::readers::input::InputLimits;
+use opt_stages::Silent;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -173,7 +173,7 @@ fn fetched_idx(dir: &Path, dims: &[usize]) -> std::path::PathBuf {
     std::fs::create_dir_all(&files).unwrap();
     let n = dims[0];
     let pixels: usize = dims.iter().product();
-    for (i, name) in opt_stages::spec::IDX_FILES.iter().enumerate() {
+    for (i, name) in opt_stages::data::fetch::IDX_FILES.iter().enumerate() {
         let bytes = if i % 2 == 0 {
             idx::encode(dims, &vec![0u8; pixels])
         } else {

@@ -2,8 +2,8 @@
 //! an endpoint with credentials in it, a body without end, a length beyond reason, and file
 //! names that climb out of the cache. Local servers only.
 
-use opt_stages::fetch::{self, DatasetName, Download, FetchConfig, FetchLimits, Source};
-use opt_stages::progress::Progress;
+use opt_stages::data::fetch::{self, DatasetName, Download, FetchConfig, FetchLimits, Source};
+use opt_stages::Progress;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{md5_hex, Server};
-use opt_stages::fetch::{self, DatasetName, Download, FetchConfig, Source, FILES_DIR};
-use opt_stages::progress::Silent;
+use opt_stages::data::fetch::{self, DatasetName, Download, FetchConfig, Source, FILES_DIR};
+use opt_stages::Silent;
 use std::path::Path;
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {

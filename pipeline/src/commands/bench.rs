@@ -6,9 +6,9 @@ use crate::bench::{self as measure, BenchConfig};
 use anyhow::{Context, Result};
 use clap::Args;
 use opt_core::orth::OrthMap;
-use opt_stages::device::DeviceChoice;
-use opt_stages::model::{Arch, MethodConfig, ModelConfig};
-use opt_stages::train_config::ScheduleConfig;
+use opt_stages::training::device::DeviceChoice;
+use opt_stages::training::model::{Arch, MethodConfig, ModelConfig};
+use opt_stages::training::train_config::ScheduleConfig;
 use std::io::Write;
 
 /// `orthopt bench`'s options.
@@ -180,7 +180,7 @@ pub fn bench_data(
         input: parse_shape(input)?,
         batch,
         batches: batches.max(1),
-        augment: opt_stages::augment::AugmentConfig { pad, flip },
+        augment: opt_stages::data::augment::AugmentConfig { pad, flip },
     };
     let r = measure::data(&cfg)?;
     writeln!(

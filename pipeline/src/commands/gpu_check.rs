@@ -4,7 +4,7 @@
 use crate::gpu_check::{GpuCheckConfig, Size};
 use anyhow::{Context, Result};
 use clap::Args;
-use opt_stages::device::DeviceChoice;
+use opt_stages::training::device::DeviceChoice;
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -8,9 +8,9 @@ use crate::runner::{self, RunContext, RunResult};
 use crate::signals;
 use crate::store::ArtifactStore;
 use anyhow::{Context, Result};
-use opt_stages::interrupt::Interrupt;
 use opt_stages::report::{self, RunRecord};
-use opt_stages::train_config::Length;
+use opt_stages::training::interrupt::Interrupt;
+use opt_stages::training::train_config::Length;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

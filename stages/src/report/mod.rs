@@ -1,4 +1,4 @@
-//! Report: the result tables and plots of one run or of a whole grid.
+//! The report half of the stages: the result tables and plots of one run or of a whole grid.
 //!
 //! Every finished (cell, seed) run leaves a [`ResultRow`] (`row.json`) and its curves
 //! (`curves.csv`) in its own directory; the report gathers any number of them into
@@ -6,7 +6,12 @@
 //! `results.md` (the tables, a paper-style table and links to the plots), `results.tex` (the
 //! paper-style table for LaTeX, booktabs) and SVG plots.
 //! Everything is regenerated from the rows each time, so re-running never duplicates a row.
+//!
+//! The evaluate stage (a trained model on the test split) and the export to PyTorch live here
+//! too: they read what training left and never feed it.
 
+pub mod evaluate;
+pub mod export;
 mod plots;
 mod summary;
 mod tables;
@@ -15,7 +20,7 @@ pub use plots::{write_plots, PLOTS_DIR};
 pub use summary::{mean_std, summarize, CellSummary};
 pub use tables::{markdown, paper_latex, paper_table, results_csv, runs_table, summary_csv};
 
-pub use crate::metrics::LayerMetrics;
+pub use crate::training::metrics::LayerMetrics;
 
 use crate::error::{format_err, read_json, IoContext};
 use crate::{Result, StageError};

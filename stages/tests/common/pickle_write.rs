@@ -1,6 +1,6 @@
 //! Writes pickles in exactly the form Python 2's `cPickle.dump(obj, f, 2)` gives the CIFAR
 //! dicts (byte-string keys, int lists, a NumPy `uint8` array): the test-side twin of
-//! `opt_stages::pickle`'s reader, kept out of the library's API.
+//! `opt_stages::data::readers::pickle`'s reader, kept out of the library's API.
 #![allow(dead_code)]
 /// A value to write.
 pub enum W<'a> {
