@@ -189,8 +189,11 @@ fn assert_matches_an_uninterrupted_run(tmp: &Path, recipe: &Path, out: &Path) {
 #[ignore = "slow tier (just test-slow)"]
 fn interrupts_checkpoint_and_the_same_command_resumes() {
     let tmp = tempfile::tempdir().unwrap();
+    // Long enough that a resumed run is still training when the next signal lands (700 ms
+    // after it starts): at 300 iterations a resumed run once finished first on a fast step.
+    const ITERATIONS: u64 = 1000;
     let long = TINY
-        .replace("iterations = 6", "iterations = 300")
+        .replace("iterations = 6", &format!("iterations = {ITERATIONS}"))
         .replace("eval_every = 3", "eval_every = 100")
         .replace("checkpoint_every = 2", "checkpoint_every = 0");
     let recipe = write(tmp.path(), "long.toml", &long);
@@ -209,14 +212,16 @@ fn interrupts_checkpoint_and_the_same_command_resumes() {
             "{stderr}"
         );
         let at = interrupted_at(&stderr);
-        assert!(at > done && at < 300, "{stderr}");
+        assert!(at > done && at < ITERATIONS, "{stderr}");
         done = at;
         let staging = only_subdir(&cache.join("train"));
         assert!(staging.join("checkpoints/last.safetensors").is_file());
     }
     let (_, resumed) = run_ok(&["run", s(&recipe), "--cache", s(&cache), "--out", s(&out)]);
     assert!(
-        resumed.contains(&format!("resuming from checkpoint at iteration {done}/300")),
+        resumed.contains(&format!(
+            "resuming from checkpoint at iteration {done}/{ITERATIONS}"
+        )),
         "{resumed}"
     );
     assert_matches_an_uninterrupted_run(tmp.path(), &recipe, &out);
