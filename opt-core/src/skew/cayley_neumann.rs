@@ -29,34 +29,8 @@ pub fn cayley_neumann(p: &Tensor, terms: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Rng;
-    use candle_core::{DType, Device, Var};
-
-    type M = Vec<Vec<f64>>;
-
-    fn mul(a: &M, b: &M) -> M {
-        let n = a.len();
-        (0..n)
-            .map(|i| {
-                (0..n)
-                    .map(|j| (0..n).map(|k| a[i][k] * b[k][j]).sum())
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn eye(n: usize) -> M {
-        (0..n)
-            .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
-            .collect()
-    }
-
-    fn add(a: &M, alpha: f64, b: &M) -> M {
-        a.iter()
-            .zip(b)
-            .map(|(r, s)| r.iter().zip(s).map(|(x, y)| x + alpha * y).collect())
-            .collect()
-    }
+    use crate::skew::dense_f64::{add, eye, gaussian, max_diff, mul, to_m, M};
+    use candle_core::{Device, Var};
 
     /// Gauss–Jordan inverse with partial pivoting (the oracle's own, not the code's).
     fn inverse(a: &M) -> M {
@@ -82,26 +56,6 @@ mod tests {
             }
         }
         m.into_iter().map(|r| r[n..].to_vec()).collect()
-    }
-
-    fn to_m(t: &Tensor) -> M {
-        t.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap()
-    }
-
-    fn max_diff(a: &M, b: &M) -> f64 {
-        a.iter()
-            .flatten()
-            .zip(b.iter().flatten())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
-    }
-
-    fn gaussian(seed: u64, d: usize, std: f64) -> Tensor {
-        let v = Rng::seed(seed).normal_vec(d * d, std);
-        Tensor::from_vec(v, (d, d), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
     }
 
     /// Against the f64 oracle `(I + Q)(I − Q)⁻¹(I − Q^(k+1))` (the series' closed form, by a

@@ -58,34 +58,8 @@ pub fn expm(a: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Rng;
+    use crate::skew::dense_f64::{add, eye, gaussian, max_diff, mul, to_m, M};
     use candle_core::{Device, Var};
-
-    type M = Vec<Vec<f64>>;
-
-    fn mul(a: &M, b: &M) -> M {
-        let n = a.len();
-        (0..n)
-            .map(|i| {
-                (0..n)
-                    .map(|j| (0..n).map(|k| a[i][k] * b[k][j]).sum())
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn axpy(y: &M, alpha: f64, x: &M) -> M {
-        y.iter()
-            .zip(x)
-            .map(|(r, s)| r.iter().zip(s).map(|(a, b)| a + alpha * b).collect())
-            .collect()
-    }
-
-    fn eye(n: usize) -> M {
-        (0..n)
-            .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
-            .collect()
-    }
 
     /// The f64 oracle, independent of the code's algorithm: `Y(1)` of the ODE `Y' = A·Y`,
     /// `Y(0) = I`, integrated by classical RK4 in `steps` steps.
@@ -94,33 +68,13 @@ mod tests {
         let mut y = eye(a.len());
         for _ in 0..steps {
             let k1 = mul(a, &y);
-            let k2 = mul(a, &axpy(&y, h / 2.0, &k1));
-            let k3 = mul(a, &axpy(&y, h / 2.0, &k2));
-            let k4 = mul(a, &axpy(&y, h, &k3));
-            let sum = axpy(&axpy(&axpy(&k1, 2.0, &k2), 2.0, &k3), 1.0, &k4);
-            y = axpy(&y, h / 6.0, &sum);
+            let k2 = mul(a, &add(&y, h / 2.0, &k1));
+            let k3 = mul(a, &add(&y, h / 2.0, &k2));
+            let k4 = mul(a, &add(&y, h, &k3));
+            let sum = add(&add(&add(&k1, 2.0, &k2), 2.0, &k3), 1.0, &k4);
+            y = add(&y, h / 6.0, &sum);
         }
         y
-    }
-
-    fn to_m(t: &Tensor) -> M {
-        t.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap()
-    }
-
-    fn max_diff(a: &M, b: &M) -> f64 {
-        a.iter()
-            .flatten()
-            .zip(b.iter().flatten())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
-    }
-
-    fn gaussian(seed: u64, d: usize, std: f64) -> Tensor {
-        let v = Rng::seed(seed).normal_vec(d * d, std);
-        Tensor::from_vec(v, (d, d), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
     }
 
     /// Against the RK4 oracle in f64, at norms that need no squaring and several; the 2×2

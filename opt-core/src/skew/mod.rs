@@ -8,6 +8,8 @@
 //! autograd — exact for what is computed.
 
 pub mod cayley_neumann;
+#[cfg(test)]
+mod dense_f64;
 pub mod expm;
 
 use crate::Result;
