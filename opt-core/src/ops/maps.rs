@@ -21,18 +21,30 @@ pub fn orthogonalize(p: &Tensor, map: OrthMap) -> Result<Tensor> {
 /// names for `map`.
 pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
     orth::check_stack(ps, map)?;
+    routed(ps, map, || orth::orthogonalize_batched(ps, map), Ok)
+}
+
+/// The route the device's table names for a batch of `map`: `exact()`, or the gemm route's `Q`
+/// through `from_q`; a gemm batch that fails is computed by `exact()` and leaves a
+/// [`MapFallback`] for the run's record.
+fn routed(
+    ps: &Tensor,
+    map: OrthMap,
+    exact: impl Fn() -> Result<Tensor>,
+    from_q: impl Fn(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let table = routes::routes(ps.device());
     match table.map_route_at(map, ps.dim(1)?) {
-        MapRoute::Exact => orth::orthogonalize_batched(ps, map),
+        MapRoute::Exact => exact(),
         route => match gemm_route(ps, map, &table) {
-            Ok(q) => Ok(q),
+            Ok(q) => from_q(q),
             Err(e) => {
                 table.record_fallback(MapFallback {
                     map,
                     route,
                     reason: e.to_string(),
                 });
-                orth::orthogonalize_batched(ps, map)
+                exact()
             }
         },
     }
@@ -43,21 +55,12 @@ pub fn orthogonalize_batched(ps: &Tensor, map: OrthMap) -> Result<Tensor> {
 /// the rotation never formed), a gemm route as its `Q` times `W0`.
 pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
     orth::check_pair(ps, w0s, map)?;
-    let table = routes::routes(ps.device());
-    match table.map_route_at(map, ps.dim(1)?) {
-        MapRoute::Exact => orth::rotate_batched(ps, w0s, map),
-        route => match gemm_route(ps, map, &table) {
-            Ok(q) => q.matmul(w0s),
-            Err(e) => {
-                table.record_fallback(MapFallback {
-                    map,
-                    route,
-                    reason: e.to_string(),
-                });
-                orth::rotate_batched(ps, w0s, map)
-            }
-        },
-    }
+    routed(
+        ps,
+        map,
+        || orth::rotate_batched(ps, w0s, map),
+        |q| q.matmul(w0s),
+    )
 }
 
 /// Newton–Schulz iterations run past the last batch's count before the residuals are read.

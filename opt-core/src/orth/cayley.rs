@@ -12,7 +12,7 @@ pub(super) struct Factors {
 }
 
 /// `S_ij` of the skew matrix built from the upper triangle of `P` (the diagonal cancels).
-fn skew(p: MatRef<'_, f64>, i: usize, j: usize) -> f64 {
+pub(super) fn skew(p: MatRef<'_, f64>, i: usize, j: usize) -> f64 {
     match i.cmp(&j) {
         std::cmp::Ordering::Less => p[(i, j)],
         std::cmp::Ordering::Greater => -p[(j, i)],

@@ -46,6 +46,18 @@ pub(super) fn solve_upper_in_place(r: MatRef<'_, f64>, rhs: MatMut<'_, f64>, par
     triangular_solve::solve_upper_triangular_in_place(r, rhs, par);
 }
 
+/// An error naming the first entry of `p` that is not finite (`what`: the map, for the message).
+pub(super) fn check_finite(p: MatRef<'_, f64>, what: &str) -> Result<()> {
+    if let Some((i, j)) = (0..p.ncols()).find_map(|j| {
+        (0..p.nrows())
+            .find(|&i| !p[(i, j)].is_finite())
+            .map(|i| (i, j))
+    }) {
+        bail!("{what}: P[{i}, {j}] = {} is not finite", p[(i, j)]);
+    }
+    Ok(())
+}
+
 /// LU factorisation with partial pivoting, `P A = L U`, of a square matrix.
 pub(super) struct Lu {
     /// L (strictly below the diagonal, unit diagonal implied) and U, packed as faer leaves them.

@@ -127,17 +127,7 @@ enum Factors {
 
 impl Factors {
     fn compute(map: OrthMap, p: MatRef<'_, f64>, par: Par) -> Result<Self> {
-        if let Some((i, j)) = (0..p.ncols()).find_map(|j| {
-            (0..p.nrows())
-                .find(|&i| !p[(i, j)].is_finite())
-                .map(|i| (i, j))
-        }) {
-            bail!(
-                "orthogonalize ({}): P[{i}, {j}] = {} is not finite",
-                map.name(),
-                p[(i, j)]
-            );
-        }
+        dense::check_finite(p, &format!("orthogonalize ({})", map.name()))?;
         Ok(match map {
             OrthMap::Cayley => Factors::Cayley(cayley::forward(p, par)?),
             OrthMap::GramSchmidt => Factors::GramSchmidt(qr::gram_schmidt(p, par)?),

@@ -75,11 +75,7 @@ enum Factors {
 
 /// `S = triu(P, 1) − triu(P, 1)ᵀ`.
 fn skew(p: MatRef<'_, f64>) -> Mat<f64> {
-    Mat::from_fn(p.nrows(), p.ncols(), |i, j| match i.cmp(&j) {
-        std::cmp::Ordering::Less => p[(i, j)],
-        std::cmp::Ordering::Greater => -p[(j, i)],
-        std::cmp::Ordering::Equal => 0.0,
-    })
+    Mat::from_fn(p.nrows(), p.ncols(), |i, j| super::cayley::skew(p, i, j))
 }
 
 /// Multiplies row `i` of `m` by `signs[i]`.
@@ -114,17 +110,7 @@ impl Factors {
         w0: MatRef<'_, f64>,
         par: Par,
     ) -> Result<(Self, Mat<f64>)> {
-        if let Some((i, j)) = (0..p.ncols()).find_map(|j| {
-            (0..p.nrows())
-                .find(|&i| !p[(i, j)].is_finite())
-                .map(|i| (i, j))
-        }) {
-            bail!(
-                "rotate ({}): P[{i}, {j}] = {} is not finite",
-                map.name(),
-                p[(i, j)]
-            );
-        }
+        dense::check_finite(p, &format!("rotate ({})", map.name()))?;
         match map {
             OrthMap::Cayley => Self::cayley(p, w0, par),
             OrthMap::GramSchmidt => Self::qr(p.transpose().to_owned(), w0, true, par),
