@@ -8,6 +8,11 @@ use candle_core::{Device, Result, Tensor, Var};
 use opt_core::orth::{orthogonalize_batched, rotate_batched, OrthMap};
 use std::time::Instant;
 
+// The allocator and purge setting of the `orthopt` binary (pipeline/src/main.rs): with glibc's,
+// every d×d buffer would be a fresh mapping and the timings partly page faults.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
         .nth(i)
@@ -47,6 +52,8 @@ fn stats(mut xs: Vec<f64>) -> String {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: sets a process-wide allocator option (`mi_option_purge_delay` = -1).
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let rounds = arg(1, 5);
     let threads = arg(2, 0);
     if threads > 0 {

@@ -7,6 +7,7 @@
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
 use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::matmul::triangular::{matmul as triangular_matmul, BlockStructure};
 use faer::linalg::{evd, householder, lu, matmul, qr, svd, triangular_solve};
 use faer::perm::PermRef;
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
@@ -231,45 +232,30 @@ impl HouseholderQr {
         );
     }
 
-    /// `m ← Qᵀ m`.
-    pub(super) fn apply_qt(&self, m: MatMut<'_, f64>, par: Par) {
-        let (n, block) = (self.dim(), self.coeff.nrows());
-        let mut buf = MemBuffer::new(
-            householder::apply_block_householder_sequence_transpose_on_the_left_in_place_scratch::<
-                f64,
-            >(n, block, m.ncols()),
-        );
-        householder::apply_block_householder_sequence_transpose_on_the_left_in_place_with_conj(
-            self.packed.as_ref(),
-            self.coeff.as_ref(),
-            Conj::No,
-            m,
-            par,
-            MemStack::new(&mut buf),
-        );
-    }
-
     /// `Q` formed explicitly.
     pub(super) fn q(&self, par: Par) -> Mat<f64> {
         let mut q = Mat::identity(self.dim(), self.dim());
         self.apply_q(q.as_mut(), par);
         q
     }
+}
 
-    /// The sign of `det Q` without a factorisation: each reflector faer applied has det −1,
-    /// and where a column's part below the diagonal was already zero faer applies none (its
-    /// coefficient is infinite, `I − v vᵀ/∞ = I`) — always so for the last column.
-    pub(super) fn det_q_sign(&self) -> f64 {
-        let block = self.coeff.nrows();
-        let reflectors = (0..self.dim())
-            .filter(|&k| self.coeff[(k % block, k)].is_finite())
-            .count();
-        if reflectors.is_multiple_of(2) {
-            1.0
-        } else {
-            -1.0
+/// `mᵀ` as a column-major matrix, copied in cache-sized tiles (an element-by-element copy
+/// through a transposed view strides a page per element at d ≥ 512).
+pub(super) fn transposed<T: faer::traits::ComplexField + Copy>(m: MatRef<'_, T>) -> Mat<T> {
+    const TILE: usize = 32;
+    let (rows, cols) = m.shape();
+    let mut out = Mat::<T>::zeros(cols, rows);
+    for j0 in (0..cols).step_by(TILE) {
+        for i0 in (0..rows).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                for j in j0..(j0 + TILE).min(cols) {
+                    out[(j, i)] = m[(i, j)];
+                }
+            }
         }
     }
+    out
 }
 
 /// Householder QR of a square matrix, `A = Q R`, with `Q` formed explicitly.
@@ -386,6 +372,33 @@ pub(super) fn mats_from_storage(storage: &CpuStorage, layout: &Layout) -> Result
     })
 }
 
+/// The transposes of the matrices of a 3-D `[b, rows, cols]` f32/f64 CPU storage, in f64: a
+/// row-major matrix read in memory order is its transpose in column-major form, so this is the
+/// cheap read (a caller that needs `P` itself views `Pᵀ` transposed).
+pub(super) fn mats_from_storage_transposed(
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<Vec<Mat<f64>>> {
+    let &[b, rows, cols] = layout.dims() else {
+        bail!(
+            "expected a batch of matrices, got shape {:?}",
+            layout.dims()
+        );
+    };
+    let &[bs, rs, cs] = layout.stride() else {
+        bail!("expected 3 strides, got {:?}", layout.stride());
+    };
+    let read = |k: usize, x: &dyn Fn(usize) -> f64| {
+        let at = |i: usize, j: usize| layout.start_offset() + k * bs + i * rs + j * cs;
+        Mat::from_fn(cols, rows, |j, i| x(at(i, j)))
+    };
+    Ok(match storage {
+        CpuStorage::F32(x) => (0..b).map(|k| read(k, &|a| f64::from(x[a]))).collect(),
+        CpuStorage::F64(x) => (0..b).map(|k| read(k, &|a| x[a])).collect(),
+        _ => bail!("expected an f32 or f64 matrix"),
+    })
+}
+
 fn row_major(m: MatRef<'_, f64>) -> Vec<f64> {
     let (rows, cols) = m.shape();
     let mut out = Vec::with_capacity(rows * cols);
@@ -441,4 +454,128 @@ pub(super) fn mats_to_tensor(ms: &[Mat<f64>], dtype: DType, device: &Device) -> 
     Tensor::from_vec(data, (ms.len(), rows, cols), &Device::Cpu)?
         .to_dtype(dtype)?
         .to_device(device)
+}
+
+/// One matrix's slot in a row-major `[b, rows, cols]` result of the tensor's dtype, written where
+/// it is computed (no f64 copy of it, no second pass to round and transpose it).
+pub(super) enum RowMajorOut<'a> {
+    F32(MatMut<'a, f32>),
+    F64(MatMut<'a, f64>),
+}
+
+impl RowMajorOut<'_> {
+    /// `out[i, j] = f(i, j)`, visiting the entries in memory order.
+    pub(super) fn fill(&mut self, f: impl Fn(usize, usize) -> f64) {
+        match self {
+            Self::F32(m) => {
+                for i in 0..m.nrows() {
+                    for j in 0..m.ncols() {
+                        m[(i, j)] = f(i, j) as f32;
+                    }
+                }
+            }
+            Self::F64(m) => {
+                for i in 0..m.nrows() {
+                    for j in 0..m.ncols() {
+                        m[(i, j)] = f(i, j);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out = lhs · rhs`, reading only the given triangles of the factors, computed in the
+    /// output's precision. Callers use it where one factor is orthogonal, so f32 products
+    /// keep their relative accuracy (error `≈ √k·eps₃₂·‖lhs‖‖rhs‖ = √k·eps₃₂·‖out‖`), and the
+    /// rounding to f32 happens once, in the factors, instead of in the result.
+    pub(super) fn product(
+        &mut self,
+        lhs: MatRef<'_, f64>,
+        lhs_structure: BlockStructure,
+        rhs: MatRef<'_, f64>,
+        rhs_structure: BlockStructure,
+        par: Par,
+    ) {
+        match self {
+            Self::F64(out) => triangular_matmul(
+                out.as_mut(),
+                BlockStructure::Rectangular,
+                Accum::Replace,
+                lhs,
+                lhs_structure,
+                rhs,
+                rhs_structure,
+                1.0,
+                par,
+            ),
+            Self::F32(out) => {
+                let lhs = to_f32(lhs);
+                let rhs = to_f32(rhs);
+                triangular_matmul(
+                    out.as_mut(),
+                    BlockStructure::Rectangular,
+                    Accum::Replace,
+                    lhs.as_ref(),
+                    lhs_structure,
+                    rhs.as_ref(),
+                    rhs_structure,
+                    1.0f32,
+                    par,
+                );
+            }
+        }
+    }
+}
+
+fn to_f32(m: MatRef<'_, f64>) -> Mat<f32> {
+    Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32)
+}
+
+/// A `[b, rows, cols]` tensor of `dtype` on `device` whose matrix `k` is written by
+/// `f(k, slot, par)` — concurrently over the batch with sequential kernels, or a lone matrix
+/// with faer's parallelism (as `batch::per_matrix` schedules the factorisations); `f`'s own
+/// results come back in order.
+pub(super) fn row_major_batch<R: Send>(
+    shape: (usize, usize, usize),
+    dtype: DType,
+    device: &Device,
+    f: impl Fn(usize, RowMajorOut<'_>, Par) -> Result<R> + Sync,
+) -> Result<(Tensor, Vec<R>)> {
+    let (tensor, results) = match dtype {
+        DType::F32 => fill_batch(shape, |k, m: MatMut<'_, f32>, par| {
+            f(k, RowMajorOut::F32(m), par)
+        })?,
+        DType::F64 => fill_batch(shape, |k, m: MatMut<'_, f64>, par| {
+            f(k, RowMajorOut::F64(m), par)
+        })?,
+        other => bail!("expected an f32 or f64 matrix, got {other:?}"),
+    };
+    Ok((tensor.to_device(device)?, results))
+}
+
+fn fill_batch<T, R>(
+    (b, rows, cols): (usize, usize, usize),
+    f: impl Fn(usize, MatMut<'_, T>, Par) -> Result<R> + Sync,
+) -> Result<(Tensor, Vec<R>)>
+where
+    T: candle_core::WithDType + Send,
+    R: Send,
+{
+    use rayon::prelude::*;
+    let len = rows * cols;
+    let par = if b == 1 {
+        par_for(rows.max(cols))
+    } else {
+        Par::Seq
+    };
+    let mut data = vec![T::from_f64(0.0); b * len];
+    let results = data
+        .par_chunks_mut(len.max(1))
+        .enumerate()
+        .map(|(k, chunk)| f(k, MatMut::from_row_major_slice_mut(chunk, rows, cols), par))
+        .collect::<Result<Vec<R>>>()?;
+    Ok((
+        Tensor::from_vec(data, (b, rows, cols), &Device::Cpu)?,
+        results,
+    ))
 }

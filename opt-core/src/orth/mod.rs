@@ -26,6 +26,7 @@ mod cholesky_qr;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod dense;
+mod explicit_qr;
 mod newton_schulz;
 mod polar;
 mod qr;
