@@ -124,18 +124,66 @@ fn map_group(group: &MapGroup) -> Result<Vec<Tensor>> {
     (0..group.ps.len()).map(|k| out.get(k)).collect()
 }
 
-/// [`map_group`] of several groups (each its own map and size), concurrently on the CPU — a
-/// lone large matrix then runs beside another group's batch instead of after it; each matrix's
-/// result does not depend on the scheduling. On a GPU one after the other: its work is queued
-/// asynchronously anyway, and candle's CUDA ops are issued from the caller's thread.
+/// [`map_group`] of several groups (each its own map and size). On the CPU every group of
+/// weights whose size takes the exact route joins one ragged op per (map, dtype)
+/// ([`orth::rotate_ragged`]): its matrices of all sizes are scheduled together, forward and
+/// backward, largest first — CNN-6's lone 1024×1024 `fc6` on one thread, the five 576×576
+/// layers on the other. The other groups run concurrently. On a GPU one after the other: its
+/// work is queued asynchronously anyway, and candle's CUDA ops are issued from the caller's
+/// thread. Each matrix's result does not depend on the grouping or the scheduling.
 pub fn map_groups(groups: &[MapGroup]) -> Result<Vec<Vec<Tensor>>> {
     let on_cpu = groups
         .iter()
         .flat_map(|g| g.ps.first())
         .all(|p| p.device().is_cpu());
-    if on_cpu {
-        groups.par_iter().map(map_group).collect()
-    } else {
-        groups.iter().map(map_group).collect()
+    if !on_cpu {
+        return groups.iter().map(map_group).collect();
     }
+    let mut results: Vec<Option<Vec<Tensor>>> = vec![None; groups.len()];
+    for (members, map) in ragged_partitions(groups)? {
+        let mut ps = Vec::new();
+        let mut w0s = Vec::new();
+        for &g in &members {
+            ps.extend(groups[g].ps.iter().cloned());
+            w0s.extend(groups[g].w0s.iter().flatten().cloned());
+        }
+        let mut ws = orth::rotate_ragged(&ps, &w0s, map)?.into_iter();
+        for &g in &members {
+            results[g] = Some(ws.by_ref().take(groups[g].ps.len()).collect());
+        }
+    }
+    let rest: Vec<usize> = (0..groups.len())
+        .filter(|&g| results[g].is_none())
+        .collect();
+    let computed: Vec<Vec<Tensor>> = rest
+        .par_iter()
+        .map(|&g| map_group(&groups[g]))
+        .collect::<Result<_>>()?;
+    for (g, r) in rest.into_iter().zip(computed) {
+        results[g] = Some(r);
+    }
+    Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// The weight groups (`W0` given, the exact route at their size) as partitions of one map and
+/// dtype, each partition's groups in order.
+fn ragged_partitions(groups: &[MapGroup]) -> Result<Vec<(Vec<usize>, OrthMap)>> {
+    let mut partitions: Vec<((OrthMap, candle_core::DType), Vec<usize>)> = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let Some(p) = group.ps.first() else { continue };
+        let exact =
+            routes::routes(p.device()).map_route_at(group.map, p.dim(0)?) == MapRoute::Exact;
+        if group.w0s.is_none() || !exact {
+            continue;
+        }
+        let key = (group.map, p.dtype());
+        match partitions.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(g),
+            None => partitions.push((key, vec![g])),
+        }
+    }
+    Ok(partitions
+        .into_iter()
+        .map(|((map, _), members)| (members, map))
+        .collect())
 }

@@ -372,33 +372,6 @@ pub(super) fn mats_from_storage(storage: &CpuStorage, layout: &Layout) -> Result
     })
 }
 
-/// The transposes of the matrices of a 3-D `[b, rows, cols]` f32/f64 CPU storage, in f64: a
-/// row-major matrix read in memory order is its transpose in column-major form, so this is the
-/// cheap read (a caller that needs `P` itself views `Pᵀ` transposed).
-pub(super) fn mats_from_storage_transposed(
-    storage: &CpuStorage,
-    layout: &Layout,
-) -> Result<Vec<Mat<f64>>> {
-    let &[b, rows, cols] = layout.dims() else {
-        bail!(
-            "expected a batch of matrices, got shape {:?}",
-            layout.dims()
-        );
-    };
-    let &[bs, rs, cs] = layout.stride() else {
-        bail!("expected 3 strides, got {:?}", layout.stride());
-    };
-    let read = |k: usize, x: &dyn Fn(usize) -> f64| {
-        let at = |i: usize, j: usize| layout.start_offset() + k * bs + i * rs + j * cs;
-        Mat::from_fn(cols, rows, |j, i| x(at(i, j)))
-    };
-    Ok(match storage {
-        CpuStorage::F32(x) => (0..b).map(|k| read(k, &|a| f64::from(x[a]))).collect(),
-        CpuStorage::F64(x) => (0..b).map(|k| read(k, &|a| x[a])).collect(),
-        _ => bail!("expected an f32 or f64 matrix"),
-    })
-}
-
 fn row_major(m: MatRef<'_, f64>) -> Vec<f64> {
     let (rows, cols) = m.shape();
     let mut out = Vec::with_capacity(rows * cols);
@@ -529,53 +502,4 @@ impl RowMajorOut<'_> {
 
 fn to_f32(m: MatRef<'_, f64>) -> Mat<f32> {
     Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32)
-}
-
-/// A `[b, rows, cols]` tensor of `dtype` on `device` whose matrix `k` is written by
-/// `f(k, slot, par)` — concurrently over the batch with sequential kernels, or a lone matrix
-/// with faer's parallelism (as `batch::per_matrix` schedules the factorisations); `f`'s own
-/// results come back in order.
-pub(super) fn row_major_batch<R: Send>(
-    shape: (usize, usize, usize),
-    dtype: DType,
-    device: &Device,
-    f: impl Fn(usize, RowMajorOut<'_>, Par) -> Result<R> + Sync,
-) -> Result<(Tensor, Vec<R>)> {
-    let (tensor, results) = match dtype {
-        DType::F32 => fill_batch(shape, |k, m: MatMut<'_, f32>, par| {
-            f(k, RowMajorOut::F32(m), par)
-        })?,
-        DType::F64 => fill_batch(shape, |k, m: MatMut<'_, f64>, par| {
-            f(k, RowMajorOut::F64(m), par)
-        })?,
-        other => bail!("expected an f32 or f64 matrix, got {other:?}"),
-    };
-    Ok((tensor.to_device(device)?, results))
-}
-
-fn fill_batch<T, R>(
-    (b, rows, cols): (usize, usize, usize),
-    f: impl Fn(usize, MatMut<'_, T>, Par) -> Result<R> + Sync,
-) -> Result<(Tensor, Vec<R>)>
-where
-    T: candle_core::WithDType + Send,
-    R: Send,
-{
-    use rayon::prelude::*;
-    let len = rows * cols;
-    let par = if b == 1 {
-        par_for(rows.max(cols))
-    } else {
-        Par::Seq
-    };
-    let mut data = vec![T::from_f64(0.0); b * len];
-    let results = data
-        .par_chunks_mut(len.max(1))
-        .enumerate()
-        .map(|(k, chunk)| f(k, MatMut::from_row_major_slice_mut(chunk, rows, cols), par))
-        .collect::<Result<Vec<R>>>()?;
-    Ok((
-        Tensor::from_vec(data, (b, rows, cols), &Device::Cpu)?,
-        results,
-    ))
 }

@@ -31,6 +31,7 @@ mod newton_schulz;
 mod polar;
 mod qr;
 mod rotate;
+mod rotate_op;
 #[cfg(test)]
 mod rotate_tests;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use newton_schulz::{
     MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
 pub use rotate::{check_pair, rotate_batched};
+pub use rotate_op::rotate_ragged;
 
 use candle_core::{bail, Result, Tensor};
 use faer::{Mat, MatRef, Par};

@@ -24,20 +24,25 @@
 //! is taken in the tensor's precision, where one factor is orthogonal (f32: within 1e-6 of the
 //! f64 map, `rotate_tests`).
 
-use super::batch::per_matrix;
 use super::dense::{self, Lu, RowMajorOut};
 use super::explicit_qr::ExplicitQr;
 use super::OrthMap;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Tensor};
 use faer::linalg::matmul::triangular::{self as tri, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
-use std::sync::Mutex;
 
 /// `W_k = orth(P_k)·W0_k` for a `[b, d, d]` stack of `P` and a `[b, d, n]` stack of `W0` (same
 /// float dtype and device), differentiable w.r.t. both, by the exact f64 factorisations.
 pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
     check_pair(ps, w0s, map)?;
-    ps.apply_op2(w0s, RotateOp::new(map))
+    let (b, d, n) = w0s.dims3()?;
+    let out = super::rotate_op::apply(
+        &ps.flatten_all()?,
+        &w0s.flatten_all()?,
+        vec![(d, n); b],
+        map,
+    )?;
+    out.reshape((b, d, n))
 }
 
 /// An error unless `ps` is `[b, d, d]` and `w0s` `[b, d, n]` of one float dtype.
@@ -58,7 +63,7 @@ pub fn check_pair(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<()> {
 }
 
 /// One matrix's factorisation, kept from the forward for the backward.
-enum Factors {
+pub(super) enum Factors {
     /// LU of `A = I − S`, `S` itself, and `X = A⁻¹ W0`.
     Cayley { a: Lu, s: Mat<f64>, x: Mat<f64> },
     /// `A = Q̃ R̃` with `Q̃` formed, for `A = Pᵀ` (Gram–Schmidt, `W = Q̃ᵀ W0`) or `A = P`
@@ -88,7 +93,7 @@ impl Factors {
     /// `orth_tol`: the largest orthogonality defect `‖QᵀQ − I‖_F` a QR map may leave (see
     /// [`orthogonality_tolerance`]).
     /// `pt` is `Pᵀ` (column-major: `P` as candle stores it, row-major).
-    fn forward(
+    pub(super) fn forward(
         map: OrthMap,
         pt: &Mat<f64>,
         w0: MatRef<'_, f64>,
@@ -162,7 +167,7 @@ impl Factors {
 
     /// Writes `∂L/∂P` into `dp` and returns `∂L/∂W0`, from `G = ∂L/∂W`; `w` is the forward's
     /// output.
-    fn backward(
+    pub(super) fn backward(
         &self,
         w0: MatRef<'_, f64>,
         w: MatRef<'_, f64>,
@@ -334,126 +339,4 @@ fn lowdin_backward(
         par,
     );
     Ok(dense::mul(v.as_ref(), ut_g.as_ref(), 1.0, par))
-}
-
-/// The orthogonality defect `‖QᵀQ − I‖_F` the QR maps may leave, by the tensor's precision:
-/// far below what rounding the result to it costs (f32: eps ≈ 1.2e-7), and at f64 no worse than
-/// the Householder QR's `O(d·eps)` at the sizes OPT uses.
-fn orthogonality_tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 1e-11,
-        _ => 1e-8,
-    }
-}
-
-struct RotateOp {
-    map: OrthMap,
-    /// Each matrix's factorisation and output `W` (f64), kept from the forward for the backward.
-    saved: Mutex<Vec<(Factors, Mat<f64>)>>,
-}
-
-impl RotateOp {
-    fn new(map: OrthMap) -> Self {
-        Self {
-            map,
-            saved: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn lock_err(&self) -> candle_core::Error {
-        candle_core::Error::msg(format!(
-            "rotate ({}): factor cache poisoned by an earlier panic",
-            self.map.name()
-        ))
-    }
-
-    fn compute(
-        &self,
-        pts: &[Mat<f64>],
-        w0s: &[Mat<f64>],
-        dtype: DType,
-    ) -> Result<Vec<(Factors, Mat<f64>)>> {
-        let d = pts.first().map_or(0, |p| p.nrows());
-        let tol = orthogonality_tolerance(dtype);
-        per_matrix(pts.len(), d, |k, par| {
-            Factors::forward(self.map, &pts[k], w0s[k].as_ref(), tol, par)
-        })
-    }
-}
-
-impl CustomOp2 for RotateOp {
-    fn name(&self) -> &'static str {
-        match self.map {
-            OrthMap::Cayley => "rotate-cayley",
-            OrthMap::GramSchmidt => "rotate-gram-schmidt",
-            OrthMap::Householder => "rotate-householder",
-            OrthMap::Lowdin => "rotate-lowdin",
-        }
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let pts = dense::mats_from_storage_transposed(s1, l1)?;
-        let w0s = dense::mats_from_storage(s2, l2)?;
-        let dtype = match s1 {
-            CpuStorage::F64(_) => DType::F64,
-            _ => DType::F32,
-        };
-        let saved = self.compute(&pts, &w0s, dtype)?;
-        let out = dense::mats_to_storage(saved.iter().map(|(_, w)| w.as_ref()), dtype)?;
-        *self.saved.lock().map_err(|_| self.lock_err())? = saved;
-        Ok((out, Shape::from(l2.dims())))
-    }
-
-    /// Through host memory, as the exact maps do (see `batch`).
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::{BackendDevice, BackendStorage};
-        let (w, shape) = self.cpu_fwd(&s1.to_cpu_storage()?, l1, &s2.to_cpu_storage()?, l2)?;
-        Ok((s1.device().storage_from_cpu_storage_owned(w)?, shape))
-    }
-
-    fn bwd(
-        &self,
-        p: &Tensor,
-        w0: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gs = dense::mats_from_tensor(grad)?;
-        let w0s = dense::mats_from_tensor(w0)?;
-        let cache = self.saved.lock().map_err(|_| self.lock_err())?;
-        // Not reached through `rotate_batched` (the forward always fills the cache).
-        let recomputed;
-        let saved: &[(Factors, Mat<f64>)] = if cache.len() == gs.len() {
-            &cache
-        } else {
-            let pts: Vec<Mat<f64>> = dense::mats_from_tensor(p)?
-                .iter()
-                .map(|p| dense::transposed(p.as_ref()))
-                .collect();
-            recomputed = self.compute(&pts, &w0s, p.dtype())?;
-            &recomputed
-        };
-        let (dp, dw0s) =
-            dense::row_major_batch(p.dims3()?, p.dtype(), p.device(), |k, dp, par| {
-                let (f, w) = &saved[k];
-                f.backward(w0s[k].as_ref(), w.as_ref(), gs[k].as_ref(), dp, par)
-            })?;
-        Ok((
-            Some(dp),
-            Some(dense::mats_to_tensor(&dw0s, w0.dtype(), w0.device())?),
-        ))
-    }
 }

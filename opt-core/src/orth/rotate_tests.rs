@@ -2,7 +2,7 @@
 //! checked against independent oracles in `tests`, then a matmul) in f64, against finite
 //! differences, and against the rotation invariance `WᵀW = W0ᵀW0` at layer size in f32.
 
-use super::{orthogonalize_batched, rotate_batched, OrthMap};
+use super::{orthogonalize_batched, rotate_batched, rotate_ragged, OrthMap};
 use crate::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -306,4 +306,92 @@ fn rotate_lowdin_stays_exact_for_an_ill_conditioned_p() {
         let e = rel(&fused[k], &composed[k]);
         assert!(e <= 1e-9, "output {k} differs by {e:e}");
     }
+}
+
+/// Layers of different sizes in one ragged op give each layer what it gets alone: the weight
+/// and both gradients, in f64 and f32, for every map, with more matrices than threads so the
+/// largest-first queue hands them out in a different order than they are packed.
+#[test]
+fn rotate_ragged_equals_each_layer_alone() {
+    let shapes = [(7usize, 3usize), (12, 5), (7, 3), (4, 6), (12, 2)];
+    for dtype in [DType::F64, DType::F32] {
+        for map in OrthMap::ALL {
+            let mut inputs = Vec::new();
+            for (k, &(d, n)) in shapes.iter().enumerate() {
+                let seed = 100 + 10 * k as u64;
+                let p = p_for(map, seed, 1, d).squeeze(0).expect("p");
+                let to = |t: Tensor| t.to_dtype(dtype).expect("dtype");
+                inputs.push((
+                    to(p),
+                    to(gauss(seed + 1, &[d, n], DType::F64)),
+                    to(gauss(seed + 2, &[d, n], DType::F64)),
+                ));
+            }
+            let vars: Vec<(Var, Var)> = inputs
+                .iter()
+                .map(|(p, w0, _)| {
+                    (
+                        Var::from_tensor(p).expect("p"),
+                        Var::from_tensor(w0).expect("w0"),
+                    )
+                })
+                .collect();
+            let ps: Vec<Tensor> = vars.iter().map(|(p, _)| p.as_tensor().clone()).collect();
+            let w0s: Vec<Tensor> = vars.iter().map(|(_, w)| w.as_tensor().clone()).collect();
+            let ws = rotate_ragged(&ps, &w0s, map).expect("ragged");
+            let loss = ws
+                .iter()
+                .zip(&inputs)
+                .map(|(w, (_, _, c))| (w * c).and_then(|l| l.sum_all()))
+                .reduce(|a, b| a.and_then(|a| b.and_then(|b| a + b)))
+                .expect("layers")
+                .expect("loss");
+            let grads = loss.backward().expect("backward");
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            for (k, ((p, w0, c), (pv, wv))) in inputs.iter().zip(&vars).enumerate() {
+                let alone = run(
+                    &p.unsqueeze(0).expect("p"),
+                    &w0.unsqueeze(0).expect("w0"),
+                    &c.unsqueeze(0).expect("c"),
+                    map,
+                    true,
+                );
+                let got = [
+                    ws[k].clone(),
+                    grads.get(pv).expect("∂P").clone(),
+                    grads.get(wv).expect("∂W0").clone(),
+                ];
+                for (what, (g, a)) in ["W", "∂P", "∂W0"].iter().zip(got.iter().zip(&alone)) {
+                    let err = rel(g, a);
+                    assert!(
+                        err <= tol,
+                        "{} {dtype:?} layer {k}: {what} off by {err:e}",
+                        map.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Mismatched inputs are refused with what was expected: counts, square P, W0's rows, dtypes.
+#[test]
+fn rotate_ragged_refuses_mismatched_inputs() {
+    let p = gauss(1, &[4, 4], DType::F32);
+    let w0 = gauss(2, &[4, 2], DType::F32);
+    let err = |ps: &[Tensor], w0s: &[Tensor]| {
+        rotate_ragged(ps, w0s, OrthMap::GramSchmidt)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err(&[p.clone()], &[]).contains("1 matrices P but 0 W0"));
+    assert!(err(&[gauss(3, &[4, 3], DType::F32)], &[w0.clone()]).contains("square"));
+    assert!(err(&[p.clone()], &[gauss(4, &[3, 2], DType::F32)]).contains("W0 must be"));
+    let p64 = gauss(5, &[4, 4], DType::F64);
+    let w64 = gauss(6, &[4, 2], DType::F64);
+    assert!(err(&[p.clone(), p64], &[w0.clone(), w64]).contains("one dtype"));
+    assert!(rotate_ragged(&[], &[], OrthMap::Cayley)
+        .expect("empty")
+        .is_empty());
 }
