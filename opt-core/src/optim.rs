@@ -63,16 +63,16 @@ impl MomentumSgd {
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for s in &self.slots {
             let theta = s.param.as_tensor();
-            let mut g = match grads.get(theta) {
+            let g = match grads.get(theta) {
                 Some(g) => g.clone(),
                 None => theta.zeros_like()?,
             };
-            if s.decay && self.weight_decay != 0.0 {
-                g = (g + (theta * self.weight_decay)?)?;
-            }
-            let a = ((s.accum.as_tensor() * self.momentum)? + g)?;
-            s.accum.set(&a)?;
-            s.param.set(&(theta - (a * lr)?)?)?;
+            let step = crate::ops::SgdStep {
+                momentum: self.momentum,
+                weight_decay: if s.decay { self.weight_decay } else { 0.0 },
+                lr,
+            };
+            crate::ops::momentum_sgd_step(&s.param, &s.accum, &g, step)?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ mod max_pool;
 mod patches;
 pub mod routes;
 pub mod self_check;
+mod sgd;
 
 pub use crate::orth::OrthMap;
 pub use acos::{acos, acos_composed, acos_fused};
@@ -44,6 +45,7 @@ pub use maps::{
 };
 pub use max_pool::{max_pool2x2, max_pool2x2_composed, max_pool2x2_fused};
 pub use routes::{FusedOp, MapRoute, MapRouteChoice, OpsMode};
+pub use sgd::{momentum_sgd_step, momentum_sgd_step_composed, SgdStep};
 
 use candle_core::{CpuStorage, Layout, Result};
 

@@ -91,13 +91,12 @@ pub(super) fn largest_first<R: Send>(
     let workers = rayon::current_num_threads().clamp(1, dims.len());
     rayon::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|_| loop {
-                let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let result = f(k, Par::Seq);
-                if let Ok(mut slot) = results[k].lock() {
-                    *slot = Some(result);
+            s.spawn(|_| {
+                while let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let result = f(k, Par::Seq);
+                    if let Ok(mut slot) = results[k].lock() {
+                        *slot = Some(result);
+                    }
                 }
             });
         }

@@ -385,9 +385,10 @@ fn rotate_ragged_refuses_mismatched_inputs() {
             .map(|e| e.to_string())
             .unwrap_or_default()
     };
-    assert!(err(&[p.clone()], &[]).contains("1 matrices P but 0 W0"));
-    assert!(err(&[gauss(3, &[4, 3], DType::F32)], &[w0.clone()]).contains("square"));
-    assert!(err(&[p.clone()], &[gauss(4, &[3, 2], DType::F32)]).contains("W0 must be"));
+    let one = std::slice::from_ref;
+    assert!(err(one(&p), &[]).contains("1 matrices P but 0 W0"));
+    assert!(err(&[gauss(3, &[4, 3], DType::F32)], one(&w0)).contains("square"));
+    assert!(err(one(&p), &[gauss(4, &[3, 2], DType::F32)]).contains("W0 must be"));
     let p64 = gauss(5, &[4, 4], DType::F64);
     let w64 = gauss(6, &[4, 2], DType::F64);
     assert!(err(&[p.clone(), p64], &[w0.clone(), w64]).contains("one dtype"));
