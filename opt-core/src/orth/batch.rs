@@ -71,8 +71,14 @@ pub(super) fn per_matrix<R: Send>(
 /// several on a queue that the pool's threads take from, largest first, each with sequential
 /// kernels. Largest first is the classic greedy schedule (within 4⁄3 of the best): CNN-6's
 /// 1024×1024 map runs on one thread while the other takes the five 576×576 ones, where rayon's
-/// halving split would put the large one and two others on the same thread. Each matrix's
-/// result depends on its inputs alone, not on which thread took it. Results keep their order.
+/// halving split would put the large one and two others on the same thread.
+///
+/// A matrix larger than all others also gets faer's parallelism: its kernels fork, the other
+/// threads keep to the queue while it has work, and a thread that finds it empty joins the
+/// scope's wait and steals the large matrix's remaining parallel work (measured at CNN-6 width
+/// 64, GS: the forward's critical path was the 1024×1024 map alone on one thread). Each
+/// matrix's result depends on its inputs and these (size-only) choices, never on which thread
+/// took it. Results keep their order.
 pub(super) fn largest_first<R: Send>(
     dims: &[usize],
     f: impl Fn(usize, Par) -> Result<R> + Sync,
@@ -86,6 +92,7 @@ pub(super) fn largest_first<R: Send>(
     let mut order: Vec<usize> = (0..dims.len()).collect();
     // Stable: equal sizes keep their order, so the schedule is the same on every run.
     order.sort_by_key(|&k| std::cmp::Reverse(dims[k]));
+    let giant = (dims[order[0]] > dims[order[1]]).then_some(order[0]);
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<R>>>> = dims.iter().map(|_| Mutex::new(None)).collect();
     let workers = rayon::current_num_threads().clamp(1, dims.len());
@@ -93,7 +100,12 @@ pub(super) fn largest_first<R: Send>(
         for _ in 0..workers {
             s.spawn(|_| {
                 while let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let result = f(k, Par::Seq);
+                    let par = if Some(k) == giant {
+                        dense::par_for(dims[k])
+                    } else {
+                        Par::Seq
+                    };
+                    let result = f(k, par);
                     if let Ok(mut slot) = results[k].lock() {
                         *slot = Some(result);
                     }

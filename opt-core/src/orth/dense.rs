@@ -42,6 +42,23 @@ pub(super) fn mul_add(
     matmul::matmul(dst, Accum::Add, lhs, rhs, alpha, par);
 }
 
+/// The lower triangle of `aᵀa` (a syrk: half a gemm's flops); the rest stays zero.
+pub(super) fn gram_lower(a: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+    let mut gram = Mat::zeros(a.ncols(), a.ncols());
+    triangular_matmul(
+        gram.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        a.transpose(),
+        BlockStructure::Rectangular,
+        a,
+        BlockStructure::Rectangular,
+        1.0,
+        par,
+    );
+    gram
+}
+
 /// Solves `R X = B` in place for upper-triangular `R` (only its upper triangle is read).
 pub(super) fn solve_upper_in_place(r: MatRef<'_, f64>, rhs: MatMut<'_, f64>, par: Par) {
     triangular_solve::solve_upper_triangular_in_place(r, rhs, par);
@@ -493,6 +510,45 @@ impl RowMajorOut<'_> {
                     rhs.as_ref(),
                     rhs_structure,
                     1.0f32,
+                    par,
+                );
+            }
+        }
+    }
+}
+
+impl RowMajorOut<'_> {
+    /// `out = a · b · c` in the output's precision, for orthogonal `a` and `c` (Löwdin's
+    /// `U K Vᵀ`): both products then keep their relative accuracy in f32.
+    pub(super) fn product_of_three(
+        &mut self,
+        a: MatRef<'_, f64>,
+        b: MatRef<'_, f64>,
+        c: MatRef<'_, f64>,
+        par: Par,
+    ) {
+        match self {
+            Self::F64(out) => {
+                let ab = mul(a, b, 1.0, par);
+                matmul::matmul(out.as_mut(), Accum::Replace, ab.as_ref(), c, 1.0, par);
+            }
+            Self::F32(out) => {
+                let (a, b, c) = (to_f32(a), to_f32(b), to_f32(c));
+                let mut ab = Mat::<f32>::zeros(a.nrows(), b.ncols());
+                matmul::matmul(
+                    ab.as_mut(),
+                    Accum::Replace,
+                    a.as_ref(),
+                    b.as_ref(),
+                    1.0,
+                    par,
+                );
+                matmul::matmul(
+                    out.as_mut(),
+                    Accum::Replace,
+                    ab.as_ref(),
+                    c.as_ref(),
+                    1.0,
                     par,
                 );
             }

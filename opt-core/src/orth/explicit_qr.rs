@@ -128,18 +128,8 @@ impl ExplicitQr {
 /// `(Qᵀ, L)`, or `None` where the Gram matrix is not numerically positive definite.
 fn cholesky_pass(mut at: Mat<f64>, par: Par) -> Option<(Mat<f64>, Mat<f64>)> {
     let d = at.nrows();
-    let mut gram = Mat::zeros(d, d);
-    tri::matmul(
-        gram.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        at.as_ref(),
-        BlockStructure::Rectangular,
-        at.transpose(),
-        BlockStructure::Rectangular,
-        1.0,
-        par,
-    );
+    // AᵀA = (Aᵀ)(Aᵀ)ᵀ.
+    let mut gram = dense::gram_lower(at.transpose(), par);
     let mut buf = MemBuffer::new(cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
         d,
         par,

@@ -191,7 +191,7 @@ const GRAM_MIN_RATIO: f64 = 1e-5;
 /// an EVD and a gemm: a third of the SVD's time at d = 1024), or by the SVD where `P` is too
 /// ill-conditioned for the Gram matrix.
 fn polar_factors(p: MatRef<'_, f64>, par: Par) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
-    let gram = dense::mul(p.transpose(), p, 1.0, par);
+    let gram = dense::gram_lower(p, par);
     let (lambda, v) = dense::evd_symmetric(gram.as_ref(), "Löwdin: PᵀP", par)?;
     let max = lambda.iter().copied().fold(0.0, f64::max);
     let min = lambda.iter().copied().fold(f64::INFINITY, f64::min);
@@ -330,13 +330,6 @@ fn lowdin_backward(
             k[(i, j)] = (m[(i, j)] - m[(j, i)]) / sum;
         }
     }
-    let uk = dense::mul(u.as_ref(), k.as_ref(), 1.0, par);
-    dp.product(
-        uk.as_ref(),
-        BlockStructure::Rectangular,
-        v.transpose(),
-        BlockStructure::Rectangular,
-        par,
-    );
+    dp.product_of_three(u.as_ref(), k.as_ref(), v.transpose(), par);
     Ok(dense::mul(v.as_ref(), ut_g.as_ref(), 1.0, par))
 }
