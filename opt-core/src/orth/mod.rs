@@ -45,8 +45,7 @@ pub use newton_schulz::{
     Iterations as NewtonSchulzIterations, FIRST_READ as NEWTON_SCHULZ_FIRST_READ,
     MAX_ITERS as NEWTON_SCHULZ_MAX_ITERS,
 };
-pub use rotate::{check_pair, rotate_batched};
-pub use rotate_op::rotate_ragged;
+pub use rotate_op::{check_pair, rotate_batched, rotate_ragged};
 
 use candle_core::{bail, Result, Tensor};
 use faer::{Mat, MatRef, Par};

@@ -1,6 +1,6 @@
-//! The fused rotation `W = orth(P)·W0` of an OPT layer (`W0` is `d×n`, `n` neurons, `n ≪ d`),
-//! computed from the map's factorisation without ever forming the `d×d` rotation, forward or
-//! backward. The composed formulation — [`orthogonalize_batched`](super::orthogonalize_batched)
+//! The math of the fused rotation `W = orth(P)·W0` of an OPT layer (`W0` is `d×n`, `n`
+//! neurons, `n ≪ d`), computed from the map's factorisation without ever forming the `d×d`
+//! rotation, forward or backward (the candle op, its packing and scheduling: `rotate_op`). The composed formulation — [`orthogonalize_batched`](super::orthogonalize_batched)
 //! followed by a matmul — is its reference (tests here, the ops self-check).
 //!
 //! Same maps, same f64 factorisations, far fewer flops (per layer, `d³` units; the
@@ -27,40 +27,9 @@
 use super::dense::{self, Lu, RowMajorOut};
 use super::explicit_qr::ExplicitQr;
 use super::OrthMap;
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, Result};
 use faer::linalg::matmul::triangular::{self as tri, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
-
-/// `W_k = orth(P_k)·W0_k` for a `[b, d, d]` stack of `P` and a `[b, d, n]` stack of `W0` (same
-/// float dtype and device), differentiable w.r.t. both, by the exact f64 factorisations.
-pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
-    check_pair(ps, w0s, map)?;
-    let (b, d, n) = w0s.dims3()?;
-    let out = super::rotate_op::apply(
-        &ps.flatten_all()?,
-        &w0s.flatten_all()?,
-        vec![(d, n); b],
-        map,
-    )?;
-    out.reshape((b, d, n))
-}
-
-/// An error unless `ps` is `[b, d, d]` and `w0s` `[b, d, n]` of one float dtype.
-pub fn check_pair(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<()> {
-    super::check_stack(ps, map)?;
-    let (b, d, _) = ps.dims3()?;
-    let (bw, dw, _) = w0s.dims3()?;
-    if (bw, dw) != (b, d) || w0s.dtype() != ps.dtype() {
-        bail!(
-            "rotate ({}): W0 must be [{b}, {d}, n] of {:?}, got {:?} of {:?}",
-            map.name(),
-            ps.dtype(),
-            w0s.dims(),
-            w0s.dtype()
-        );
-    }
-    Ok(())
-}
 
 /// One matrix's factorisation, kept from the forward for the backward.
 pub(super) enum Factors {

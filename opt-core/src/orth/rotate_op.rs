@@ -10,11 +10,42 @@
 
 use super::batch::largest_first;
 use super::dense::{self, RowMajorOut};
-use super::rotate::{check_pair, Factors};
+use super::rotate::Factors;
 use super::OrthMap;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use faer::{Mat, MatMut, Par};
 use std::sync::Mutex;
+
+/// `W_k = orth(P_k)·W0_k` for a `[b, d, d]` stack of `P` and a `[b, d, n]` stack of `W0` (same
+/// float dtype and device), differentiable w.r.t. both, by the exact f64 factorisations.
+pub fn rotate_batched(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<Tensor> {
+    check_pair(ps, w0s, map)?;
+    let (b, d, n) = w0s.dims3()?;
+    let out = apply(
+        &ps.flatten_all()?,
+        &w0s.flatten_all()?,
+        vec![(d, n); b],
+        map,
+    )?;
+    out.reshape((b, d, n))
+}
+
+/// An error unless `ps` is `[b, d, d]` and `w0s` `[b, d, n]` of one float dtype.
+pub fn check_pair(ps: &Tensor, w0s: &Tensor, map: OrthMap) -> Result<()> {
+    super::check_stack(ps, map)?;
+    let (b, d, _) = ps.dims3()?;
+    let (bw, dw, _) = w0s.dims3()?;
+    if (bw, dw) != (b, d) || w0s.dtype() != ps.dtype() {
+        bail!(
+            "rotate ({}): W0 must be [{b}, {d}, n] of {:?}, got {:?} of {:?}",
+            map.name(),
+            ps.dtype(),
+            w0s.dims(),
+            w0s.dtype()
+        );
+    }
+    Ok(())
+}
 
 /// `W_k = orth(P_k)·W0_k` for every pair (`P_k` square `[d_k, d_k]`, `W0_k` `[d_k, n_k]`, one
 /// float dtype and device for all), as one op: differentiable w.r.t. every `P_k` and `W0_k`,
