@@ -1,7 +1,8 @@
 //! The math of the fused rotation `W = orth(P)·W0` of an OPT layer (`W0` is `d×n`, `n`
 //! neurons, `n ≪ d`), computed from the map's factorisation without ever forming the `d×d`
-//! rotation, forward or backward (the candle op, its packing and scheduling: `rotate_op`). The composed formulation — [`orthogonalize_batched`](super::orthogonalize_batched)
-//! followed by a matmul — is its reference (tests here, the ops self-check).
+//! rotation, forward or backward (the candle op, its packing and scheduling: `rotate_op`).
+//! The composed formulation — [`orthogonalize_batched`](super::orthogonalize_batched) followed
+//! by a matmul — is its reference (tests here, the ops self-check).
 //!
 //! Same maps, same f64 factorisations, far fewer flops (per layer, `d³` units; the
 //! composed route pays the factorisation, forming `Q`, and a closed-form backward in `d×d`
