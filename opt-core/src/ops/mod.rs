@@ -15,6 +15,7 @@
 //! | [`max_pool2x2`] | first-maximum routing | the same rule, one kernel each way |
 //! | [`orthogonalize`], [`orthogonalize_batched`] | exact: f64 factorisations (faer), a batch's matrices concurrently; gemm (`run.map_route`): as on CUDA | exact: through host memory, one round trip per batch; gemm (the default): LS, CP batched Newton–Schulz, GS, HR Cholesky-QR2, on the device |
 //! | [`acos`] | clamped `acos` | the same, one kernel |
+//! | [`momentum_sgd_step`] | two in-place passes over the pool | the composed candle ops |
 //!
 //! **Routes** ([`routes`]): each public function asks the device's route table whether its
 //! fused op (`*_fused`) or its composed candle formulation (`*_composed`) runs, and which route

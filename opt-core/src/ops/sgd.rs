@@ -99,11 +99,24 @@ fn scaled<T: Real>(x: T, c: T) -> T {
     x * c + T::of(0.0)
 }
 
+/// Below this many elements a pass runs on the calling thread: waking the pool would cost more
+/// than it saves (a network's BN scales and biases, S-OPT's small rotations).
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// `f(first, chunk)` over `out`, split over the pool when it is large.
+fn for_each_chunk<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    if out.len() < PARALLEL_MIN {
+        f(0, out);
+    } else {
+        crate::par::for_each_chunk(out, 1, f);
+    }
+}
+
 /// `a ← μ·a + (g + wd·θ)`, in the composed ops' order and rounding.
 fn accum_update<T: Real>(a: &mut [T], g: &[T], theta: &[T], step: SgdStep) {
     let (mu, wd) = (T::of(step.momentum), T::of(step.weight_decay));
     let decay = step.weight_decay != 0.0;
-    crate::par::for_each_chunk(a, 1, |first, chunk| {
+    for_each_chunk(a, |first, chunk| {
         let (g, theta) = (&g[first..], &theta[first..]);
         for (i, a) in chunk.iter_mut().enumerate() {
             let g = if decay {
@@ -119,7 +132,7 @@ fn accum_update<T: Real>(a: &mut [T], g: &[T], theta: &[T], step: SgdStep) {
 /// `θ ← θ − lr·a`, in the composed ops' order and rounding.
 fn param_update<T: Real>(theta: &mut [T], a: &[T], step: SgdStep) {
     let lr = T::of(step.lr);
-    crate::par::for_each_chunk(theta, 1, |first, chunk| {
+    for_each_chunk(theta, |first, chunk| {
         let a = &a[first..];
         for (i, t) in chunk.iter_mut().enumerate() {
             *t = *t - scaled(a[i], lr);
@@ -204,13 +217,13 @@ mod tests {
     }
 
     /// Three steps, fused and composed from the same state, agree bit for bit in θ and the
-    /// accumulator, with and without decay, in f32 and f64 (an odd length, so the chunks split
-    /// unevenly, and zeros so that the sign of zero is exercised).
+    /// accumulator, with and without decay, in f32 and f64, on the calling thread and over the
+    /// pool (odd lengths, so the chunks split unevenly; a zero gradient, so that the sign of
+    /// zero is exercised).
     #[test]
     fn the_fused_step_is_the_composed_step_bit_for_bit() -> Result<()> {
-        for dtype in [DType::F32, DType::F64] {
+        for (dtype, n) in [(DType::F32, 1001), (DType::F32, 100_003), (DType::F64, 100_003)] {
             for weight_decay in [0.0, 5e-4] {
-                let n = 100_003;
                 let (t1, t2) = (var(1, n, dtype)?, var(1, n, dtype)?);
                 let zeros = || Var::from_tensor(&Tensor::zeros(n, dtype, &Device::Cpu)?);
                 let (a1, a2) = (zeros()?, zeros()?);
