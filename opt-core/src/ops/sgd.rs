@@ -222,7 +222,11 @@ mod tests {
     /// zero is exercised).
     #[test]
     fn the_fused_step_is_the_composed_step_bit_for_bit() -> Result<()> {
-        for (dtype, n) in [(DType::F32, 1001), (DType::F32, 100_003), (DType::F64, 100_003)] {
+        for (dtype, n) in [
+            (DType::F32, 1001),
+            (DType::F32, 100_003),
+            (DType::F64, 100_003),
+        ] {
             for weight_decay in [0.0, 5e-4] {
                 let (t1, t2) = (var(1, n, dtype)?, var(1, n, dtype)?);
                 let zeros = || Var::from_tensor(&Tensor::zeros(n, dtype, &Device::Cpu)?);
