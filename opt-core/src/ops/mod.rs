@@ -16,6 +16,7 @@
 //! | [`orthogonalize`], [`orthogonalize_batched`] | exact: f64 factorisations (faer), a batch's matrices concurrently; gemm (`run.map_route`): as on CUDA | exact: through host memory, one round trip per batch; gemm (the default): LS, CP batched Newton–Schulz, GS, HR Cholesky-QR2, on the device |
 //! | [`acos`] | clamped `acos` | the same, one kernel |
 //! | [`momentum_sgd_step`] | two in-place passes over the pool | the composed candle ops |
+//! | OGD's step (`cayley_*`) | four fused element-wise passes around candle's matmuls | the composed candle ops |
 //!
 //! **Routes** ([`routes`]): each public function asks the device's route table whether its
 //! fused op (`*_fused`) or its composed candle formulation (`*_composed`) runs, and which route
@@ -24,6 +25,7 @@
 
 mod acos;
 mod batch_norm;
+mod cayley_step;
 mod conv2d;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -38,6 +40,9 @@ pub use crate::orth::OrthMap;
 pub use acos::{acos, acos_composed, acos_fused};
 pub use batch_norm::{
     batch_norm_train, batch_norm_train_composed, batch_norm_train_fused, BatchNormTrain,
+};
+pub use cayley_step::{
+    cayley_fusable, cayley_iterate, cayley_momentum, cayley_retract, cayley_skew,
 };
 pub use conv2d::{conv2d, conv2d_composed, conv2d_fused};
 pub use maps::{
