@@ -8,6 +8,7 @@
 //! the composed one (tested in `cayley_sgd`); passes over large matrices are split over the pool.
 //! Off the CPU, or for a layout they do not take, the callers run the composed ops.
 
+use super::elementwise::{for_each_chunk, scaled, slice, slice_mut, Real};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 
 /// Whether the fused passes take these tensors: CPU, f32 or f64, contiguous, one shape.
@@ -49,57 +50,13 @@ pub fn cayley_retract(x: &Tensor, t: &Tensor, s: f64) -> Result<()> {
     x.inplace_op2(t, &Retract { s })
 }
 
-/// The arithmetic of the passes, in f32 or f64.
-trait Real:
-    Copy
-    + Send
-    + Sync
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-{
-    fn of(x: f64) -> Self;
-}
-
-impl Real for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Real for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-}
-
-/// `x·c` as candle's `tensor * c` computes it (`affine(c, 0)`).
-fn scaled<T: Real>(x: T, c: T) -> T {
-    x * c + T::of(0.0)
-}
-
-/// Below this many elements a pass runs on the calling thread.
-const PARALLEL_MIN: usize = 1 << 16;
-
-/// `out[i] = f(i)` over `out`, split over the pool when it is large.
+/// `out[i] = f(i)` over `out`.
 fn fill<T: Real>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
-    let body = |first: usize, chunk: &mut [T]| {
+    for_each_chunk(out, |first, chunk| {
         for (i, o) in chunk.iter_mut().enumerate() {
             *o = f(first + i);
         }
-    };
-    if out.len() < PARALLEL_MIN {
-        body(0, out);
-    } else {
-        crate::par::for_each_chunk(out, 1, body);
-    }
-}
-
-fn slice<'a, T>(values: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("cayley step: a non-contiguous operand"),
-    }
+    });
 }
 
 /// The passes that produce a new tensor from two.
@@ -170,16 +127,11 @@ struct Retract {
 
 fn retract<T: Real>(x: &mut [T], t: &[T], s: f64) {
     let s = T::of(s);
-    let body = |first: usize, chunk: &mut [T]| {
+    for_each_chunk(x, |first, chunk| {
         for (i, x) in chunk.iter_mut().enumerate() {
             *x = *x + t[first + i] * s;
         }
-    };
-    if x.len() < PARALLEL_MIN {
-        body(0, x);
-    } else {
-        crate::par::for_each_chunk(x, 1, body);
-    }
+    });
 }
 
 impl InplaceOp2 for Retract {
@@ -188,15 +140,12 @@ impl InplaceOp2 for Retract {
     }
 
     fn cpu_fwd(&self, x: &mut CpuStorage, lx: &Layout, t: &CpuStorage, lt: &Layout) -> Result<()> {
-        let Some((start, end)) = lx.contiguous_offsets() else {
-            bail!("cayley step: a non-contiguous operand");
-        };
         match (x, t) {
             (CpuStorage::F32(x), CpuStorage::F32(t)) => {
-                retract(&mut x[start..end], slice(t, lt)?, self.s);
+                retract(slice_mut(x, lx)?, slice(t, lt)?, self.s);
             }
             (CpuStorage::F64(x), CpuStorage::F64(t)) => {
-                retract(&mut x[start..end], slice(t, lt)?, self.s);
+                retract(slice_mut(x, lx)?, slice(t, lt)?, self.s);
             }
             _ => bail!("cayley step: operands must share f32 or f64"),
         }

@@ -29,6 +29,7 @@ mod cayley_step;
 mod conv2d;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod elementwise;
 mod maps;
 mod max_pool;
 mod patches;

@@ -9,6 +9,7 @@
 //! results are bit for bit the composed ones (tested). Elsewhere — a GPU, or a layout it does
 //! not take — the composed form runs.
 
+use super::elementwise::{for_each_chunk, scaled, slice, slice_mut, Real};
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 /// The step's constants.
@@ -53,63 +54,6 @@ pub fn momentum_sgd_step_composed(
     let a = ((accum.as_tensor() * step.momentum)? + g)?;
     accum.set(&a)?;
     theta.set(&(t - (a * step.lr)?)?)
-}
-
-/// `storage[layout]` as a contiguous slice.
-fn slice<'a, T>(values: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("sgd step: a non-contiguous operand"),
-    }
-}
-
-fn slice_mut<'a, T>(values: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut values[start..end]),
-        None => bail!("sgd step: a non-contiguous operand"),
-    }
-}
-
-/// The arithmetic both steps need, in f32 or f64.
-trait Real:
-    Copy
-    + Send
-    + Sync
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-{
-    fn of(x: f64) -> Self;
-}
-
-impl Real for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Real for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-}
-
-/// `x·c` as candle's `tensor * c` computes it (`affine(c, 0)`: `x·c + 0`, which turns −0 into +0).
-fn scaled<T: Real>(x: T, c: T) -> T {
-    x * c + T::of(0.0)
-}
-
-/// Below this many elements a pass runs on the calling thread: waking the pool would cost more
-/// than it saves (a network's BN scales and biases, S-OPT's small rotations).
-const PARALLEL_MIN: usize = 1 << 16;
-
-/// `f(first, chunk)` over `out`, split over the pool when it is large.
-fn for_each_chunk<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
-    if out.len() < PARALLEL_MIN {
-        f(0, out);
-    } else {
-        crate::par::for_each_chunk(out, 1, f);
-    }
 }
 
 /// `a ← μ·a + (g + wd·θ)`, in the composed ops' order and rounding.

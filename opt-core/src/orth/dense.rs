@@ -76,6 +76,34 @@ pub(super) fn check_finite(p: MatRef<'_, f64>, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `P A = L U` in place (partial pivoting) for a square `a` of any float type:
+/// `(forward permutation, backward permutation, number of row transpositions)`.
+pub(super) fn lu_in_place<T: faer::traits::ComplexField>(
+    a: &mut Mat<T>,
+    par: Par,
+) -> (Vec<usize>, Vec<usize>, usize) {
+    let n = a.nrows();
+    let mut perm_fwd = vec![0usize; n];
+    let mut perm_bwd = vec![0usize; n];
+    let mut buf = MemBuffer::new(
+        lu::partial_pivoting::factor::lu_in_place_scratch::<usize, T>(
+            n,
+            n,
+            par,
+            Default::default(),
+        ),
+    );
+    let (info, _) = lu::partial_pivoting::factor::lu_in_place(
+        a.as_mut(),
+        &mut perm_fwd,
+        &mut perm_bwd,
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    );
+    (perm_fwd, perm_bwd, info.transposition_count)
+}
+
 /// LU factorisation with partial pivoting, `P A = L U`, of a square matrix.
 pub(super) struct Lu {
     /// L (strictly below the diagonal, unit diagonal implied) and U, packed as faer leaves them.
@@ -89,20 +117,7 @@ impl Lu {
     /// Factors `a`; fails when a pivot is exactly zero or not finite (a singular matrix).
     pub(super) fn factor(mut a: Mat<f64>, what: &str, par: Par) -> Result<Self> {
         let n = a.nrows();
-        let mut perm_fwd = vec![0usize; n];
-        let mut perm_bwd = vec![0usize; n];
-        let mut buf = MemBuffer::new(lu::partial_pivoting::factor::lu_in_place_scratch::<
-            usize,
-            f64,
-        >(n, n, par, Default::default()));
-        let (info, _) = lu::partial_pivoting::factor::lu_in_place(
-            a.as_mut(),
-            &mut perm_fwd,
-            &mut perm_bwd,
-            par,
-            MemStack::new(&mut buf),
-            Default::default(),
-        );
+        let (perm_fwd, perm_bwd, transpositions) = lu_in_place(&mut a, par);
         if let Some(k) = (0..n).find(|&k| {
             let u = a[(k, k)];
             u == 0.0 || !u.is_finite()
@@ -113,7 +128,7 @@ impl Lu {
             lu: a,
             perm_fwd,
             perm_bwd,
-            transpositions: info.transposition_count,
+            transpositions,
         })
     }
 

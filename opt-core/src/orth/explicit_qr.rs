@@ -15,7 +15,7 @@ use super::dense::{self, HouseholderQr};
 use candle_core::{bail, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::triangular::{self as tri, BlockStructure};
-use faer::linalg::{cholesky, lu, triangular_solve};
+use faer::linalg::{cholesky, triangular_solve};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// `A = Q R`, `Q` orthogonal and formed, `R` upper triangular with a positive diagonal — kept
@@ -188,22 +188,9 @@ pub(super) fn orthogonality_defect(q: MatRef<'_, f64>, par: Par) -> f64 {
 pub(super) fn det_sign_orthogonal(q: MatRef<'_, f64>, par: Par) -> f64 {
     let d = q.nrows();
     let mut a = Mat::<f32>::from_fn(d, d, |i, j| q[(i, j)] as f32);
-    let mut perm_fwd = vec![0usize; d];
-    let mut perm_bwd = vec![0usize; d];
-    let mut buf = MemBuffer::new(lu::partial_pivoting::factor::lu_in_place_scratch::<
-        usize,
-        f32,
-    >(d, d, par, Default::default()));
-    let (info, _) = lu::partial_pivoting::factor::lu_in_place(
-        a.as_mut(),
-        &mut perm_fwd,
-        &mut perm_bwd,
-        par,
-        MemStack::new(&mut buf),
-        Default::default(),
-    );
+    let (_, _, transpositions) = dense::lu_in_place(&mut a, par);
     let negative_pivots = (0..d).filter(|&k| a[(k, k)] < 0.0).count();
-    if (info.transposition_count + negative_pivots).is_multiple_of(2) {
+    if (transpositions + negative_pivots).is_multiple_of(2) {
         1.0
     } else {
         -1.0

@@ -152,16 +152,31 @@ fn offsets(count: usize, len: impl Fn(usize) -> usize) -> Vec<usize> {
         .collect()
 }
 
-/// The packed, contiguous storage as a slice of f64 values (converting f32).
-fn packed_values(storage: &CpuStorage, layout: &Layout) -> Result<Vec<f64>> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("rotate: packed input is not contiguous");
-    };
-    Ok(match storage {
-        CpuStorage::F32(x) => x[start..end].iter().map(|&v| f64::from(v)).collect(),
-        CpuStorage::F64(x) => x[start..end].to_vec(),
-        _ => bail!("rotate: expected f32 or f64"),
-    })
+/// The packed, contiguous values of an f32 or f64 storage, each read as f64 where it is used
+/// (no intermediate f64 copy of the whole pack).
+enum Packed<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl<'a> Packed<'a> {
+    fn of(storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("rotate: packed input is not contiguous");
+        };
+        Ok(match storage {
+            CpuStorage::F32(x) => Self::F32(&x[start..end]),
+            CpuStorage::F64(x) => Self::F64(&x[start..end]),
+            _ => bail!("rotate: expected f32 or f64"),
+        })
+    }
+
+    fn at(&self, i: usize) -> f64 {
+        match self {
+            Self::F32(x) => f64::from(x[i]),
+            Self::F64(x) => x[i],
+        }
+    }
 }
 
 impl RotateOp {
@@ -186,20 +201,20 @@ impl RotateOp {
 
     /// `(Pᵀ_k, W0_k)` in f64 from the packed values: a row-major `P` read in memory order is
     /// `Pᵀ` in column-major form.
-    fn unpack(&self, ps: &[f64], w0s: &[f64]) -> (Vec<Mat<f64>>, Vec<Mat<f64>>) {
+    fn unpack(&self, ps: &Packed<'_>, w0s: &Packed<'_>) -> (Vec<Mat<f64>>, Vec<Mat<f64>>) {
         let k_count = self.shapes.len();
         let p_at = offsets(k_count, |k| self.shapes[k].0 * self.shapes[k].0);
         let w_at = offsets(k_count, |k| self.shapes[k].0 * self.shapes[k].1);
         let pts = (0..k_count)
             .map(|k| {
                 let (d, at) = (self.shapes[k].0, p_at[k]);
-                Mat::from_fn(d, d, |j, i| ps[at + i * d + j])
+                Mat::from_fn(d, d, |j, i| ps.at(at + i * d + j))
             })
             .collect();
         let w0s = (0..k_count)
             .map(|k| {
                 let ((d, n), at) = (self.shapes[k], w_at[k]);
-                Mat::from_fn(d, n, |i, j| w0s[at + i * n + j])
+                Mat::from_fn(d, n, |i, j| w0s.at(at + i * n + j))
             })
             .collect();
         (pts, w0s)
@@ -305,7 +320,7 @@ impl CustomOp2 for RotateOp {
             CpuStorage::F64(_) => DType::F64,
             _ => DType::F32,
         };
-        let (pts, w0s) = self.unpack(&packed_values(s1, l1)?, &packed_values(s2, l2)?);
+        let (pts, w0s) = self.unpack(&Packed::of(s1, l1)?, &Packed::of(s2, l2)?);
         let saved = self.forward(&pts, w0s, dtype)?;
         let out = dense::mats_to_storage(saved.iter().map(|s| s.w.as_ref()), dtype)?;
         *self.saved.lock().map_err(|_| self.lock_err())? = saved;
@@ -345,7 +360,7 @@ impl CustomOp2 for RotateOp {
         let saved: &[Saved] = if cache.len() == self.shapes.len() {
             &cache
         } else {
-            let (pts, w0s) = self.unpack(&host(p)?, &host(w0)?);
+            let (pts, w0s) = self.unpack(&Packed::F64(&host(p)?), &Packed::F64(&host(w0)?));
             recomputed = self.forward(&pts, w0s, p.dtype())?;
             &recomputed
         };
