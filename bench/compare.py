@@ -57,6 +57,15 @@ def table_value(text, method, column):
     sys.exit(f"no row for {method} in:\n{text}")
 
 
+def mean_images_per_sec(text, method, column, batch):
+    """images/s over the whole timed window, from the `mean ms/step` column; a build from before
+    that column existed reported this mean as its images/s (column 5)."""
+    header = next((l for l in text.splitlines() if "images/s" in l), "")
+    if "mean ms/step" in header:
+        return 1e3 * batch / table_value(text, method, column)
+    return table_value(text, method, 5)
+
+
 def step_gflop(width, batch, input_shape):
     """2·MACs of CNN-6's convolutions, forward + weight gradient + input gradient (not the
     first layer's, whose input needs none)."""
@@ -134,11 +143,14 @@ def measure(a, methods):
                     binary = a.orthopt if peer == "orthopt" else a.before
                     out, rss = run([binary, "bench", "--device", "cpu", "--methods", m, *arch, *common])
                     value = table_value(out, m, 5)
+                    mean = mean_images_per_sec(out, m, 8, a.batch)
                 else:
                     extra = ["--compile"] if peer == "compile" else []
                     out, rss = run([*torch_cmd, "--methods", m, *common, *extra], env=passive_env(a.threads))
                     value = table_value(out, m, 4)
-                samples[peer][m].append({"images_per_sec": value, "peak_rss": rss})
+                    mean = mean_images_per_sec(out, m, 6, a.batch)
+                samples[peer][m].append({"images_per_sec": value, "mean_images_per_sec": mean,
+                                         "peak_rss": rss})
             line = ", ".join(f"{p} {samples[p][m][-1]['images_per_sec']:.1f}" for p in peers)
             print(f"round {r + 1}/{a.rounds} {m}: {line} images/s", file=sys.stderr, flush=True)
     return peers, samples, peaks
@@ -146,16 +158,20 @@ def measure(a, methods):
 
 def report(a, methods, peers, samples, peaks, info):
     ips = {p: {m: [s["images_per_sec"] for s in samples[p][m]] for m in methods} for p in peers}
+    means = {p: {m: [s["mean_images_per_sec"] for s in samples[p][m]] for m in methods} for p in peers}
     peak = max(peaks) if peaks else None
     # The convolution count is CNN-6's; other networks and runs without torch get no rate.
     gflop = step_gflop(a.width, a.batch, (3, 32, 32)) if a.arch == "cnn6" else None
     net = "CNN-6" if a.arch == "cnn6" else f"{a.arch}-{a.depth}" if a.arch == "resnet" else a.arch
     print(f"{net} width {a.width}, batch {a.batch}, 3×32×32, {a.threads} threads, {a.rounds} interleaved "
           f"rounds; {info['cpu']}, {info['cores']} cores, load average {info['load_average'][0]:.2f} at the "
-          f"start, {info['date']}. Ratios are taken within each round: median (min–max)."
+          f"start, {info['date']}. Ratios are taken within each round: median (min–max). Each run's "
+          f"images/s is from its median step (the steady state); the mean-step ratio to the baseline "
+          f"is beside it, and `vs before` compares mean steps (older builds report only the mean)."
           + (f" Step ≈ {gflop:.1f} GFLOP of convolutions." if gflop else "")
           + (f" sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds)." if peak else "") + "\n")
-    cols = ["orthopt images/s", "step vs our baseline"] + [f"vs {p}" for p in peers if p not in ("orthopt",)]
+    cols = ["orthopt images/s", "step vs our baseline", "mean step vs baseline"] + \
+        [f"vs {p}" for p in peers if p not in ("orthopt",)]
     print("| method | " + " | ".join(cols) + " | orthopt peak RSS | orthopt GFLOP/s | of peak |")
     print("|---|" + "---:|" * (len(cols) + 3))
     base = ips["orthopt"].get("baseline")
@@ -164,8 +180,12 @@ def report(a, methods, peers, samples, peaks, info):
         row = [spread(o, 0)]
         # Step time against the baseline's step of the same round: baseline ips / method ips.
         row.append(spread([b / x for b, x in zip(base, o)]) + "×" if base else "–")
+        mean_base, mean_o = means["orthopt"].get("baseline"), means["orthopt"][m]
+        row.append(spread([b / x for b, x in zip(mean_base, mean_o)]) + "×" if mean_base else "–")
         for p in peers:
-            if p != "orthopt":
+            if p == "before":
+                row.append(spread([x / y for x, y in zip(mean_o, means[p][m])]) + "×")
+            elif p != "orthopt":
                 row.append(spread([x / y for x, y in zip(o, ips[p][m])]) + "×")
         rss = max(s["peak_rss"] for s in samples["orthopt"][m]) / 2**20
         rate = gflop * statistics.median(o) / a.batch if gflop else None

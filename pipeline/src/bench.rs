@@ -28,8 +28,12 @@ pub struct BenchConfig {
 #[derive(Debug, Clone)]
 pub struct BenchResult {
     pub method: String,
+    /// From the median step (see [`measure_step`]).
     pub images_per_sec: f64,
+    /// The median step.
     pub ms_per_step: f64,
+    /// The mean step over the timed window, spikes included.
+    pub mean_ms_per_step: f64,
     pub device: String,
 }
 
@@ -71,7 +75,14 @@ pub fn train_config(cfg: &BenchConfig) -> TrainConfig {
 
 /// Times `steps` real training steps (after `warmup` untimed ones) of the network and method
 /// `train` describes, on synthetic inputs of shape `input` with `classes` classes, at its
-/// batch size and on its device.
+/// batch size and on its device, one by one.
+///
+/// Throughput comes from the median step, the mean is kept beside it: a process's first ~50
+/// steps still grow the allocator's heap now and then (the threads' peaks differ from step to
+/// step until each has held every size), and a step that first touches new memory is an
+/// outlier a long run does not repeat — on this project's VM, up to 1 s against 260 ms, as
+/// the process's resident set grew by ~100 MB (CNN-6 width 64, GS, 2026-12-04). Over 10
+/// timed steps one such step moved the mean by 20 %.
 pub fn measure_step(
     train: &TrainConfig,
     input: (usize, usize, usize),
@@ -94,17 +105,20 @@ pub fn measure_step(
         step(&model, &mut opt, kind, None, &x, &y, 0.01, i as u64)?;
     }
     device.synchronize()?;
-    let steps = steps.max(1);
-    let t = Instant::now();
-    for i in 0..steps {
+    let mut step_ms = Vec::with_capacity(steps.max(1));
+    for i in 0..steps.max(1) {
+        let t = Instant::now();
         step(&model, &mut opt, kind, None, &x, &y, 0.01, i as u64)?;
+        device.synchronize()?;
+        step_ms.push(1e3 * t.elapsed().as_secs_f64());
     }
-    device.synchronize()?;
-    let secs = t.elapsed().as_secs_f64();
+    let mean_ms_per_step = step_ms.iter().sum::<f64>() / step_ms.len() as f64;
+    let ms_per_step = median(step_ms);
     Ok(BenchResult {
         method: train.method.name().into(),
-        images_per_sec: (steps * batch) as f64 / secs,
-        ms_per_step: 1e3 * secs / steps as f64,
+        images_per_sec: 1e3 * batch as f64 / ms_per_step,
+        ms_per_step,
+        mean_ms_per_step,
         device: train.device.to_string(),
     })
 }

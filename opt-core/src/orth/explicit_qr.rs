@@ -12,7 +12,7 @@
 //! returns the same factorisation: the QR with a positive diagonal is unique.
 
 use super::dense::{self, HouseholderQr};
-use candle_core::{bail, Result};
+use candle_core::{bail, DType, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::triangular::{self as tri, BlockStructure};
 use faer::linalg::{cholesky, triangular_solve};
@@ -182,6 +182,19 @@ pub(super) fn orthogonality_defect(q: MatRef<'_, f64>, par: Par) -> f64 {
     worst
 }
 
+/// The orthogonality defect `‖QᵀQ − I‖_F` a QR map may leave in its f64 `Q` for a `d×d` result
+/// of precision `dtype`: a tenth of what rounding the exact `Q` to f32 leaves (≈ 4e-8·√d,
+/// measured in the tests), so the f32 result is the rounded exact map's to within an ulp; at
+/// f64 no worse than the Householder QR's `O(d·eps)` at the sizes OPT uses. (A single
+/// Cholesky-QR pass meets it at CNN-6's Gaussian `P`: defects of 3e-10 to 5e-8 at d = 576 and
+/// 1024, where a fixed 1e-8 sent one layer of six through a second pass every step.)
+pub(super) fn orthogonality_tolerance(dtype: DType, d: usize) -> f64 {
+    match dtype {
+        DType::F64 => 1e-11,
+        _ => 4e-9 * (d as f64).sqrt(),
+    }
+}
+
 /// The sign of `det Q` for an orthogonal `Q`, from an f32 LU: every singular value of `Q` is 1,
 /// so single precision cannot move a pivot through zero (its perturbation is ~1e-5 here), at
 /// half the f64 LU's cost.
@@ -316,6 +329,24 @@ mod tests {
                 let want = dense::Lu::factor(q.clone(), "q", Par::Seq)?.det_sign();
                 assert_eq!(det_sign_orthogonal(q.as_ref(), Par::Seq), want, "d = {d}");
             }
+        }
+        Ok(())
+    }
+
+    /// The f32 tolerance stays a tenth of the defect rounding an exact `Q` to f32 leaves (about
+    /// 2e-7 at d = 27, 9e-7 at d = 576), so the Cholesky routes change no f32 result beyond an
+    /// ulp.
+    #[test]
+    fn the_f32_tolerance_is_a_tenth_of_f32_rounding() -> Result<()> {
+        for (seed, d) in [(16, 27), (17, 144), (18, 576)] {
+            let q = HouseholderQr::factor(gaussian(seed, d), "q", Par::Seq)?.q(Par::Seq);
+            let rounded = Mat::from_fn(d, d, |i, j| f64::from(q[(i, j)] as f32));
+            let rounding = orthogonality_defect(rounded.as_ref(), Par::Seq);
+            let tol = orthogonality_tolerance(DType::F32, d);
+            assert!(
+                rounding > 7.0 * tol && rounding < 15.0 * tol,
+                "d = {d}: rounding to f32 leaves {rounding:e}, tolerance {tol:e}"
+            );
         }
         Ok(())
     }

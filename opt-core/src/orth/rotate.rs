@@ -61,7 +61,7 @@ fn skew(p: MatRef<'_, f64>) -> Mat<f64> {
 impl Factors {
     /// The factorisation of `p` and `W = orth(P)·W0`.
     /// `orth_tol`: the largest orthogonality defect `‖QᵀQ − I‖_F` a QR map may leave (see
-    /// [`orthogonality_tolerance`]).
+    /// `explicit_qr::orthogonality_tolerance`).
     /// `pt` is `Pᵀ` (column-major: `P` as candle stores it, row-major).
     pub(super) fn forward(
         map: OrthMap,

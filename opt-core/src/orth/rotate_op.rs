@@ -10,6 +10,7 @@
 
 use super::batch::largest_first;
 use super::dense::{self, RowMajorOut};
+use super::explicit_qr::orthogonality_tolerance;
 use super::rotate::Factors;
 use super::OrthMap;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -118,16 +119,6 @@ pub(super) fn apply(
         .apply_op2(&w0s.contiguous()?, RotateOp::new(map, shapes))
 }
 
-/// The orthogonality defect `‖QᵀQ − I‖_F` the QR maps may leave, by the tensor's precision:
-/// far below what rounding the result to it costs (f32: eps ≈ 1.2e-7), and at f64 no worse than
-/// the Householder QR's `O(d·eps)` at the sizes OPT uses.
-fn orthogonality_tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 1e-11,
-        _ => 1e-8,
-    }
-}
-
 /// One matrix's state from the forward, for the backward.
 struct Saved {
     factors: Factors,
@@ -221,8 +212,8 @@ impl RotateOp {
     }
 
     fn forward(&self, pts: &[Mat<f64>], w0s: Vec<Mat<f64>>, dtype: DType) -> Result<Vec<Saved>> {
-        let tol = orthogonality_tolerance(dtype);
         let computed = largest_first(&self.dims(), |k, par| {
+            let tol = orthogonality_tolerance(dtype, pts[k].nrows());
             Factors::forward(self.map, &pts[k], w0s[k].as_ref(), tol, par)
         })?;
         Ok(computed

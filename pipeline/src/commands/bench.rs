@@ -74,9 +74,9 @@ pub fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
     let model = bench_model(&arch, depth, width)?;
     writeln!(
         out,
-        "| model | method | device | batch | input | images/s | ms/step | vs baseline |"
+        "| model | method | device | batch | input | images/s | ms/step | vs baseline | mean ms/step |"
     )?;
-    writeln!(out, "|---|---|---|---:|---|---:|---:|---:|")?;
+    writeln!(out, "|---|---|---|---:|---|---:|---:|---:|---:|")?;
     // The process's first training steps pay for page faults, the allocator's growth and the
     // thread pools' start: untimed, so the first method measured is not the slowest for it.
     if let Some(first) = names.first().and_then(|n| MethodConfig::from_name(n)) {
@@ -118,7 +118,7 @@ pub fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             .unwrap_or_else(|| "–".into());
         writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.2} |",
             model.describe(),
             r.method,
             r.device,
@@ -126,7 +126,8 @@ pub fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             input,
             r.images_per_sec,
             r.ms_per_step,
-            ratio
+            ratio,
+            r.mean_ms_per_step
         )?;
     }
     if let Some(sizes) = maps {
