@@ -4,6 +4,7 @@
 use crate::cnn6::{Cnn, CnnConfig};
 use crate::layers::{Conv, KernelFactory};
 use crate::resnet::{ResNet, ResNetConfig};
+use crate::rotations::Rotations;
 use crate::{ParamStore, Result, Rng};
 use candle_core::Tensor;
 
@@ -40,10 +41,22 @@ impl Network {
     /// The OPT layers' rotations are computed first, together: one batched op per (size, map)
     /// group, the groups concurrently on the CPU (see `rotations`), and handed to each layer.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let rotations = crate::layers::forward_rotations(self.weight_layers())?;
+        self.forward_with(x, train, &self.rotations()?)
+    }
+
+    /// The rotations the layers' forward needs, computed together from the current weights: for
+    /// several forwards over unchanged weights, with [`Self::forward_with`] (an evaluation's
+    /// batches compute the maps once, not once per batch).
+    pub fn rotations(&self) -> Result<Rotations> {
+        crate::layers::forward_rotations(self.weight_layers())
+    }
+
+    /// [`Self::forward`] with `rotations` from [`Self::rotations`]; they must have been
+    /// computed since the weights last changed (a stale context gives the old weights' logits).
+    pub fn forward_with(&self, x: &Tensor, train: bool, rotations: &Rotations) -> Result<Tensor> {
         match self {
-            Network::Cnn(n) => n.forward_in(x, train, &rotations),
-            Network::ResNet(n) => n.forward_in(x, train, &rotations),
+            Network::Cnn(n) => n.forward_in(x, train, rotations),
+            Network::ResNet(n) => n.forward_in(x, train, rotations),
         }
     }
 

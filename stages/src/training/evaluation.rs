@@ -49,12 +49,14 @@ pub fn evaluate(
     let (mut top1, mut top5) = (ExactSum::default(), ExactSum::default());
     let mut classes = 0;
     let n = split.len();
+    // The weights do not change within an evaluation: the maps once, not once per batch.
+    let rotations = model.rotations()?;
     let mut start = 0;
     while start < n {
         let end = (start + batch.max(1)).min(n);
         let x = norm.tensor(split, start..end, device)?;
         let y = candle_core::Tensor::from_slice(&split.labels[start..end], end - start, device)?;
-        let logits = model.forward(&x, false)?;
+        let logits = model.forward_with(&x, false, &rotations)?;
         loss_sum += loss(kind, &logits, &y)?.to_scalar::<f32>()? as f64 * (end - start) as f64;
         classes = logits.dim(1)?;
         top1.add(topk_correct(&logits, &y, 1)?);
