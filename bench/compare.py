@@ -171,7 +171,8 @@ def report(a, methods, peers, samples, peaks, info):
           + (f" Step ≈ {gflop:.1f} GFLOP of convolutions." if gflop else "")
           + (f" sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of rounds)." if peak else "") + "\n")
     cols = ["orthopt images/s", "step vs our baseline", "mean step vs baseline"] + \
-        [f"vs {p}" for p in peers if p not in ("orthopt",)]
+        [f"vs {p}" for p in peers if p not in ("orthopt",)] + \
+        (["before: mean step vs its baseline"] if "before" in peers else [])
     print("| method | " + " | ".join(cols) + " | orthopt peak RSS | orthopt GFLOP/s | of peak |")
     print("|---|" + "---:|" * (len(cols) + 3))
     base = ips["orthopt"].get("baseline")
@@ -187,6 +188,9 @@ def report(a, methods, peers, samples, peaks, info):
                 row.append(spread([x / y for x, y in zip(mean_o, means[p][m])]) + "×")
             elif p != "orthopt":
                 row.append(spread([x / y for x, y in zip(o, ips[p][m])]) + "×")
+        if "before" in peers:
+            old_base = means["before"].get("baseline")
+            row.append(spread([b / x for b, x in zip(old_base, means["before"][m])]) + "×" if old_base else "–")
         rss = max(s["peak_rss"] for s in samples["orthopt"][m]) / 2**20
         rate = gflop * statistics.median(o) / a.batch if gflop else None
         rate_cells = f"{rate:.0f} | {rate / peak:.0%}" if rate and peak else (f"{rate:.0f} | –" if rate else "– | –")
