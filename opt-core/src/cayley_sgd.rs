@@ -159,6 +159,19 @@ mod tests {
             .unwrap() as f64
     }
 
+    /// A store holding one rotation `x0` (`l.rotation`) and Cayley SGD (momentum 0.9) over it.
+    fn one_rotation(x0: Tensor) -> Result<(Var, CayleySgd)> {
+        let mut store = ParamStore::new(x0.device().clone());
+        let x = store.add(
+            "l.rotation",
+            x0,
+            Role::Trainable { decay: false },
+            Kind::Rotation,
+        )?;
+        let opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
+        Ok((x, opt))
+    }
+
     /// 1000 steps from the identity on a loss whose minimiser is not orthogonal:
     /// R stays orthogonal to 1e-3 and the hyperspherical energy of R·W0 stays within 1e-3.
     #[test]
@@ -166,17 +179,10 @@ mod tests {
         let dev = Device::Cpu;
         let d = 16;
         let mut rng = Rng::seed(3);
-        let mut store = ParamStore::new(dev.clone());
-        let x = store.add(
-            "l.rotation",
-            Tensor::eye(d, DType::F32, &dev)?,
-            Role::Trainable { decay: false },
-            Kind::Rotation,
-        )?;
+        let (x, mut opt) = one_rotation(Tensor::eye(d, DType::F32, &dev)?)?;
         let w0 = Tensor::from_vec(rng.normal_vec(d * 8, 0.3), (d, 8), &dev)?;
         let target = Tensor::from_vec(rng.normal_vec(d * 8, 1.0), (d, 8), &dev)?;
         let e0 = hyperspherical_energy(&w0)?;
-        let mut opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
         // A mean-squared loss: gradients of a realistic scale (the α cap is not hit).
         let loss0 = (x.as_tensor().matmul(&w0)? - &target)?
             .sqr()?
@@ -223,14 +229,7 @@ mod tests {
                 })
                 .collect::<candle_core::Result<_>>()?;
             let run = |fused: bool| -> Result<(Vec<u64>, Vec<u64>)> {
-                let mut store = ParamStore::new(dev.clone());
-                let x = store.add(
-                    "l.rotation",
-                    x0.clone(),
-                    Role::Trainable { decay: false },
-                    Kind::Rotation,
-                )?;
-                let mut opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
+                let (x, mut opt) = one_rotation(x0.clone())?;
                 for target in &targets {
                     let grads = (x.as_tensor() - target)?.sqr()?.sum_all()?.backward()?;
                     if fused {
@@ -267,14 +266,7 @@ mod tests {
         let p = Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?;
         let x0 = crate::ops::orthogonalize(&p, crate::orth::OrthMap::GramSchmidt)?
             .to_dtype(DType::F64)?;
-        let mut store = ParamStore::new(dev.clone());
-        let x = store.add(
-            "l.rotation",
-            x0.clone(),
-            Role::Trainable { decay: false },
-            Kind::Rotation,
-        )?;
-        let mut opt = CayleySgd::new(&store, 0.9, |e| e.kind == Kind::Rotation)?;
+        let (x, mut opt) = one_rotation(x0.clone())?;
         let target =
             Tensor::from_vec(rng.normal_vec(d * d, 1.0), (d, d), &dev)?.to_dtype(DType::F64)?;
         let loss = (x.as_tensor() - &target)?.sqr()?.sum_all()?;
